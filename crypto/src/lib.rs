@@ -1,0 +1,47 @@
+//! zpath-crypto: SPIFFE identities, the built-in certificate authority,
+//! rustls (ring) configurations for mutual TLS, peer verification, and the
+//! TLS data path.
+//!
+//! * [`Identity`] parses and prints `spiffe://<td>/ns/<ns>/sa/<sa>` strictly.
+//! * [`LocalCa`] keeps a root in the state directory (or takes one as PEM)
+//!   and issues [`WorkloadCertificate`]s; [`CertificateRequest`] builds CSRs
+//!   for an external CA and checks what it returns.
+//! * [`CertifiedTls`] turns a certificate into server and client
+//!   configurations (TLS 1.3, AES-GCM, ALPN `h2`, no SNI); rotation is a new
+//!   `CertifiedTls`, sessions keep the configuration they started with.
+//! * Verification yields a [`VerifiedPeer`] (only this crate can make one) or
+//!   a [`Rejection`] with a stable metric label.
+//! * [`TlsSession`] is a sans-I/O session over rustls' unbuffered API working
+//!   on caller-sized buffers; [`TlsStream`] adapts it to any `futures-io`
+//!   transport and is itself `AsyncRead + AsyncBufRead + AsyncWrite`.
+//!
+//! Threading: everything is `Send`; configurations and certificates are
+//! shared through `Arc` and immutable. [`ClientConfigCache`] is meant to be
+//! owned by one shard. The crate never spawns, sleeps, or reads a clock other
+//! than the system time for certificate validity; it knows nothing of the
+//! executor (timeouts are the caller's).
+//!
+//! Every rustls and webpki call lives in the private `tls` module.
+
+mod ca;
+mod certificate;
+mod config;
+mod error;
+mod identity;
+mod session;
+mod stream;
+mod tls;
+mod verifier;
+
+pub use ca::{LocalCa, ROOT_CERT_FILE, ROOT_KEY_FILE};
+pub use certificate::{CertificateRequest, TrustBundle, WorkloadCertificate};
+pub use config::{CertifiedTls, ClientConfigCache};
+pub use error::Error;
+pub use identity::{Identity, IdentityError};
+pub use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+pub use session::{
+    Sealed, SessionBuffers, SessionError, TlsSession, MAX_PLAINTEXT_LEN, MAX_RECORD_LEN,
+};
+pub use stream::TlsStream;
+pub use tls::{ClientTlsConfig, ServerTlsConfig};
+pub use verifier::{Rejection, VerifiedPeer};

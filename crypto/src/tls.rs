@@ -1,0 +1,642 @@
+//! Every call into rustls and webpki lives here, so that an upgrade of either
+//! touches this file only.
+//!
+//! * The provider: rustls' `ring` backend restricted to TLS 1.3 with
+//!   AES-128-GCM and AES-256-GCM (X25519, P-256, P-384 key exchange).
+//! * Configurations: ALPN `h2`, no SNI, no session tickets or resumption, a
+//!   mandatory client certificate, and our own certificate verifiers, which
+//!   keep the precise [`Rejection`] inside rustls' opaque error.
+//! * The record layer: a thin driver over rustls' *unbuffered* connection API
+//!   used by [`crate::session::TlsSession`].
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, OnceLock};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{Resumption, UnbufferedClientConnection};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{NoServerSessionStorage, UnbufferedServerConnection};
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, InvalidMessage, OtherError,
+    SignatureScheme,
+};
+use rustls_pki_types::{
+    CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, TrustAnchor, UnixTime,
+};
+
+use crate::certificate::{TrustBundle, WorkloadCertificate};
+use crate::error::Error;
+use crate::identity::Identity;
+use crate::session::SessionError;
+use crate::verifier::{self, Expectation, PeerRole, Rejection, VerifiedPeer};
+
+/// Largest TLS 1.3 record on the wire: 5-byte header, 2^14 bytes of
+/// plaintext and at most 256 bytes of expansion.
+pub const MAX_RECORD_LEN: usize = 5 + 16 * 1024 + 256;
+
+/// Largest plaintext carried by one record (records of 16 KiB).
+pub const MAX_PLAINTEXT_LEN: usize = 16 * 1024;
+
+/// Bytes added to each application-data record by TLS 1.3 AES-GCM:
+/// header, inner content type, tag.
+const AEAD_RECORD_OVERHEAD: usize = 5 + 1 + 16;
+
+/// `id-kp-serverAuth` (1.3.6.1.5.5.7.3.1), DER contents.
+const EKU_SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
+/// `id-kp-clientAuth` (1.3.6.1.5.5.7.3.2), DER contents.
+const EKU_CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
+
+const ALPN_H2: &[u8] = b"h2";
+
+/// The crypto provider: ring, TLS 1.3 AES-GCM suites only.
+fn provider() -> &'static Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER.get_or_init(|| {
+        let ring = rustls::crypto::ring::default_provider();
+        Arc::new(CryptoProvider {
+            cipher_suites: vec![
+                rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256,
+                rustls::crypto::ring::cipher_suite::TLS13_AES_256_GCM_SHA384,
+            ],
+            ..ring
+        })
+    })
+}
+
+fn sig_algs() -> &'static WebPkiSupportedAlgorithms {
+    &provider().signature_verification_algorithms
+}
+
+/// Turns a root certificate into a webpki trust anchor.
+pub(crate) fn trust_anchor(der: &CertificateDer<'_>) -> Result<TrustAnchor<'static>, Error> {
+    webpki::anchor_from_trusted_cert(der)
+        .map(|a| a.to_owned())
+        .map_err(|e| Error::Pem {
+            what: "root certificate",
+            detail: format!("not usable as a trust anchor: {e}"),
+        })
+}
+
+/// Verifies that `leaf` chains to one of `trust`'s roots at `now` and carries
+/// the extended key usage of `role`. Reports the precise [`Rejection`].
+pub(crate) fn verify_chain(
+    trust: &TrustBundle,
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+    role: PeerRole,
+) -> Result<(), Rejection> {
+    let cert = webpki::EndEntityCert::try_from(leaf)
+        .map_err(|e| Rejection::Malformed(format!("cannot parse leaf certificate: {e}")))?;
+    let eku = match role {
+        PeerRole::Server => webpki::KeyUsage::required(EKU_SERVER_AUTH),
+        PeerRole::Client => webpki::KeyUsage::required(EKU_CLIENT_AUTH),
+    };
+    cert.verify_for_usage(
+        sig_algs().all,
+        trust.anchors(),
+        intermediates,
+        now,
+        eku,
+        None,
+        None,
+    )
+    .map(|_| ())
+    .map_err(map_webpki_error)
+}
+
+fn map_webpki_error(e: webpki::Error) -> Rejection {
+    use webpki::Error as W;
+    match e {
+        W::CertExpired { .. } => Rejection::Expired,
+        W::CertNotValidYet { .. } => Rejection::NotYetValid,
+        W::UnknownIssuer => Rejection::UntrustedRoot,
+        W::InvalidSignatureForPublicKey
+        | W::UnsupportedSignatureAlgorithmContext(_)
+        | W::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => Rejection::BadSignature,
+        W::CaUsedAsEndEntity => Rejection::WrongKeyUsage("a CA certificate is used as a leaf"),
+        W::RequiredEkuNotFoundContext(_) | W::EmptyEkuExtension => {
+            Rejection::WrongKeyUsage("extended key usage does not allow this role")
+        }
+        other => Rejection::Malformed(format!("{other}")),
+    }
+}
+
+/// The current time as webpki wants it.
+pub(crate) fn unix_now() -> UnixTime {
+    UnixTime::now()
+}
+
+/// A signing key and certificate chain, ready for rustls.
+pub(crate) fn certified_key(cert: &WorkloadCertificate) -> Result<Arc<CertifiedKey>, Error> {
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.private_key_der().to_vec()));
+    let certified = CertifiedKey::from_der(cert.chain().to_vec(), key, provider())
+        .map_err(|e| Error::Config(format!("certificate and private key do not match: {e}")))?;
+    Ok(Arc::new(certified))
+}
+
+/// A server-side configuration for one of our workload certificates.
+#[derive(Clone)]
+pub struct ServerTlsConfig {
+    inner: Arc<rustls::ServerConfig>,
+    expect: Arc<Expectation>,
+}
+
+/// A client-side configuration: our certificate plus the identities expected
+/// of the server.
+#[derive(Clone)]
+pub struct ClientTlsConfig {
+    inner: Arc<rustls::ClientConfig>,
+    expect: Arc<Expectation>,
+}
+
+impl std::fmt::Debug for ServerTlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTlsConfig")
+            .field("expect", &self.expect)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ClientTlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTlsConfig")
+            .field("expect", &self.expect)
+            .finish()
+    }
+}
+
+impl ServerTlsConfig {
+    /// True if both handles share the same underlying configuration.
+    pub fn same_as(&self, other: &ServerTlsConfig) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl ClientTlsConfig {
+    /// True if both handles share the same underlying configuration.
+    pub fn same_as(&self, other: &ClientTlsConfig) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+/// Builds the server configuration presenting `key`, accepting clients from
+/// `cert`'s trust domain whose chain reaches `cert`'s roots.
+pub(crate) fn server_config(
+    cert: &WorkloadCertificate,
+    key: &Arc<CertifiedKey>,
+) -> Result<ServerTlsConfig, Error> {
+    let expect = Arc::new(Expectation::TrustDomain(
+        cert.identity().trust_domain().into(),
+    ));
+    let verifier = Arc::new(MeshVerifier {
+        trust: cert.trust().clone(),
+        expect: expect.clone(),
+    });
+    let mut config = rustls::ServerConfig::builder_with_provider(provider().clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(SingleCertAndKey::from(key.clone())));
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    Ok(ServerTlsConfig {
+        inner: Arc::new(config),
+        expect,
+    })
+}
+
+/// Builds a client configuration presenting `key` and accepting only a
+/// server whose identity is one of `expected`.
+pub(crate) fn client_config(
+    cert: &WorkloadCertificate,
+    key: &Arc<CertifiedKey>,
+    expected: &[Identity],
+) -> Result<ClientTlsConfig, Error> {
+    if expected.is_empty() {
+        return Err(Error::Config(
+            "no expected server identity given: refusing to build a client that trusts anyone"
+                .into(),
+        ));
+    }
+    let expect = Arc::new(Expectation::OneOf(expected.to_vec()));
+    let verifier = Arc::new(MeshVerifier {
+        trust: cert.trust().clone(),
+        expect: expect.clone(),
+    });
+    let mut config = rustls::ClientConfig::builder_with_provider(provider().clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::Config(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(key.clone())));
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.resumption = Resumption::disabled();
+    config.enable_sni = false;
+    Ok(ClientTlsConfig {
+        inner: Arc::new(config),
+        expect,
+    })
+}
+
+/// Our verifier, for both roles: chain to the mesh roots, then the leaf rules
+/// of [`crate::verifier`].
+#[derive(Debug)]
+struct MeshVerifier {
+    trust: TrustBundle,
+    expect: Arc<Expectation>,
+}
+
+impl MeshVerifier {
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        role: PeerRole,
+    ) -> Result<(), rustls::Error> {
+        verify_chain(&self.trust, end_entity, intermediates, now, role)
+            .and_then(|()| verifier::verify_leaf(end_entity, &self.expect).map(|_| ()))
+            .map_err(|rejection| {
+                tracing::debug!(
+                    reason = rejection.label(),
+                    "peer certificate rejected: {rejection}"
+                );
+                rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
+                    rejection,
+                ))))
+            })
+    }
+}
+
+impl ServerCertVerifier for MeshVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.check(end_entity, intermediates, now, PeerRole::Server)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, sig_algs())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        sig_algs().supported_schemes()
+    }
+}
+
+impl ClientCertVerifier for MeshVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.check(end_entity, intermediates, now, PeerRole::Client)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, sig_algs())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        sig_algs().supported_schemes()
+    }
+}
+
+/// Maps a rustls failure to our session error, recovering our [`Rejection`]
+/// from inside rustls' opaque certificate error.
+fn map_error(e: rustls::Error) -> SessionError {
+    use rustls::Error as R;
+    match e {
+        R::InvalidCertificate(CertificateError::Other(OtherError(inner))) => {
+            match inner.downcast_ref::<Rejection>() {
+                Some(r) => SessionError::Rejected(r.clone()),
+                None => SessionError::Internal(inner.to_string()),
+            }
+        }
+        R::InvalidCertificate(other) => {
+            SessionError::Rejected(Rejection::Malformed(format!("{other:?}")))
+        }
+        R::NoCertificatesPresented => SessionError::Rejected(Rejection::NoCertificate),
+        R::AlertReceived(alert) => SessionError::AlertReceived(format!("{alert:?}")),
+        R::InvalidMessage(InvalidMessage::MessageTooLarge) | R::PeerSentOversizedRecord => {
+            SessionError::RecordTooLarge
+        }
+        R::InvalidMessage(m) => SessionError::Protocol(format!("{m:?}")),
+        R::PeerIncompatible(p) => SessionError::Incompatible(format!("{p:?}")),
+        R::NoApplicationProtocol => {
+            SessionError::Incompatible("peer does not speak ALPN h2".into())
+        }
+        R::DecryptError => SessionError::Protocol("record failed to decrypt".into()),
+        R::PeerMisbehaved(m) => SessionError::Protocol(format!("{m:?}")),
+        R::InappropriateMessage { .. } | R::InappropriateHandshakeMessage { .. } => {
+            SessionError::Protocol(format!("{e}"))
+        }
+        other => SessionError::Internal(other.to_string()),
+    }
+}
+
+/// What stopped a drive of the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// More ciphertext is needed.
+    NeedInput,
+    /// Everything buffered was processed; the connection can send data.
+    Ready,
+    /// The output buffer has less than one record of room.
+    OutputFull,
+    /// The plaintext sink has no room for the next record.
+    PlaintextFull,
+    /// Both sides have sent close_notify.
+    Closed,
+}
+
+/// Where a drive puts its results.
+pub(crate) struct DriveIo<'a> {
+    /// Ciphertext to transmit.
+    pub out: &'a mut [u8],
+    /// Bytes of `out` already filled.
+    pub written: usize,
+    /// Decrypted application data is appended here.
+    pub plaintext: &'a mut dyn PlaintextSink,
+    /// Application data to encrypt once the connection can send.
+    pub seal: &'a [u8],
+    /// Bytes of `seal` encrypted.
+    pub sealed: usize,
+    /// Queue a close_notify once the connection can send.
+    pub close: bool,
+    /// Set when a close_notify was encoded.
+    pub close_sent: bool,
+    /// Set when the peer's close_notify was seen.
+    pub peer_closed: bool,
+}
+
+/// Receives decrypted records.
+pub(crate) trait PlaintextSink {
+    /// Free room, in bytes.
+    fn room(&self) -> usize;
+    /// Appends `data` (`data.len() <= room()`).
+    fn append(&mut self, data: &[u8]);
+}
+
+enum Conn {
+    Client(UnbufferedClientConnection),
+    Server(UnbufferedServerConnection),
+}
+
+/// A TLS connection driven through rustls' unbuffered API.
+pub(crate) struct Connection {
+    conn: Conn,
+    expect: Arc<Expectation>,
+}
+
+impl Connection {
+    /// A client connection (no SNI is sent).
+    pub(crate) fn client(config: &ClientTlsConfig) -> Result<Self, SessionError> {
+        let name = ServerName::IpAddress(IpAddr::V4(Ipv4Addr::UNSPECIFIED).into());
+        let conn =
+            UnbufferedClientConnection::new(config.inner.clone(), name).map_err(map_error)?;
+        Ok(Self {
+            conn: Conn::Client(conn),
+            expect: config.expect.clone(),
+        })
+    }
+
+    /// A server connection.
+    pub(crate) fn server(config: &ServerTlsConfig) -> Result<Self, SessionError> {
+        let conn = UnbufferedServerConnection::new(config.inner.clone()).map_err(map_error)?;
+        Ok(Self {
+            conn: Conn::Server(conn),
+            expect: config.expect.clone(),
+        })
+    }
+
+    /// True until the handshake (including the peer's Finished) completed.
+    pub(crate) fn is_handshaking(&self) -> bool {
+        match &self.conn {
+            Conn::Client(c) => c.is_handshaking(),
+            Conn::Server(c) => c.is_handshaking(),
+        }
+    }
+
+    /// The proof for the peer of a completed handshake.
+    pub(crate) fn verified_peer(&self) -> Result<VerifiedPeer, SessionError> {
+        let leaf = self
+            .peer_chain()
+            .and_then(|c| c.first())
+            .ok_or(SessionError::Rejected(Rejection::NoCertificate))?;
+        verifier::verify_leaf(leaf, &self.expect).map_err(SessionError::Rejected)
+    }
+
+    /// The certificate chain the peer presented (leaf first).
+    pub(crate) fn peer_chain(&self) -> Option<&[CertificateDer<'static>]> {
+        match &self.conn {
+            Conn::Client(c) => c.peer_certificates(),
+            Conn::Server(c) => c.peer_certificates(),
+        }
+    }
+
+    /// The negotiated ALPN protocol.
+    pub(crate) fn alpn(&self) -> Option<&[u8]> {
+        match &self.conn {
+            Conn::Client(c) => c.alpn_protocol(),
+            Conn::Server(c) => c.alpn_protocol(),
+        }
+    }
+
+    /// Processes `incoming` (ciphertext) until input runs out or a buffer is
+    /// full, handling `io`'s requests. Returns the bytes of `incoming` fully
+    /// consumed (to drop from its front) and why it stopped.
+    pub(crate) fn drive(
+        &mut self,
+        incoming: &mut [u8],
+        io: &mut DriveIo<'_>,
+    ) -> (usize, Result<Stop, SessionError>) {
+        let mut consumed = 0;
+        loop {
+            if io.out.len() - io.written < MAX_RECORD_LEN {
+                return (consumed, Ok(Stop::OutputFull));
+            }
+            let buf = &mut incoming[consumed..];
+            let (discard, flow) = match &mut self.conn {
+                Conn::Client(c) => step(c.process_tls_records(buf), io),
+                Conn::Server(c) => step(c.process_tls_records(buf), io),
+            };
+            consumed += discard;
+            match flow {
+                Ok(None) => continue,
+                Ok(Some(stop)) => return (consumed, Ok(stop)),
+                Err(e) => return (consumed, Err(map_error(e))),
+            }
+        }
+    }
+
+    /// After a failure: encodes the alert rustls queued for the peer, if any.
+    pub(crate) fn pending_alert(&mut self, out: &mut [u8]) -> usize {
+        let mut empty: [u8; 0] = [];
+        let written = match &mut self.conn {
+            Conn::Client(c) => encode_pending(c.process_tls_records(&mut empty), out),
+            Conn::Server(c) => encode_pending(c.process_tls_records(&mut empty), out),
+        };
+        written.unwrap_or(0)
+    }
+}
+
+fn encode_pending<Data>(status: UnbufferedStatus<'_, '_, Data>, out: &mut [u8]) -> Option<usize> {
+    match status.state {
+        Ok(ConnectionState::EncodeTlsData(mut e)) => e.encode(out).ok(),
+        _ => None,
+    }
+}
+
+/// Handles one state of the unbuffered state machine. `Ok(None)` means: call
+/// `process_tls_records` again.
+fn step<Data>(
+    status: UnbufferedStatus<'_, '_, Data>,
+    io: &mut DriveIo<'_>,
+) -> (usize, Result<Option<Stop>, rustls::Error>) {
+    let discard = status.discard;
+    let state = match status.state {
+        Ok(state) => state,
+        Err(e) => return (discard, Err(e)),
+    };
+    let flow = match state {
+        ConnectionState::ReadTraffic(mut read) => loop {
+            match read.peek_len() {
+                None => break Ok(None),
+                Some(len) if len.get() > io.plaintext.room() => {
+                    break Ok(Some(Stop::PlaintextFull));
+                }
+                Some(_) => {}
+            }
+            match read.next_record() {
+                Some(Ok(record)) => io.plaintext.append(record.payload),
+                Some(Err(e)) => break Err(e),
+                None => break Ok(None),
+            }
+        },
+        ConnectionState::EncodeTlsData(mut encode) => {
+            match encode.encode(&mut io.out[io.written..]) {
+                Ok(n) => {
+                    io.written += n;
+                    Ok(None)
+                }
+                // The caller checks for MAX_RECORD_LEN of room before each step.
+                Err(EncodeError::InsufficientSize(_)) | Err(EncodeError::AlreadyEncoded) => Err(
+                    rustls::Error::General("handshake record larger than one TLS record".into()),
+                ),
+            }
+        }
+        ConnectionState::TransmitTlsData(transmit) => {
+            // The bytes are in `io.out`, in order; the caller sends them.
+            transmit.done();
+            Ok(None)
+        }
+        ConnectionState::BlockedHandshake => Ok(Some(Stop::NeedInput)),
+        ConnectionState::PeerClosed => {
+            io.peer_closed = true;
+            Ok(None)
+        }
+        ConnectionState::Closed => {
+            io.peer_closed = true;
+            Ok(Some(Stop::Closed))
+        }
+        ConnectionState::WriteTraffic(mut write) => {
+            let result = write_traffic(&mut write, io);
+            result.map(|()| Some(Stop::Ready))
+        }
+        _ => Err(rustls::Error::General("unexpected early data".into())),
+    };
+    (discard, flow)
+}
+
+fn write_traffic<Data>(
+    write: &mut rustls::unbuffered::WriteTraffic<'_, Data>,
+    io: &mut DriveIo<'_>,
+) -> Result<(), rustls::Error> {
+    while io.sealed < io.seal.len() {
+        let room = io.out.len() - io.written;
+        let pending = &io.seal[io.sealed..];
+        // Full 16 KiB records, then one shorter record in what is left.
+        let record = MAX_PLAINTEXT_LEN + AEAD_RECORD_OVERHEAD;
+        let mut take = ((room / record) * MAX_PLAINTEXT_LEN
+            + (room % record).saturating_sub(AEAD_RECORD_OVERHEAD))
+        .min(pending.len());
+        loop {
+            if take == 0 {
+                return Ok(());
+            }
+            match write.encrypt(&pending[..take], &mut io.out[io.written..]) {
+                Ok(n) => {
+                    io.written += n;
+                    io.sealed += take;
+                    break;
+                }
+                Err(EncryptError::InsufficientSize(need)) => {
+                    let over = need.required_size.saturating_sub(room);
+                    take = take.saturating_sub(over.max(1) + AEAD_RECORD_OVERHEAD);
+                }
+                Err(EncryptError::EncryptExhausted) => return Err(rustls::Error::EncryptError),
+            }
+        }
+    }
+    if io.close && !io.close_sent {
+        match write.queue_close_notify(&mut io.out[io.written..]) {
+            Ok(n) => {
+                io.written += n;
+                io.close_sent = true;
+            }
+            Err(EncryptError::InsufficientSize(_)) => {}
+            Err(EncryptError::EncryptExhausted) => return Err(rustls::Error::EncryptError),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! The connection flows of a shard: captured outbound (15001), SOCKS5 (15080) and
+//! captured inbound plaintext (15006). Each takes an accepted stream, decides where it
+//! goes, dials the upstream and hands both to the relay.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use zpath_control::Route;
+
+use crate::relay::{self, Abort, Meters};
+use crate::shard::Shard;
+use crate::socks5::{self, Reply, Socks5Error, Target};
+use crate::stats::{Direction, FailReason};
+use crate::sys;
+use crate::table::{ConnInfo, ConnState};
+
+/// Why a connection did not complete normally.
+#[derive(Debug)]
+pub struct Failure {
+    /// The counted reason.
+    pub reason: FailReason,
+    /// What happened, for the log.
+    pub message: String,
+}
+
+fn fail(reason: FailReason, message: impl Into<String>) -> Failure {
+    Failure { reason, message: message.into() }
+}
+
+/// Captured outbound: the destination is the original destination of the connection.
+pub async fn outbound(shard: &Rc<Shard>, client: TcpStream, info: &ConnInfo) -> Result<(), Failure> {
+    let local = client.local_addr().ok();
+    let dst = original_dst(&client, local)?;
+    info.dst.set(Some(dst));
+    if shard.addrs.is_own(dst, local) {
+        client.abort();
+        return Err(fail(FailReason::Loop, format!("destination {dst} is zpath itself (connection was not redirected)")));
+    }
+    let upstream = match dial_route(shard, dst, info).await {
+        Ok(u) => u,
+        Err(f) => {
+            client.abort();
+            return Err(f.failure);
+        }
+    };
+    relay_pair(shard, client, upstream, info, Direction::Outbound).await
+}
+
+/// Captured inbound plaintext: relay to the original (local) destination.
+pub async fn inbound(shard: &Rc<Shard>, client: TcpStream, info: &ConnInfo) -> Result<(), Failure> {
+    let local = client.local_addr().ok();
+    let dst = original_dst(&client, local)?;
+    info.dst.set(Some(dst));
+    if shard.addrs.is_own(dst, local) {
+        client.abort();
+        return Err(fail(FailReason::Loop, format!("inbound target {dst} is one of zpath's own ports")));
+    }
+    info.state.set(ConnState::Connecting);
+    let upstream = match dial(shard, dst).await {
+        Ok(u) => u,
+        Err(e) => {
+            client.abort();
+            return Err(fail(FailReason::UpstreamConnect, format!("connect to {dst} failed: {e}")));
+        }
+    };
+    relay_pair(shard, client, upstream, info, Direction::Inbound).await
+}
+
+/// SOCKS5 entry: the destination comes from the CONNECT request.
+pub async fn socks5(shard: &Rc<Shard>, mut client: TcpStream, info: &ConnInfo) -> Result<(), Failure> {
+    let mut buf = [0u8; socks5::MAX_GREETING + socks5::MAX_REQUEST];
+    let limit = shard.cfg.socks5_handshake_timeout;
+    let handshake = glommio::timer::timeout(limit, async {
+        Ok(socks5_handshake(&mut client, &mut buf).await)
+    })
+    .await;
+    let (target, early) = match handshake {
+        Ok(Ok(t)) => t,
+        Ok(Err(HandshakeError::Protocol(e))) => {
+            if let Some(reply) = e.reply() {
+                let _ = client.write_all(&reply).await;
+            }
+            return Err(fail(FailReason::Socks5, e.to_string()));
+        }
+        Ok(Err(HandshakeError::Io(e))) => {
+            return Err(fail(FailReason::Socks5, format!("client went away during the SOCKS5 handshake: {e}")))
+        }
+        Err(_) => {
+            return Err(fail(FailReason::Socks5, format!("no complete SOCKS5 request within {limit:?}")))
+        }
+    };
+    let dst = match resolve(target).await {
+        Ok(dst) => dst,
+        Err(e) => {
+            let _ = client.write_all(&socks5::reply(Reply::HostUnreachable, None)).await;
+            return Err(fail(FailReason::UpstreamConnect, e.to_string()));
+        }
+    };
+    info.dst.set(Some(dst));
+    if shard.addrs.is_own(dst, None) {
+        let _ = client.write_all(&socks5::reply(Reply::NotAllowed, None)).await;
+        return Err(fail(FailReason::Loop, format!("SOCKS5 target {dst} is zpath itself")));
+    }
+    let mut upstream = match dial_route(shard, dst, info).await {
+        Ok(u) => u,
+        Err(f) => {
+            let code = match f.reason {
+                FailReason::NoEndpoint => Reply::HostUnreachable,
+                _ => f.io_reply,
+            };
+            let _ = client.write_all(&socks5::reply(code, None)).await;
+            return Err(f.failure);
+        }
+    };
+    let bound = upstream.local_addr().ok();
+    client
+        .write_all(&socks5::reply(Reply::Succeeded, bound))
+        .await
+        .map_err(|e| fail(FailReason::Socks5, format!("cannot answer the SOCKS5 client: {e}")))?;
+    if !early.is_empty() {
+        // Data the client sent right after its request, before our answer.
+        upstream
+            .write_all(&buf[early])
+            .await
+            .map_err(|e| fail(FailReason::Reset, format!("write to the server failed: {e}")))?;
+    }
+    relay_pair(shard, client, upstream, info, Direction::Outbound).await
+}
+
+enum HandshakeError {
+    Protocol(Socks5Error),
+    Io(io::Error),
+}
+
+/// Reads the greeting and request; returns the target and the range of `buf` holding
+/// bytes the client sent after the request.
+async fn socks5_handshake(
+    client: &mut TcpStream,
+    buf: &mut [u8],
+) -> Result<(Target, std::ops::Range<usize>), HandshakeError> {
+    let mut have = 0;
+    let used = loop {
+        if let Some(n) = socks5::parse_greeting(&buf[..have]).map_err(HandshakeError::Protocol)? {
+            break n;
+        }
+        have += read_more(client, buf, have).await?;
+    };
+    client.write_all(&[5, 0]).await.map_err(HandshakeError::Io)?;
+    buf.copy_within(used..have, 0);
+    have -= used;
+    loop {
+        if let Some((target, n)) = socks5::parse_request(&buf[..have]).map_err(HandshakeError::Protocol)? {
+            return Ok((target, n..have));
+        }
+        have += read_more(client, buf, have).await?;
+    }
+}
+
+async fn read_more(client: &mut TcpStream, buf: &mut [u8], have: usize) -> Result<usize, HandshakeError> {
+    if have == buf.len() {
+        return Err(HandshakeError::Protocol(Socks5Error::Malformed("request too long")));
+    }
+    match client.read(&mut buf[have..]).await {
+        Ok(0) => Err(HandshakeError::Io(io::ErrorKind::UnexpectedEof.into())),
+        Ok(n) => Ok(n),
+        Err(e) => Err(HandshakeError::Io(e)),
+    }
+}
+
+async fn resolve(target: Target) -> io::Result<SocketAddr> {
+    match target {
+        Target::Addr(a) => Ok(a),
+        Target::Domain(name, port) => {
+            let lookup = glommio::executor().spawn_blocking(move || {
+                use std::net::ToSocketAddrs;
+                (name.as_str(), port).to_socket_addrs().map(|mut it| it.next()).map_err(|e| (name.clone(), e)).and_then(|a| a.ok_or((name, io::ErrorKind::NotFound.into())))
+            });
+            lookup.await.map_err(|(name, e)| io::Error::new(io::ErrorKind::NotFound, format!("cannot resolve {name}: {e}")))
+        }
+    }
+}
+
+fn original_dst(client: &TcpStream, local: Option<SocketAddr>) -> Result<SocketAddr, Failure> {
+    let Some(local) = local else {
+        client.abort();
+        return Err(fail(FailReason::NoOriginalDst, "socket has no local address"));
+    };
+    sys::original_dst(client, local).map_err(|e| {
+        client.abort();
+        fail(FailReason::NoOriginalDst, format!("cannot read the original destination ({e}): was the connection redirected by iptables/nftables?"))
+    })
+}
+
+/// A failed dial with the SOCKS5 reply that describes it.
+struct DialFailure {
+    failure: Failure,
+    reason: FailReason,
+    io_reply: Reply,
+}
+
+async fn dial_route(shard: &Rc<Shard>, dst: SocketAddr, info: &ConnInfo) -> Result<TcpStream, DialFailure> {
+    let snapshot = shard.snapshot();
+    let target = match snapshot.route(dst, shard.random()) {
+        Route::Passthrough(addr) | Route::Workload { addr, .. } => addr,
+        Route::NoEndpoint(svc) => {
+            let failure = fail(FailReason::NoEndpoint, format!("service {svc} has no healthy endpoint for port {}", dst.port()));
+            return Err(DialFailure { failure, reason: FailReason::NoEndpoint, io_reply: Reply::HostUnreachable });
+        }
+    };
+    drop(snapshot);
+    info.state.set(ConnState::Connecting);
+    dial(shard, target).await.map_err(|e| {
+        let io_reply = socks5::reply_for_io(&e);
+        let failure = fail(FailReason::UpstreamConnect, format!("connect to {target} failed: {e}"));
+        DialFailure { failure, reason: FailReason::UpstreamConnect, io_reply }
+    })
+}
+
+/// Connects to `dst` with our packet mark, within the connect timeout.
+pub async fn dial(shard: &Shard, dst: SocketAddr) -> io::Result<TcpStream> {
+    let sock = sys::start_connect(dst, shard.cfg.packet_mark)?;
+    let mut stream = sys::into_glommio_stream(sock);
+    let limit = shard.cfg.connect_timeout;
+    // A zero-length send completes when the connect does: it waits for writability
+    // while the handshake is in flight and reports the connect error if it failed.
+    let connected = glommio::timer::timeout(limit, async {
+        stream.write(&[]).await?;
+        Ok(())
+    })
+    .await;
+    match connected {
+        Ok(()) => {}
+        Err(glommio::GlommioError::TimedOut(_)) => {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {limit:?}")))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    if let Some(e) = sys::take_error(&stream)? {
+        return Err(e);
+    }
+    Ok(stream)
+}
+
+async fn relay_pair(shard: &Rc<Shard>, client: TcpStream, upstream: TcpStream, info: &ConnInfo, dir: Direction) -> Result<(), Failure> {
+    info.fds.set([client.as_raw_fd(), upstream.as_raw_fd()]);
+    info.state.set(ConnState::Relaying);
+    let stats = shard.stats.dir(dir);
+    let meters = Meters { up: &stats.received_bytes, down: &stats.sent_bytes, conn_up: &info.up, conn_down: &info.down };
+    let result = relay::relay(client, upstream, &shard.pool, meters).await;
+    info.fds.set([-1, -1]);
+    result.map(|_| ()).map_err(|e| fail(FailReason::Reset, e.to_string()))
+}

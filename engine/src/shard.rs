@@ -1,0 +1,317 @@
+//! A shard: one glommio executor pinned to one core, with its own listeners
+//! (`SO_REUSEPORT`), connection table, buffer pool and counters. Nothing here is shared
+//! with another shard; the control thread talks to a shard only through [`ShardHandle`].
+
+use std::cell::{Cell, RefCell};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{LocalExecutorBuilder, Placement};
+use tracing::{debug, info, warn};
+use zpath_control::{Snapshot, SnapshotCell};
+
+use crate::buffers::BufPool;
+use crate::config::EngineConfig;
+use crate::flow;
+use crate::stats::{Direction, FailReason, ShardStats};
+use crate::sys;
+use crate::table::{ConnTable, TableGuard};
+
+/// The addresses every shard listens on, with `:0` ports already resolved.
+#[derive(Debug, Clone, Default)]
+pub struct BoundAddrs {
+    /// Captured outbound.
+    pub outbound: Option<SocketAddr>,
+    /// Captured inbound plaintext.
+    pub inbound: Option<SocketAddr>,
+    /// SOCKS5 entry.
+    pub socks5: Option<SocketAddr>,
+    /// Our other ports (HBONE, admin, metrics, readiness): never a relay target.
+    pub reserved: Vec<SocketAddr>,
+}
+
+impl BoundAddrs {
+    /// Whether `dst` is one of our own listeners (relaying there would loop).
+    pub fn is_own(&self, dst: SocketAddr, local: Option<SocketAddr>) -> bool {
+        let ours = [self.outbound, self.inbound, self.socks5]
+            .into_iter()
+            .flatten()
+            .chain(self.reserved.iter().copied());
+        let dst_is_local = dst.ip().is_loopback()
+            || dst.ip().is_unspecified()
+            || local.is_some_and(|l| l.ip() == dst.ip());
+        let mut ours = ours;
+        Some(dst) == local
+            || ours.any(|a| a.port() == dst.port() && (a.ip() == dst.ip() || (a.ip().is_unspecified() && dst_is_local)))
+    }
+}
+
+/// Which listener accepted a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// 15001: captured outbound.
+    Outbound,
+    /// 15006: captured inbound plaintext.
+    Inbound,
+    /// 15080: SOCKS5.
+    Socks5,
+}
+
+impl ListenerKind {
+    fn direction(self) -> Direction {
+        match self {
+            ListenerKind::Inbound => Direction::Inbound,
+            ListenerKind::Outbound | ListenerKind::Socks5 => Direction::Outbound,
+        }
+    }
+}
+
+/// Messages from the control thread to a shard.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// Stop accepting; abort what is still open at `deadline`; then exit.
+    Drain {
+        /// When to abort the remaining connections.
+        deadline: Instant,
+    },
+    /// A new snapshot was published.
+    SnapshotChanged,
+}
+
+/// The control thread's handle on a shard.
+#[derive(Debug)]
+pub struct ShardHandle {
+    /// The shard's counters.
+    pub stats: Arc<ShardStats>,
+    tx: crossbeam_channel::Sender<ShardMsg>,
+    wake: std::os::unix::net::UnixStream,
+    join: Option<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl ShardHandle {
+    /// Sends a message and wakes the shard.
+    pub fn send(&self, msg: ShardMsg) {
+        if self.tx.send(msg).is_ok() {
+            // A full socket buffer means a wake-up is already pending.
+            let _ = (&self.wake).write(&[1]);
+        }
+    }
+
+    /// Waits for the shard's thread to exit.
+    pub fn join(&mut self) {
+        if let Some(j) = self.join.take() {
+            if let Err(e) = j.join() {
+                warn!("shard exited with an error: {e}");
+            }
+        }
+    }
+}
+
+/// State of one shard, owned by its executor thread.
+pub struct Shard {
+    /// Index of the shard.
+    pub id: usize,
+    /// Engine settings.
+    pub cfg: Arc<EngineConfig>,
+    /// Our listener addresses.
+    pub addrs: Arc<BoundAddrs>,
+    /// Counters (read by the control thread).
+    pub stats: Arc<ShardStats>,
+    /// Relay buffers.
+    pub pool: Rc<BufPool>,
+    /// Live connections.
+    pub table: Rc<RefCell<ConnTable>>,
+    cell: Arc<SnapshotCell>,
+    current: RefCell<Rc<Arc<Snapshot>>>,
+    rng: Cell<u64>,
+}
+
+impl Shard {
+    /// The current snapshot: one atomic load; the shared `Arc` is cloned only when a new
+    /// one was published, and connections share this shard's copy through an `Rc`.
+    pub fn snapshot(&self) -> Rc<Arc<Snapshot>> {
+        let mut cur = self.current.borrow_mut();
+        if let Some(newer) = self.cell.newer(&cur) {
+            *cur = Rc::new(newer);
+        }
+        cur.clone()
+    }
+
+    /// A cheap shard-local random number (xorshift), e.g. to pick an endpoint.
+    pub fn random(&self) -> u32 {
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.set(x);
+        (x >> 32) as u32
+    }
+}
+
+/// Spawns shard `id` on `core`. Returns once its listeners are bound (or failed to bind).
+pub fn spawn(
+    id: usize,
+    core: usize,
+    cfg: Arc<EngineConfig>,
+    addrs: Arc<BoundAddrs>,
+    cell: Arc<SnapshotCell>,
+) -> std::io::Result<ShardHandle> {
+    let stats = Arc::new(ShardStats::default());
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let (wake_tx, wake_rx) = std::os::unix::net::UnixStream::pair()?;
+    wake_tx.set_nonblocking(true)?;
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let shard_stats = stats.clone();
+    let join = LocalExecutorBuilder::new(Placement::Fixed(core))
+        .name(&format!("zpath-shard-{id}"))
+        .ring_depth(cfg.ring_depth)
+        .io_memory(cfg.io_memory)
+        .spawn(move || async move {
+            let shard = Rc::new(Shard {
+                id,
+                pool: BufPool::new(cfg.buffers),
+                table: ConnTable::new(shard_stats.clone()),
+                stats: shard_stats,
+                current: RefCell::new(Rc::new(cell.load())),
+                cell,
+                rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ ((id as u64 + 1) << 32) ^ std::process::id() as u64),
+                cfg,
+                addrs,
+            });
+            run(shard, rx, wake_rx, started_tx).await;
+        })
+        .map_err(|e| std::io::Error::other(format!("cannot start shard {id} on core {core}: {e}")))?;
+    let started = started_rx
+        .recv_timeout(Duration::from_secs(30))
+        .map_err(|_| std::io::Error::other(format!("shard {id} did not start")))?;
+    started.map_err(std::io::Error::other)?;
+    Ok(ShardHandle { stats, tx, wake: wake_tx, join: Some(join) })
+}
+
+fn bind(addr: SocketAddr, backlog: i32) -> Result<TcpListener, String> {
+    sys::listen_reuseport(addr, backlog)
+        .map(sys::into_glommio_listener)
+        .map_err(|e| format!("cannot listen on {addr}: {e} (is another process using the port?)"))
+}
+
+async fn run(
+    shard: Rc<Shard>,
+    rx: crossbeam_channel::Receiver<ShardMsg>,
+    wake: std::os::unix::net::UnixStream,
+    started: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    let mut accepting = Vec::new();
+    let listeners = [
+        (shard.addrs.outbound, ListenerKind::Outbound),
+        (shard.addrs.inbound, ListenerKind::Inbound),
+        (shard.addrs.socks5, ListenerKind::Socks5),
+    ];
+    for (addr, kind) in listeners {
+        let Some(addr) = addr else { continue };
+        match bind(addr, shard.cfg.accept_backlog) {
+            Ok(l) => accepting.push(glommio::spawn_local(accept_loop(shard.clone(), l, kind)).detach()),
+            Err(e) => {
+                let _ = started.send(Err(e));
+                return;
+            }
+        }
+    }
+    shard.stats.listening.add(1);
+    let _ = started.send(Ok(()));
+    let mut wake = sys::into_glommio_unix(wake);
+    let mut buf = [0u8; 64];
+    loop {
+        use futures_lite::AsyncReadExt;
+        let closed = !matches!(wake.read(&mut buf).await, Ok(n) if n > 0);
+        let mut deadline = closed.then(Instant::now);
+        while let Ok(msg) = rx.try_recv() {
+            match msg {
+                ShardMsg::Drain { deadline: d } => deadline = Some(d),
+                ShardMsg::SnapshotChanged => {}
+            }
+        }
+        if let Some(d) = deadline {
+            drain(&shard, accepting, d).await;
+            return;
+        }
+    }
+}
+
+async fn drain(shard: &Rc<Shard>, accepting: Vec<glommio::task::JoinHandle<()>>, deadline: Instant) {
+    for a in accepting {
+        a.cancel();
+    }
+    shard.stats.listening.sub(1);
+    let open = shard.table.borrow().len();
+    info!(shard = shard.id, open, "draining");
+    while !shard.table.borrow().is_empty() && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    let aborted = shard.table.borrow_mut().abort_all();
+    if aborted > 0 {
+        info!(shard = shard.id, aborted, "drain deadline passed: aborting connections");
+    }
+    // Cancelled tasks drop their sockets (RST) and leave the table on their next poll.
+    let give_up = Instant::now() + Duration::from_secs(1);
+    while !shard.table.borrow().is_empty() && Instant::now() < give_up {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, kind: ListenerKind) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => spawn_connection(&shard, stream, kind),
+            Err(e) => {
+                // Out of descriptors or memory: back off instead of spinning.
+                warn!(shard = shard.id, ?kind, "accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn spawn_connection(shard: &Rc<Shard>, stream: TcpStream, kind: ListenerKind) {
+    let Ok(src) = stream.peer_addr() else { return };
+    let dir = kind.direction();
+    let guard = ConnTable::insert(&shard.table, dir, src);
+    let id = guard.info.id;
+    shard.stats.dir(dir).opened.add(1);
+    let s = shard.clone();
+    let task = glommio::spawn_local(async move {
+        let result = serve(&s, stream, kind, &guard).await;
+        finish(&s, dir, &guard, result);
+    })
+    .detach();
+    shard.table.borrow_mut().set_task(id, task);
+}
+
+async fn serve(shard: &Rc<Shard>, stream: TcpStream, kind: ListenerKind, guard: &TableGuard) -> Result<(), flow::Failure> {
+    use std::os::fd::AsRawFd;
+    let _ = stream.set_nodelay(true);
+    guard.info.fds.set([stream.as_raw_fd(), -1]);
+    match kind {
+        ListenerKind::Outbound => flow::outbound(shard, stream, &guard.info).await,
+        ListenerKind::Inbound => flow::inbound(shard, stream, &guard.info).await,
+        ListenerKind::Socks5 => flow::socks5(shard, stream, &guard.info).await,
+    }
+}
+
+fn finish(shard: &Shard, dir: Direction, guard: &TableGuard, result: Result<(), flow::Failure>) {
+    let stats = shard.stats.dir(dir);
+    stats.closed.add(1);
+    guard.info.fds.set([-1, -1]);
+    if let Err(f) = result {
+        stats.failed[f.reason as usize].add(1);
+        let level_info = !matches!(f.reason, FailReason::Reset);
+        if level_info {
+            info!(shard = shard.id, src = %guard.info.src, dst = ?guard.info.dst.get(), reason = f.reason.label(), "connection failed: {}", f.message);
+        } else {
+            debug!(shard = shard.id, src = %guard.info.src, "connection reset: {}", f.message);
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Every raw syscall and `unsafe` block of the engine, behind safe functions.
+//! Each function states the invariant that makes it sound.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+
+/// The destination a connection had before iptables/nftables redirected it to us
+/// (`SO_ORIGINAL_DST`, or `IP6T_SO_ORIGINAL_DST` for IPv6).
+pub fn original_dst(stream: &impl AsRawFd, local: SocketAddr) -> io::Result<SocketAddr> {
+    let addr = with_sock(stream.as_raw_fd(), |sock| {
+        if local.is_ipv4() || is_v4_mapped(local) {
+            sock.original_dst_v4()
+        } else {
+            sock.original_dst_v6()
+        }
+    })?;
+    addr.as_socket().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidData, "original destination is not an IP address")
+    })
+}
+
+fn is_v4_mapped(addr: SocketAddr) -> bool {
+    matches!(addr, SocketAddr::V6(a) if a.ip().to_ipv4_mapped().is_some())
+}
+
+/// Makes the next close of this socket send RST instead of FIN (`SO_LINGER` 0).
+pub fn set_reset_on_close(stream: &impl AsRawFd) -> io::Result<()> {
+    with_sock(stream.as_raw_fd(), |s| s.set_linger(Some(Duration::ZERO)))
+}
+
+/// Sets `SO_LINGER` 0 on a raw descriptor owned by a live connection of this shard.
+///
+/// Sound because the shard only calls it for descriptors of connections still in its
+/// table: the task that owns them has not dropped them (single-threaded shard).
+pub fn set_reset_on_close_fd(fd: RawFd) -> io::Result<()> {
+    // `fd` is open for as long as the table entry exists (see above).
+    with_sock(fd, |s| s.set_linger(Some(Duration::ZERO)))
+}
+
+/// A new non-blocking TCP socket for an upstream connection: `SO_MARK` (so capture rules
+/// can exclude our own traffic) and `TCP_NODELAY`, connect started.
+/// Returns the socket and whether the connect already completed.
+pub fn start_connect(dst: SocketAddr, mark: u32) -> io::Result<Socket> {
+    let sock = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_nonblocking(true)?;
+    sock.set_cloexec(true)?;
+    if mark != 0 {
+        sock.set_mark(mark).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot set SO_MARK {mark} (needs CAP_NET_ADMIN; use --packet-mark 0 to disable): {e}"))
+        })?;
+    }
+    sock.set_tcp_nodelay(true)?;
+    match sock.connect(&dst.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(sock)
+}
+
+/// A listening socket with `SO_REUSEPORT`, so every shard can bind the same address and
+/// the kernel spreads connections across shards.
+pub fn listen_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
+    let sock = bind_reuseport(addr)?;
+    sock.listen(backlog)?;
+    Ok(sock)
+}
+
+/// A bound, not listening, `SO_REUSEPORT` socket: reserves a port (for `:0` addresses)
+/// without receiving connections.
+pub fn bind_reuseport(addr: SocketAddr) -> io::Result<Socket> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.set_cloexec(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(false)?;
+    }
+    sock.bind(&addr.into())?;
+    Ok(sock)
+}
+
+/// Converts a socket into a glommio stream bound to the current executor.
+pub fn into_glommio_stream(sock: Socket) -> glommio::net::TcpStream {
+    let fd = sock.into_raw_fd();
+    // SAFETY: `fd` was just released by its only owner, so the stream becomes its sole owner.
+    unsafe { glommio::net::TcpStream::from_raw_fd(fd) }
+}
+
+/// Converts a listening socket into a glommio listener bound to the current executor.
+pub fn into_glommio_listener(sock: Socket) -> glommio::net::TcpListener {
+    let fd = sock.into_raw_fd();
+    // SAFETY: as above: ownership of a listening socket moves to the listener.
+    unsafe { glommio::net::TcpListener::from_raw_fd(fd) }
+}
+
+/// Converts one end of a socket pair into a glommio stream.
+pub fn into_glommio_unix(sock: std::os::unix::net::UnixStream) -> glommio::net::UnixStream {
+    let fd = sock.into_raw_fd();
+    // SAFETY: ownership moves from the std stream to the glommio stream.
+    unsafe { glommio::net::UnixStream::from_raw_fd(fd) }
+}
+
+/// The pending error of a socket (`SO_ERROR`), e.g. the result of a non-blocking connect.
+pub fn take_error(stream: &impl AsRawFd) -> io::Result<Option<io::Error>> {
+    with_sock(stream.as_raw_fd(), |s| s.take_error())
+}
+
+/// Runs `f` on a borrowed view of an open descriptor. Callers pass descriptors of
+/// sockets they hold (or, for drain, of live table entries), so `fd` stays open for the call.
+fn with_sock<R>(fd: RawFd, f: impl FnOnce(SockRef<'_>) -> R) -> R {
+    // SAFETY: per the contract above the descriptor is open for the duration of `f`;
+    // BorrowedFd/SockRef never close it.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    f(SockRef::from(&borrowed))
+}
+
+/// CPUs this process may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills at most its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return vec![0];
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}

@@ -1,0 +1,203 @@
+//! The shard-local connection table: one entry per live connection, with what the
+//! config dump and drain need to know. Single-threaded (`Rc`/`RefCell`), never shared.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::time::Instant;
+
+use glommio::task::JoinHandle;
+use serde::Serialize;
+
+use crate::stats::{Direction, ShardStats};
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnState {
+    /// Reading the destination (original destination or SOCKS5 request).
+    Accepted,
+    /// Connecting to the upstream.
+    Connecting,
+    /// Relaying bytes.
+    Relaying,
+}
+
+/// What a connection's task and the table share about it.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// Shard-unique id.
+    pub id: u64,
+    /// Which way the traffic goes.
+    pub direction: Direction,
+    /// The client's address.
+    pub src: SocketAddr,
+    /// The destination, once known.
+    pub dst: Cell<Option<SocketAddr>>,
+    /// When it was accepted.
+    pub started: Instant,
+    /// Client → server bytes so far.
+    pub up: Cell<u64>,
+    /// Server → client bytes so far.
+    pub down: Cell<u64>,
+    /// Life stage.
+    pub state: Cell<ConnState>,
+    /// Descriptors of the client and upstream sockets while they are open (-1: none).
+    pub fds: Cell<[RawFd; 2]>,
+}
+
+struct Entry {
+    info: Rc<ConnInfo>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// The table of one shard.
+pub struct ConnTable {
+    slots: Vec<Option<Entry>>,
+    free: Vec<usize>,
+    next_id: u64,
+    stats: std::sync::Arc<ShardStats>,
+}
+
+/// Removes its connection from the table when dropped (finished or cancelled).
+pub struct TableGuard {
+    table: Rc<RefCell<ConnTable>>,
+    slot: usize,
+    /// The connection's shared record.
+    pub info: Rc<ConnInfo>,
+}
+
+impl Drop for TableGuard {
+    fn drop(&mut self) {
+        let mut t = self.table.borrow_mut();
+        if t.slots[self.slot].take().is_some() {
+            t.free.push(self.slot);
+            t.stats.open.sub(1);
+        }
+    }
+}
+
+/// A summary of one entry for the config dump.
+#[derive(Debug, Serialize)]
+pub struct ConnView {
+    /// Shard-unique id.
+    pub id: u64,
+    /// "inbound" or "outbound".
+    pub direction: &'static str,
+    /// Client address.
+    pub src: SocketAddr,
+    /// Destination, once known.
+    pub dst: Option<SocketAddr>,
+    /// Seconds since accept.
+    pub age_secs: f64,
+    /// Client → server bytes.
+    pub up_bytes: u64,
+    /// Server → client bytes.
+    pub down_bytes: u64,
+    /// Life stage.
+    pub state: ConnState,
+}
+
+impl ConnTable {
+    /// An empty table counting into `stats`.
+    pub fn new(stats: std::sync::Arc<ShardStats>) -> Rc<RefCell<Self>> {
+        Rc::new(RefCell::new(Self {
+            slots: Vec::new(),
+            free: Vec::new(),
+            next_id: 1,
+            stats,
+        }))
+    }
+
+    /// Adds a connection; the returned guard removes it when dropped.
+    pub fn insert(this: &Rc<RefCell<Self>>, direction: Direction, src: SocketAddr) -> TableGuard {
+        let mut t = this.borrow_mut();
+        let id = t.next_id;
+        t.next_id += 1;
+        let info = Rc::new(ConnInfo {
+            id,
+            direction,
+            src,
+            dst: Cell::new(None),
+            started: Instant::now(),
+            up: Cell::new(0),
+            down: Cell::new(0),
+            state: Cell::new(ConnState::Accepted),
+            fds: Cell::new([-1, -1]),
+        });
+        let entry = Entry { info: info.clone(), task: None };
+        let slot = match t.free.pop() {
+            Some(s) => {
+                t.slots[s] = Some(entry);
+                s
+            }
+            None => {
+                t.slots.push(Some(entry));
+                t.slots.len() - 1
+            }
+        };
+        t.stats.open.add(1);
+        TableGuard { table: this.clone(), slot, info }
+    }
+
+    /// Records the task serving the entry `id`, so drain can cancel it.
+    pub fn set_task(&mut self, id: u64, task: JoinHandle<()>) {
+        if let Some(e) = self.slots.iter_mut().flatten().find(|e| e.info.id == id) {
+            e.task = Some(task);
+        }
+    }
+
+    /// Live connections.
+    pub fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Whether no connection is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Aborts every live connection: its sockets will send RST, its task is cancelled.
+    /// Returns how many were aborted.
+    pub fn abort_all(&mut self) -> usize {
+        let mut n = 0;
+        for e in self.slots.iter_mut().flatten() {
+            for fd in e.info.fds.get() {
+                if fd >= 0 {
+                    let _ = crate::sys::set_reset_on_close_fd(fd);
+                }
+            }
+            if let Some(t) = e.task.take() {
+                t.cancel();
+            }
+            // The cancelled task will not reach its own accounting.
+            let d = self.stats.dir(e.info.direction);
+            d.closed.add(1);
+            d.failed[crate::stats::FailReason::Drained as usize].add(1);
+            n += 1;
+        }
+        n
+    }
+
+    /// A view of every entry, for the config dump.
+    pub fn views(&self) -> Vec<ConnView> {
+        self.slots
+            .iter()
+            .flatten()
+            .map(|e| ConnView {
+                id: e.info.id,
+                direction: match e.info.direction {
+                    Direction::Outbound => "outbound",
+                    Direction::Inbound => "inbound",
+                },
+                src: e.info.src,
+                dst: e.info.dst.get(),
+                age_secs: e.info.started.elapsed().as_secs_f64(),
+                up_bytes: e.info.up.get(),
+                down_bytes: e.info.down.get(),
+                state: e.info.state.get(),
+            })
+            .collect()
+    }
+}

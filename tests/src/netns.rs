@@ -1,0 +1,69 @@
+//! Network namespaces for capture tests (root only): created by a test, removed when
+//! the guard drops, even when the test fails.
+
+use std::process::Command;
+
+/// Runs a command and panics with its output if it fails.
+pub fn run(cmd: &str) {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("run shell");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace, deleted on drop (unless borrowed with [`Netns::existing`]).
+pub struct Netns {
+    /// Its name.
+    pub name: String,
+    owned: bool,
+}
+
+impl Netns {
+    /// Creates a namespace with loopback up. The name gets the process id appended so
+    /// parallel test processes do not collide.
+    pub fn new(prefix: &str) -> Netns {
+        let name = format!("{prefix}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        run(&format!("ip netns add {name}"));
+        let ns = Netns { name, owned: true };
+        ns.exec("ip link set lo up");
+        ns
+    }
+
+    /// A handle on a namespace someone else owns (not deleted on drop).
+    pub fn existing(name: &str) -> Netns {
+        Netns { name: name.to_string(), owned: false }
+    }
+
+    /// Runs a shell command inside the namespace.
+    pub fn exec(&self, cmd: &str) {
+        run(&format!("ip netns exec {} sh -c '{}'", self.name, cmd.replace('\'', "'\\''")));
+    }
+
+    /// Runs `f` on a thread that has entered the namespace; sockets it creates live there.
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("open netns");
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on a namespace fd we hold; it only affects this thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("netns thread")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
