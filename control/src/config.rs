@@ -198,11 +198,10 @@ fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
     }
     // Parse the map form with a path-tracking deserializer so an error names the field;
     // fall back to the bare-list form only when the document is a sequence.
-    let value: serde_yaml::Value =
-        serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
-            line: e.location().map(|l| l.line()),
-            message: e.to_string(),
-        })?;
+    let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
+        line: e.location().map(|l| l.line()),
+        message: e.to_string(),
+    })?;
     if value.is_null() {
         return Ok(FileConfig::default());
     }
@@ -240,7 +239,10 @@ fn convert(file: FileConfig) -> Result<LocalConfig, ConfigError> {
         let at = |f: &str| format!("workloads[{i}].{f}");
         let (wl, endpoints) = convert_workload(fw, &at)?;
         if by_uid.insert(wl.uid.clone(), i).is_some() {
-            return Err(ConfigError::invalid(at("uid"), format!("duplicate uid {}", wl.uid)));
+            return Err(ConfigError::invalid(
+                at("uid"),
+                format!("duplicate uid {}", wl.uid),
+            ));
         }
         for ip in &wl.workload_ips {
             if let Some(other) = by_ip.insert(*ip, i) {
@@ -251,7 +253,10 @@ fn convert(file: FileConfig) -> Result<LocalConfig, ConfigError> {
             }
         }
         for (key, ep) in endpoints {
-            staged.entry(key).or_default().insert(ep.workload_uid.clone(), ep);
+            staged
+                .entry(key)
+                .or_default()
+                .insert(ep.workload_uid.clone(), ep);
         }
         workloads.push(Arc::new(wl));
     }
@@ -311,7 +316,10 @@ fn convert_workload(
     }
     let uid: Strng = if fw.uid.is_empty() {
         if fw.name.is_empty() {
-            return Err(ConfigError::invalid(at("name"), "a workload needs a name or a uid"));
+            return Err(ConfigError::invalid(
+                at("name"),
+                "a workload needs a name or a uid",
+            ));
         }
         format!("local//{}/{}", namespace, fw.name).into()
     } else {
@@ -319,7 +327,9 @@ fn convert_workload(
     };
     let mut policies = Vec::with_capacity(fw.authorization_policies.len());
     for p in fw.authorization_policies {
-        if p.split_once('/').is_none_or(|(n, m)| n.is_empty() || m.is_empty()) {
+        if p.split_once('/')
+            .is_none_or(|(n, m)| n.is_empty() || m.is_empty())
+        {
             return Err(ConfigError::invalid(
                 at("authorizationPolicies"),
                 format!("{p:?} is not of the form namespace/name"),
@@ -372,10 +382,7 @@ fn convert_workload(
     Ok((wl, endpoints))
 }
 
-fn convert_service(
-    fs: FileService,
-    at: &dyn Fn(&str) -> String,
-) -> Result<Service, ConfigError> {
+fn convert_service(fs: FileService, at: &dyn Fn(&str) -> String) -> Result<Service, ConfigError> {
     let namespace = non_empty_segment(&fs.namespace, at("namespace"))?;
     if fs.hostname.is_empty() || fs.hostname.contains('/') {
         return Err(ConfigError::invalid(
@@ -387,13 +394,16 @@ fn convert_service(
     for v in &fs.vips {
         // "network/ip" as ztunnel writes network addresses, or a plain IP.
         let ip_text = v.rsplit_once('/').map_or(v.as_str(), |(_, ip)| ip);
-        let ip: IpAddr = ip_text.parse().map_err(|_| {
-            ConfigError::invalid(at("vips"), format!("{v:?} is not an IP address"))
-        })?;
+        let ip: IpAddr = ip_text
+            .parse()
+            .map_err(|_| ConfigError::invalid(at("vips"), format!("{v:?} is not an IP address")))?;
         vips.push(ip);
     }
     if fs.ports.keys().any(|p| *p == 0) {
-        return Err(ConfigError::invalid(at("ports"), "service port 0 is not valid"));
+        return Err(ConfigError::invalid(
+            at("ports"),
+            "service port 0 is not valid",
+        ));
     }
     let mut endpoints = BTreeMap::new();
     for (uid, ep) in fs.endpoints {
@@ -401,7 +411,12 @@ fn convert_service(
             FileHealth::Healthy => HealthStatus::Healthy,
             FileHealth::Unhealthy => HealthStatus::Unhealthy,
         };
-        let uid: Strng = if ep.workload_uid.is_empty() { uid } else { ep.workload_uid }.into();
+        let uid: Strng = if ep.workload_uid.is_empty() {
+            uid
+        } else {
+            ep.workload_uid
+        }
+        .into();
         endpoints.insert(
             uid.clone(),
             Endpoint {
@@ -432,7 +447,9 @@ fn non_empty_segment(v: &str, field: String) -> Result<Strng, ConfigError> {
     if v.is_empty() {
         return Err(ConfigError::invalid(field, "must not be empty"));
     }
-    if v.chars().any(|c| c == '/' || c.is_whitespace() || c.is_control()) {
+    if v.chars()
+        .any(|c| c == '/' || c.is_whitespace() || c.is_control())
+    {
         return Err(ConfigError::invalid(
             field,
             format!("{v:?} must not contain '/', spaces or control characters"),

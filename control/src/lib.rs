@@ -68,6 +68,7 @@ impl ConfigError {
 fn line_suffix(line: Option<usize>) -> String {
     line.map(|l| format!(" (line {l})")).unwrap_or_default()
 }
+pub mod ca_client;
+pub mod convert;
 pub mod proto;
 pub mod xds;
-pub mod ca_client;

@@ -17,15 +17,18 @@ use crate::model::{HealthStatus, NamespacedHostname, Service, Strng, TunnelProto
 /// The port a destination node's zpath (or ztunnel) listens on for HBONE.
 pub const HBONE_PORT: u16 = 15008;
 
+/// Service port → target port of one endpoint.
+pub type PortMap = Arc<std::collections::BTreeMap<u16, u16>>;
+
 /// A service as the data path needs it: its definition and its healthy endpoints in a
 /// vector, so that choosing one uniformly is O(1).
 #[derive(Debug, Clone, Serialize)]
 pub struct ServiceRoute {
     /// The service.
     pub service: Arc<Service>,
-    /// Healthy endpoints: the workload and its target port map (service port → target).
+    /// Healthy endpoints: the workload and its target port map.
     #[serde(skip)]
-    pub healthy: Vec<(Arc<Workload>, Arc<std::collections::BTreeMap<u16, u16>>)>,
+    pub healthy: Vec<(Arc<Workload>, PortMap)>,
 }
 
 /// Where a new outbound connection goes, decided from the snapshot.
@@ -66,9 +69,17 @@ pub struct Snapshot {
     by_ip: HashMap<IpAddr, Arc<Workload>>,
     #[serde(skip)]
     by_vip: HashMap<IpAddr, Arc<ServiceRoute>>,
-    /// Authorization policies by `namespace/name`.
-    #[serde(skip)]
+    /// Authorization policies, as configured.
     pub policies: Vec<zpath_policy::model::Authorization>,
+    /// The compiled policies.
+    #[serde(skip)]
+    compiled: Arc<zpath_policy::CompiledPolicies>,
+    /// Each local workload's applicable policies, by uid.
+    #[serde(skip)]
+    targets: HashMap<Strng, zpath_policy::ResolvedTarget>,
+    /// For inbound destinations that are not a known local workload: global policies only.
+    #[serde(skip)]
+    unknown_target: zpath_policy::ResolvedTarget,
 }
 
 impl Snapshot {
@@ -93,7 +104,45 @@ impl Snapshot {
             }
             snap.services.insert(svc.key(), route);
         }
+        snap.compile_policies();
         snap
+    }
+
+    /// Compiles the policies and resolves those of every local workload; logs what
+    /// fails closed (invalid policies, missing referenced policies).
+    fn compile_policies(&mut self) {
+        let compiled = zpath_policy::compile(&self.policies);
+        for (policy, reason) in compiled.invalid_policies() {
+            tracing::warn!(%policy, "policy could not be understood; it denies its whole scope: {reason}");
+        }
+        let none: &[&str] = &[];
+        self.unknown_target = compiled.resolve(&zpath_policy::Target {
+            namespace: "",
+            policies: none,
+        });
+        let mut targets = HashMap::new();
+        for wl in self.workloads.values().filter(|wl| self.is_local(wl)) {
+            let target = compiled.resolve(&zpath_policy::Target {
+                namespace: &wl.namespace,
+                policies: &wl.authorization_policies,
+            });
+            for key in target.missing() {
+                tracing::warn!(workload = %wl.uid, policy = key, "referenced policy is missing: the workload denies all inbound traffic until it arrives");
+            }
+            targets.insert(wl.uid.clone(), target);
+        }
+        self.targets = targets;
+        self.compiled = Arc::new(compiled);
+    }
+
+    /// Authorizes an inbound connection to `conn.dst_ip`: against the local workload
+    /// there, or against global policies only when no local workload owns the address.
+    pub fn authorize<'s>(&'s self, conn: &zpath_policy::Conn<'_>) -> zpath_policy::Outcome<'s> {
+        let target = self
+            .local_workload(conn.dst_ip)
+            .and_then(|wl| self.targets.get(&wl.uid))
+            .unwrap_or(&self.unknown_target);
+        self.compiled.evaluate(target, conn)
     }
 
     fn route_for(&self, service: Arc<Service>) -> ServiceRoute {
@@ -267,8 +316,10 @@ services:
                 other => panic!("unexpected {other:?}"),
             }
         }
-        let want: std::collections::BTreeSet<SocketAddr> =
-            ["10.0.0.1:8080", "10.0.0.2:9090"].iter().map(|a| a.parse().unwrap()).collect();
+        let want: std::collections::BTreeSet<SocketAddr> = ["10.0.0.1:8080", "10.0.0.2:9090"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
         assert_eq!(seen, want);
     }
 

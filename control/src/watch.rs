@@ -111,13 +111,24 @@ mod tests {
     fn bad_reload_keeps_previous_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.yaml");
-        std::fs::write(&path, "workloads:\n- {name: a, namespace: d, workloadIps: [\"10.0.0.1\"]}\n").unwrap();
+        std::fs::write(
+            &path,
+            "workloads:\n- {name: a, namespace: d, workloadIps: [\"10.0.0.1\"]}\n",
+        )
+        .unwrap();
         let cell = Arc::new(SnapshotCell::new(Snapshot::default()));
         let mut src = FileSource::new(Some(path.clone()), "n".into(), cell.clone());
         assert_eq!(src.reload().unwrap(), 1);
         assert!(src.reload_if_changed().is_none());
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
-        writeln!(f, "- {{name: b, namespace: d, workloadIps: [\"not-an-ip\"]}}").unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        writeln!(
+            f,
+            "- {{name: b, namespace: d, workloadIps: [\"not-an-ip\"]}}"
+        )
+        .unwrap();
         drop(f);
         assert!(src.reload_if_changed().unwrap().is_err());
         assert_eq!(cell.generation(), 1);

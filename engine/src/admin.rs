@@ -71,15 +71,26 @@ pub enum Endpoints {
     Readiness,
 }
 
-fn respond(state: &AdminState, which: Endpoints, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+fn respond(
+    state: &AdminState,
+    which: Endpoints,
+    req: &Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
     let text = |code: StatusCode, ctype: &'static str, body: String| {
         let mut r = Response::new(Full::new(Bytes::from(body)));
         *r.status_mut() = code;
-        r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(ctype));
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static(ctype),
+        );
         r
     };
     if req.method() != Method::GET {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n".into());
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "only GET\n".into(),
+        );
     }
     let path = req.uri().path();
     let admin = matches!(which, Endpoints::Admin);
@@ -88,7 +99,11 @@ fn respond(state: &AdminState, which: Endpoints, req: &Request<hyper::body::Inco
             if state.ready() {
                 text(StatusCode::OK, "text/plain", "ready\n".into())
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".into())
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready\n".into(),
+                )
             }
         }
         "/stats/prometheus" | "/metrics" if admin || matches!(which, Endpoints::Metrics) => {
@@ -117,7 +132,10 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AdminState>, wh
                 async move { Ok::<_, Infallible>(resp) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await {
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await
+            {
                 debug!(%peer, "admin connection ended: {e}");
             }
         });

@@ -21,7 +21,7 @@ impl Default for BufferConfig {
     fn default() -> Self {
         Self {
             min: 4 * 1024,
-            max: 256 * 1024,
+            max: 1024 * 1024,
             keep_per_class: 64,
         }
     }
@@ -92,7 +92,7 @@ impl RelayBuf {
     }
 
     /// The buffer to read into.
-    pub fn as_mut(&mut self) -> &mut [u8] {
+    pub fn space(&mut self) -> &mut [u8] {
         self.buf.as_deref_mut().unwrap_or(&mut [])
     }
 
@@ -154,10 +154,10 @@ mod tests {
         let p = pool();
         let mut b = RelayBuf::new(&p);
         for _ in 0..10 {
-            let n = b.as_mut().len();
+            let n = b.space().len();
             b.adapt(n);
         }
-        assert_eq!(b.as_mut().len(), 8192);
+        assert_eq!(b.space().len(), 8192);
     }
 
     #[test]
@@ -165,13 +165,13 @@ mod tests {
         let p = pool();
         let mut b = RelayBuf::new(&p);
         b.adapt(1024);
-        assert_eq!(b.as_mut().len(), 2048);
+        assert_eq!(b.space().len(), 2048);
         for _ in 0..SHRINK_AFTER - 1 {
             b.adapt(1);
         }
-        assert_eq!(b.as_mut().len(), 2048);
+        assert_eq!(b.space().len(), 2048);
         b.adapt(1);
-        assert_eq!(b.as_mut().len(), 1024);
+        assert_eq!(b.space().len(), 1024);
     }
 
     #[test]

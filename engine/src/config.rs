@@ -92,7 +92,10 @@ pub struct ConfigInvalid {
 }
 
 fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigInvalid {
-    ConfigInvalid { setting, message: message.into() }
+    ConfigInvalid {
+        setting,
+        message: message.into(),
+    }
 }
 
 impl EngineConfig {
@@ -109,7 +112,10 @@ impl EngineConfig {
         }
         let b = self.buffers;
         if b.min < 1024 || b.min > b.max {
-            return Err(invalid("--buffer-min", "must be at least 1024 and at most --buffer-max"));
+            return Err(invalid(
+                "--buffer-min",
+                "must be at least 1024 and at most --buffer-max",
+            ));
         }
         if b.max > 16 << 20 {
             return Err(invalid("--buffer-max", "must be at most 16 MiB"));
@@ -124,7 +130,10 @@ impl EngineConfig {
             return Err(invalid("--connect-timeout", "must be more than zero"));
         }
         if self.socks5_handshake_timeout.is_zero() {
-            return Err(invalid("--socks5-handshake-timeout", "must be more than zero"));
+            return Err(invalid(
+                "--socks5-handshake-timeout",
+                "must be more than zero",
+            ));
         }
         let named = [
             ("--outbound-addr", self.outbound_addr),
@@ -141,7 +150,10 @@ impl EngineConfig {
                 continue;
             }
             for (other, b) in &named[i + 1..] {
-                if b.is_some_and(|b| b.port() == a.port() && (b.ip() == a.ip() || b.ip().is_unspecified() || a.ip().is_unspecified())) {
+                if b.is_some_and(|b| {
+                    b.port() == a.port()
+                        && (b.ip() == a.ip() || b.ip().is_unspecified() || a.ip().is_unspecified())
+                }) {
                     return Err(invalid(name, format!("{a} overlaps {other}")));
                 }
             }
@@ -171,7 +183,10 @@ mod tests {
             ..EngineConfig::default()
         };
         let e = cfg.validate().unwrap_err().to_string();
-        assert!(e.contains("--outbound-addr") && e.contains("--socks5-addr"), "{e}");
+        assert!(
+            e.contains("--outbound-addr") && e.contains("--socks5-addr"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -186,7 +201,10 @@ mod tests {
 
     #[test]
     fn duplicate_cores_are_rejected() {
-        let cfg = EngineConfig { cores: vec![0, 0], ..EngineConfig::default() };
+        let cfg = EngineConfig {
+            cores: vec![0, 0],
+            ..EngineConfig::default()
+        };
         assert!(cfg.validate().is_err());
     }
 }

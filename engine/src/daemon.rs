@@ -45,7 +45,8 @@ impl Daemon {
         cfg.validate()?;
         let cfg = Arc::new(cfg);
         let cell = Arc::new(SnapshotCell::new(Snapshot::default()));
-        let mut source = FileSource::new(cfg.config_file.clone(), cfg.node_name.clone(), cell.clone());
+        let mut source =
+            FileSource::new(cfg.config_file.clone(), cfg.node_name.clone(), cell.clone());
         source.reload()?;
         let mut admin = Vec::new();
         let mut reserved = Vec::new();
@@ -69,7 +70,10 @@ impl Daemon {
                 return Ok(Some(a));
             }
             let s = sys::bind_reuseport(a)?;
-            let bound = s.local_addr()?.as_socket().ok_or_else(|| std::io::Error::other("no address"))?;
+            let bound = s
+                .local_addr()?
+                .as_socket()
+                .ok_or_else(|| std::io::Error::other("no address"))?;
             holds.push(s);
             Ok(Some(bound))
         };
@@ -81,7 +85,13 @@ impl Daemon {
         });
         let mut shards = Vec::with_capacity(cfg.cores.len());
         for (id, &core) in cfg.cores.iter().enumerate() {
-            shards.push(shard::spawn(id, core, cfg.clone(), addrs.clone(), cell.clone())?);
+            shards.push(shard::spawn(
+                id,
+                core,
+                cfg.clone(),
+                addrs.clone(),
+                cell.clone(),
+            )?);
         }
         drop(holds);
         let state = Arc::new(AdminState {
@@ -97,7 +107,14 @@ impl Daemon {
             socks5 = ?addrs.socks5,
             "zpath started"
         );
-        Ok(Daemon { cfg, shards, state, source, admin, addrs })
+        Ok(Daemon {
+            cfg,
+            shards,
+            state,
+            source,
+            admin,
+            addrs,
+        })
     }
 
     /// The data-path addresses the shards listen on.
@@ -110,12 +127,23 @@ impl Daemon {
         let handle = std::thread::Builder::new()
             .name("zpath-control".into())
             .spawn(move || self.control())?;
-        handle.join().map_err(|_| std::io::Error::other("control thread panicked"))?
+        handle
+            .join()
+            .map_err(|_| std::io::Error::other("control thread panicked"))?
     }
 
     fn control(self) -> Result<(), StartError> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let Daemon { cfg, mut shards, state, mut source, admin, .. } = self;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let Daemon {
+            cfg,
+            mut shards,
+            state,
+            mut source,
+            admin,
+            ..
+        } = self;
         rt.block_on(async {
             for (l, which) in admin {
                 let l = tokio::net::TcpListener::from_std(l)?;
@@ -142,7 +170,11 @@ impl Daemon {
     }
 }
 
-async fn wait_for_stop(cfg: &EngineConfig, source: &mut FileSource, shards: &[ShardHandle]) -> std::io::Result<()> {
+async fn wait_for_stop(
+    cfg: &EngineConfig,
+    source: &mut FileSource,
+    shards: &[ShardHandle],
+) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;

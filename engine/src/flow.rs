@@ -28,17 +28,27 @@ pub struct Failure {
 }
 
 fn fail(reason: FailReason, message: impl Into<String>) -> Failure {
-    Failure { reason, message: message.into() }
+    Failure {
+        reason,
+        message: message.into(),
+    }
 }
 
 /// Captured outbound: the destination is the original destination of the connection.
-pub async fn outbound(shard: &Rc<Shard>, client: TcpStream, info: &ConnInfo) -> Result<(), Failure> {
+pub async fn outbound(
+    shard: &Rc<Shard>,
+    client: TcpStream,
+    info: &ConnInfo,
+) -> Result<(), Failure> {
     let local = client.local_addr().ok();
     let dst = original_dst(&client, local)?;
     info.dst.set(Some(dst));
     if shard.addrs.is_own(dst, local) {
         client.abort();
-        return Err(fail(FailReason::Loop, format!("destination {dst} is zpath itself (connection was not redirected)")));
+        return Err(fail(
+            FailReason::Loop,
+            format!("destination {dst} is zpath itself (connection was not redirected)"),
+        ));
     }
     let upstream = match dial_route(shard, dst, info).await {
         Ok(u) => u,
@@ -57,21 +67,53 @@ pub async fn inbound(shard: &Rc<Shard>, client: TcpStream, info: &ConnInfo) -> R
     info.dst.set(Some(dst));
     if shard.addrs.is_own(dst, local) {
         client.abort();
-        return Err(fail(FailReason::Loop, format!("inbound target {dst} is one of zpath's own ports")));
+        return Err(fail(
+            FailReason::Loop,
+            format!("inbound target {dst} is one of zpath's own ports"),
+        ));
     }
+    let snapshot = shard.snapshot();
+    let conn = zpath_policy::Conn {
+        src_ip: info.src.ip().to_canonical(),
+        dst_ip: dst.ip().to_canonical(),
+        dst_port: dst.port(),
+        peer: None,
+    };
+    let outcome = snapshot.authorize(&conn);
+    log_dry_run(&outcome, info);
+    let permit = match outcome.decision {
+        zpath_policy::Decision::Allow(permit) => permit,
+        zpath_policy::Decision::Deny(reason) => {
+            shard.stats.count_denied(reason.kind());
+            client.abort();
+            return Err(fail(
+                FailReason::Denied,
+                format!("denied by policy: {reason}"),
+            ));
+        }
+    };
+    shard.stats.count_allowed();
+    drop(snapshot);
     info.state.set(ConnState::Connecting);
-    let upstream = match dial(shard, dst).await {
+    let upstream = match dial_permitted(shard, permit).await {
         Ok(u) => u,
         Err(e) => {
             client.abort();
-            return Err(fail(FailReason::UpstreamConnect, format!("connect to {dst} failed: {e}")));
+            return Err(fail(
+                FailReason::UpstreamConnect,
+                format!("connect to {dst} failed: {e}"),
+            ));
         }
     };
     relay_pair(shard, client, upstream, info, Direction::Inbound).await
 }
 
 /// SOCKS5 entry: the destination comes from the CONNECT request.
-pub async fn socks5(shard: &Rc<Shard>, mut client: TcpStream, info: &ConnInfo) -> Result<(), Failure> {
+pub async fn socks5(
+    shard: &Rc<Shard>,
+    mut client: TcpStream,
+    info: &ConnInfo,
+) -> Result<(), Failure> {
     let mut buf = [0u8; socks5::MAX_GREETING + socks5::MAX_REQUEST];
     let limit = shard.cfg.socks5_handshake_timeout;
     let handshake = glommio::timer::timeout(limit, async {
@@ -87,23 +129,36 @@ pub async fn socks5(shard: &Rc<Shard>, mut client: TcpStream, info: &ConnInfo) -
             return Err(fail(FailReason::Socks5, e.to_string()));
         }
         Ok(Err(HandshakeError::Io(e))) => {
-            return Err(fail(FailReason::Socks5, format!("client went away during the SOCKS5 handshake: {e}")))
+            return Err(fail(
+                FailReason::Socks5,
+                format!("client went away during the SOCKS5 handshake: {e}"),
+            ))
         }
         Err(_) => {
-            return Err(fail(FailReason::Socks5, format!("no complete SOCKS5 request within {limit:?}")))
+            return Err(fail(
+                FailReason::Socks5,
+                format!("no complete SOCKS5 request within {limit:?}"),
+            ))
         }
     };
     let dst = match resolve(target).await {
         Ok(dst) => dst,
         Err(e) => {
-            let _ = client.write_all(&socks5::reply(Reply::HostUnreachable, None)).await;
+            let _ = client
+                .write_all(&socks5::reply(Reply::HostUnreachable, None))
+                .await;
             return Err(fail(FailReason::UpstreamConnect, e.to_string()));
         }
     };
     info.dst.set(Some(dst));
     if shard.addrs.is_own(dst, None) {
-        let _ = client.write_all(&socks5::reply(Reply::NotAllowed, None)).await;
-        return Err(fail(FailReason::Loop, format!("SOCKS5 target {dst} is zpath itself")));
+        let _ = client
+            .write_all(&socks5::reply(Reply::NotAllowed, None))
+            .await;
+        return Err(fail(
+            FailReason::Loop,
+            format!("SOCKS5 target {dst} is zpath itself"),
+        ));
     }
     let mut upstream = match dial_route(shard, dst, info).await {
         Ok(u) => u,
@@ -120,13 +175,20 @@ pub async fn socks5(shard: &Rc<Shard>, mut client: TcpStream, info: &ConnInfo) -
     client
         .write_all(&socks5::reply(Reply::Succeeded, bound))
         .await
-        .map_err(|e| fail(FailReason::Socks5, format!("cannot answer the SOCKS5 client: {e}")))?;
+        .map_err(|e| {
+            fail(
+                FailReason::Socks5,
+                format!("cannot answer the SOCKS5 client: {e}"),
+            )
+        })?;
     if !early.is_empty() {
         // Data the client sent right after its request, before our answer.
-        upstream
-            .write_all(&buf[early])
-            .await
-            .map_err(|e| fail(FailReason::Reset, format!("write to the server failed: {e}")))?;
+        upstream.write_all(&buf[early]).await.map_err(|e| {
+            fail(
+                FailReason::Reset,
+                format!("write to the server failed: {e}"),
+            )
+        })?;
     }
     relay_pair(shard, client, upstream, info, Direction::Outbound).await
 }
@@ -149,20 +211,31 @@ async fn socks5_handshake(
         }
         have += read_more(client, buf, have).await?;
     };
-    client.write_all(&[5, 0]).await.map_err(HandshakeError::Io)?;
+    client
+        .write_all(&[5, 0])
+        .await
+        .map_err(HandshakeError::Io)?;
     buf.copy_within(used..have, 0);
     have -= used;
     loop {
-        if let Some((target, n)) = socks5::parse_request(&buf[..have]).map_err(HandshakeError::Protocol)? {
+        if let Some((target, n)) =
+            socks5::parse_request(&buf[..have]).map_err(HandshakeError::Protocol)?
+        {
             return Ok((target, n..have));
         }
         have += read_more(client, buf, have).await?;
     }
 }
 
-async fn read_more(client: &mut TcpStream, buf: &mut [u8], have: usize) -> Result<usize, HandshakeError> {
+async fn read_more(
+    client: &mut TcpStream,
+    buf: &mut [u8],
+    have: usize,
+) -> Result<usize, HandshakeError> {
     if have == buf.len() {
-        return Err(HandshakeError::Protocol(Socks5Error::Malformed("request too long")));
+        return Err(HandshakeError::Protocol(Socks5Error::Malformed(
+            "request too long",
+        )));
     }
     match client.read(&mut buf[have..]).await {
         Ok(0) => Err(HandshakeError::Io(io::ErrorKind::UnexpectedEof.into())),
@@ -177,9 +250,18 @@ async fn resolve(target: Target) -> io::Result<SocketAddr> {
         Target::Domain(name, port) => {
             let lookup = glommio::executor().spawn_blocking(move || {
                 use std::net::ToSocketAddrs;
-                (name.as_str(), port).to_socket_addrs().map(|mut it| it.next()).map_err(|e| (name.clone(), e)).and_then(|a| a.ok_or((name, io::ErrorKind::NotFound.into())))
+                (name.as_str(), port)
+                    .to_socket_addrs()
+                    .map(|mut it| it.next())
+                    .map_err(|e| (name.clone(), e))
+                    .and_then(|a| a.ok_or((name, io::ErrorKind::NotFound.into())))
             });
-            lookup.await.map_err(|(name, e)| io::Error::new(io::ErrorKind::NotFound, format!("cannot resolve {name}: {e}")))
+            lookup.await.map_err(|(name, e)| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("cannot resolve {name}: {e}"),
+                )
+            })
         }
     }
 }
@@ -187,7 +269,10 @@ async fn resolve(target: Target) -> io::Result<SocketAddr> {
 fn original_dst(client: &TcpStream, local: Option<SocketAddr>) -> Result<SocketAddr, Failure> {
     let Some(local) = local else {
         client.abort();
-        return Err(fail(FailReason::NoOriginalDst, "socket has no local address"));
+        return Err(fail(
+            FailReason::NoOriginalDst,
+            "socket has no local address",
+        ));
     };
     sys::original_dst(client, local).map_err(|e| {
         client.abort();
@@ -202,22 +287,54 @@ struct DialFailure {
     io_reply: Reply,
 }
 
-async fn dial_route(shard: &Rc<Shard>, dst: SocketAddr, info: &ConnInfo) -> Result<TcpStream, DialFailure> {
+async fn dial_route(
+    shard: &Rc<Shard>,
+    dst: SocketAddr,
+    info: &ConnInfo,
+) -> Result<TcpStream, DialFailure> {
     let snapshot = shard.snapshot();
     let target = match snapshot.route(dst, shard.random()) {
         Route::Passthrough(addr) | Route::Workload { addr, .. } => addr,
         Route::NoEndpoint(svc) => {
-            let failure = fail(FailReason::NoEndpoint, format!("service {svc} has no healthy endpoint for port {}", dst.port()));
-            return Err(DialFailure { failure, reason: FailReason::NoEndpoint, io_reply: Reply::HostUnreachable });
+            let failure = fail(
+                FailReason::NoEndpoint,
+                format!(
+                    "service {svc} has no healthy endpoint for port {}",
+                    dst.port()
+                ),
+            );
+            return Err(DialFailure {
+                failure,
+                reason: FailReason::NoEndpoint,
+                io_reply: Reply::HostUnreachable,
+            });
         }
     };
     drop(snapshot);
     info.state.set(ConnState::Connecting);
     dial(shard, target).await.map_err(|e| {
         let io_reply = socks5::reply_for_io(&e);
-        let failure = fail(FailReason::UpstreamConnect, format!("connect to {target} failed: {e}"));
-        DialFailure { failure, reason: FailReason::UpstreamConnect, io_reply }
+        let failure = fail(
+            FailReason::UpstreamConnect,
+            format!("connect to {target} failed: {e}"),
+        );
+        DialFailure {
+            failure,
+            reason: FailReason::UpstreamConnect,
+            io_reply,
+        }
     })
+}
+
+fn log_dry_run(outcome: &zpath_policy::Outcome<'_>, info: &ConnInfo) {
+    if let Some(dry) = &outcome.dry_run {
+        tracing::info!(src = %info.src, dst = ?info.dst.get(), would_allow = dry.would_allow, "dry-run policy evaluated: {dry:?}");
+    }
+}
+
+/// Connects to the destination a policy decision permitted.
+async fn dial_permitted(shard: &Shard, permit: zpath_policy::Permit) -> io::Result<TcpStream> {
+    dial(shard, permit.destination()).await
 }
 
 /// Connects to `dst` with our packet mark, within the connect timeout.
@@ -235,7 +352,10 @@ pub async fn dial(shard: &Shard, dst: SocketAddr) -> io::Result<TcpStream> {
     match connected {
         Ok(()) => {}
         Err(glommio::GlommioError::TimedOut(_)) => {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {limit:?}")))
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {limit:?}"),
+            ))
         }
         Err(e) => return Err(e.into()),
     }
@@ -245,12 +365,25 @@ pub async fn dial(shard: &Shard, dst: SocketAddr) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
-async fn relay_pair(shard: &Rc<Shard>, client: TcpStream, upstream: TcpStream, info: &ConnInfo, dir: Direction) -> Result<(), Failure> {
+async fn relay_pair(
+    shard: &Rc<Shard>,
+    client: TcpStream,
+    upstream: TcpStream,
+    info: &ConnInfo,
+    dir: Direction,
+) -> Result<(), Failure> {
     info.fds.set([client.as_raw_fd(), upstream.as_raw_fd()]);
     info.state.set(ConnState::Relaying);
     let stats = shard.stats.dir(dir);
-    let meters = Meters { up: &stats.received_bytes, down: &stats.sent_bytes, conn_up: &info.up, conn_down: &info.down };
+    let meters = Meters {
+        up: &stats.received_bytes,
+        down: &stats.sent_bytes,
+        conn_up: &info.up,
+        conn_down: &info.down,
+    };
     let result = relay::relay(client, upstream, &shard.pool, meters).await;
     info.fds.set([-1, -1]);
-    result.map(|_| ()).map_err(|e| fail(FailReason::Reset, e.to_string()))
+    result
+        .map(|_| ())
+        .map_err(|e| fail(FailReason::Reset, e.to_string()))
 }

@@ -77,7 +77,7 @@ struct Args {
     #[arg(long, env = "ZPATH_BUFFER_MIN", default_value_t = 4096)]
     buffer_min: usize,
     /// Largest relay buffer a busy direction grows to (worst case: 2 x this per connection).
-    #[arg(long, env = "ZPATH_BUFFER_MAX", default_value_t = 256 * 1024)]
+    #[arg(long, env = "ZPATH_BUFFER_MAX", default_value_t = 1024 * 1024)]
     buffer_max: usize,
     /// Listen backlog of each data-path listener, per shard.
     #[arg(long, env = "ZPATH_ACCEPT_BACKLOG", default_value_t = 1024)]
@@ -105,7 +105,8 @@ fn core_list(s: &str) -> Result<CoreList, String> {
         let bad = || format!("{part:?} is not a core number or range like 0-3");
         match part.split_once('-') {
             Some((a, b)) => {
-                let (a, b): (usize, usize) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                let (a, b): (usize, usize) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
                 if a > b {
                     return Err(bad());
                 }
@@ -121,19 +122,23 @@ fn core_list(s: &str) -> Result<CoreList, String> {
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 5s or 500ms: {e}"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 5s or 500ms: {e}"))
 }
 
 fn default_state_dir() -> PathBuf {
     // SAFETY-free check: geteuid has no preconditions; use the environment instead of libc.
-    let root = std::env::var("USER").is_ok_and(|u| u == "root") || std::env::var("HOME").is_ok_and(|h| h == "/root");
+    let root = std::env::var("USER").is_ok_and(|u| u == "root")
+        || std::env::var("HOME").is_ok_and(|h| h == "/root");
     if root {
         return PathBuf::from("/var/lib/zpath");
     }
     if let Some(x) = std::env::var_os("XDG_STATE_HOME") {
         return PathBuf::from(x).join("zpath");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".local/state/zpath")
 }
 
@@ -175,7 +180,11 @@ impl Args {
             socks5_handshake_timeout: self.socks5_handshake_timeout,
             ring_depth: self.ring_depth,
             io_memory: self.io_memory,
-            buffers: BufferConfig { min: self.buffer_min, max: self.buffer_max, ..BufferConfig::default() },
+            buffers: BufferConfig {
+                min: self.buffer_min,
+                max: self.buffer_max,
+                ..BufferConfig::default()
+            },
             accept_backlog: self.accept_backlog,
             ..EngineConfig::default()
         })
@@ -184,8 +193,12 @@ impl Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let cfg = match args.into_config() {
         Ok(c) => c,
         Err(e) => {

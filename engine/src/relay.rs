@@ -85,13 +85,21 @@ impl<S> Clone for Shared<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Shared<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
     }
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Shared<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -116,8 +124,22 @@ where
 {
     let client = Shared(Rc::new(RefCell::new(client)));
     let server = Shared(Rc::new(RefCell::new(server)));
-    let up = one_way(client.clone(), server.clone(), ("client", "server"), RelayBuf::new(pool), meters.up, meters.conn_up);
-    let down = one_way(server.clone(), client.clone(), ("server", "client"), RelayBuf::new(pool), meters.down, meters.conn_down);
+    let up = one_way(
+        client.clone(),
+        server.clone(),
+        ("client", "server"),
+        RelayBuf::new(pool),
+        meters.up,
+        meters.conn_up,
+    );
+    let down = one_way(
+        server.clone(),
+        client.clone(),
+        ("server", "client"),
+        RelayBuf::new(pool),
+        meters.down,
+        meters.conn_down,
+    );
     match futures_lite::future::try_zip(up, down).await {
         Ok((up, down)) => Ok(Transferred { up, down }),
         Err(e) => {
@@ -142,15 +164,23 @@ where
 {
     let mut total = 0u64;
     loop {
-        let n = match from.read(buf.as_mut()).await {
+        let n = match from.read(buf.space()).await {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(source) => return Err(RelayError::Read { side: from_name, source }),
+            Err(source) => {
+                return Err(RelayError::Read {
+                    side: from_name,
+                    source,
+                })
+            }
         };
         to.write_all(buf.filled(n))
             .await
-            .map_err(|source| RelayError::Write { side: to_name, source })?;
+            .map_err(|source| RelayError::Write {
+                side: to_name,
+                source,
+            })?;
         total += n as u64;
         counter.add(n as u64);
         conn.set(conn.get() + n as u64);
@@ -161,6 +191,9 @@ where
         Ok(()) => Ok(total),
         // The other side is already fully gone; nothing left to tell it.
         Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(total),
-        Err(source) => Err(RelayError::Write { side: to_name, source }),
+        Err(source) => Err(RelayError::Write {
+            side: to_name,
+            source,
+        }),
     }
 }

@@ -46,7 +46,10 @@ impl BoundAddrs {
             || local.is_some_and(|l| l.ip() == dst.ip());
         let mut ours = ours;
         Some(dst) == local
-            || ours.any(|a| a.port() == dst.port() && (a.ip() == dst.ip() || (a.ip().is_unspecified() && dst_is_local)))
+            || ours.any(|a| {
+                a.port() == dst.port()
+                    && (a.ip() == dst.ip() || (a.ip().is_unspecified() && dst_is_local))
+            })
     }
 }
 
@@ -111,6 +114,11 @@ impl ShardHandle {
     }
 }
 
+/// A shard's copy of the current snapshot. The `Rc` is deliberate: connections clone
+/// it (a plain increment on this core) instead of the `Arc`, whose count all shards share.
+#[allow(clippy::redundant_allocation)]
+pub type LocalSnapshot = Rc<Arc<Snapshot>>;
+
 /// State of one shard, owned by its executor thread.
 pub struct Shard {
     /// Index of the shard.
@@ -126,14 +134,14 @@ pub struct Shard {
     /// Live connections.
     pub table: Rc<RefCell<ConnTable>>,
     cell: Arc<SnapshotCell>,
-    current: RefCell<Rc<Arc<Snapshot>>>,
+    current: RefCell<LocalSnapshot>,
     rng: Cell<u64>,
 }
 
 impl Shard {
     /// The current snapshot: one atomic load; the shared `Arc` is cloned only when a new
     /// one was published, and connections share this shard's copy through an `Rc`.
-    pub fn snapshot(&self) -> Rc<Arc<Snapshot>> {
+    pub fn snapshot(&self) -> LocalSnapshot {
         let mut cur = self.current.borrow_mut();
         if let Some(newer) = self.cell.newer(&cur) {
             *cur = Rc::new(newer);
@@ -178,18 +186,27 @@ pub fn spawn(
                 stats: shard_stats,
                 current: RefCell::new(Rc::new(cell.load())),
                 cell,
-                rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ ((id as u64 + 1) << 32) ^ std::process::id() as u64),
+                rng: Cell::new(
+                    0x9E37_79B9_7F4A_7C15 ^ ((id as u64 + 1) << 32) ^ std::process::id() as u64,
+                ),
                 cfg,
                 addrs,
             });
             run(shard, rx, wake_rx, started_tx).await;
         })
-        .map_err(|e| std::io::Error::other(format!("cannot start shard {id} on core {core}: {e}")))?;
+        .map_err(|e| {
+            std::io::Error::other(format!("cannot start shard {id} on core {core}: {e}"))
+        })?;
     let started = started_rx
         .recv_timeout(Duration::from_secs(30))
         .map_err(|_| std::io::Error::other(format!("shard {id} did not start")))?;
     started.map_err(std::io::Error::other)?;
-    Ok(ShardHandle { stats, tx, wake: wake_tx, join: Some(join) })
+    Ok(ShardHandle {
+        stats,
+        tx,
+        wake: wake_tx,
+        join: Some(join),
+    })
 }
 
 fn bind(addr: SocketAddr, backlog: i32) -> Result<TcpListener, String> {
@@ -213,7 +230,9 @@ async fn run(
     for (addr, kind) in listeners {
         let Some(addr) = addr else { continue };
         match bind(addr, shard.cfg.accept_backlog) {
-            Ok(l) => accepting.push(glommio::spawn_local(accept_loop(shard.clone(), l, kind)).detach()),
+            Ok(l) => {
+                accepting.push(glommio::spawn_local(accept_loop(shard.clone(), l, kind)).detach())
+            }
             Err(e) => {
                 let _ = started.send(Err(e));
                 return;
@@ -231,7 +250,7 @@ async fn run(
         while let Ok(msg) = rx.try_recv() {
             match msg {
                 ShardMsg::Drain { deadline: d } => deadline = Some(d),
-                ShardMsg::SnapshotChanged => {}
+                ShardMsg::SnapshotChanged => recheck(&shard),
             }
         }
         if let Some(d) = deadline {
@@ -241,7 +260,43 @@ async fn run(
     }
 }
 
-async fn drain(shard: &Rc<Shard>, accepting: Vec<glommio::task::JoinHandle<()>>, deadline: Instant) {
+/// Re-authorizes live inbound connections against the newest snapshot and aborts those
+/// it now denies.
+fn recheck(shard: &Rc<Shard>) {
+    let snapshot = shard.snapshot();
+    let closed = shard.table.borrow_mut().abort_matching(FailReason::Denied, |info| {
+        let Some(dst) = info.dst.get() else { return false };
+        if info.direction != Direction::Inbound {
+            return false;
+        }
+        let conn = zpath_policy::Conn {
+            src_ip: info.src.ip().to_canonical(),
+            dst_ip: dst.ip().to_canonical(),
+            dst_port: dst.port(),
+            peer: None,
+        };
+        match snapshot.authorize(&conn).decision {
+            zpath_policy::Decision::Allow(_) => false,
+            zpath_policy::Decision::Deny(reason) => {
+                shard.stats.count_denied(reason.kind());
+                info!(shard = shard.id, src = %info.src, %dst, "closing connection now denied by policy: {reason}");
+                true
+            }
+        }
+    });
+    if closed > 0 {
+        info!(
+            shard = shard.id,
+            closed, "policy change closed live connections"
+        );
+    }
+}
+
+async fn drain(
+    shard: &Rc<Shard>,
+    accepting: Vec<glommio::task::JoinHandle<()>>,
+    deadline: Instant,
+) {
     for a in accepting {
         a.cancel();
     }
@@ -253,7 +308,10 @@ async fn drain(shard: &Rc<Shard>, accepting: Vec<glommio::task::JoinHandle<()>>,
     }
     let aborted = shard.table.borrow_mut().abort_all();
     if aborted > 0 {
-        info!(shard = shard.id, aborted, "drain deadline passed: aborting connections");
+        info!(
+            shard = shard.id,
+            aborted, "drain deadline passed: aborting connections"
+        );
     }
     // Cancelled tasks drop their sockets (RST) and leave the table on their next poll.
     let give_up = Instant::now() + Duration::from_secs(1);
@@ -290,7 +348,12 @@ fn spawn_connection(shard: &Rc<Shard>, stream: TcpStream, kind: ListenerKind) {
     shard.table.borrow_mut().set_task(id, task);
 }
 
-async fn serve(shard: &Rc<Shard>, stream: TcpStream, kind: ListenerKind, guard: &TableGuard) -> Result<(), flow::Failure> {
+async fn serve(
+    shard: &Rc<Shard>,
+    stream: TcpStream,
+    kind: ListenerKind,
+    guard: &TableGuard,
+) -> Result<(), flow::Failure> {
     use std::os::fd::AsRawFd;
     let _ = stream.set_nodelay(true);
     guard.info.fds.set([stream.as_raw_fd(), -1]);

@@ -47,7 +47,9 @@ pub enum Socks5Error {
     #[error("not a SOCKS5 client (version byte {0:#04x})")]
     Version(u8),
     /// The client offers no method we accept (we only accept "no authentication").
-    #[error("client offers no acceptable authentication method (only 'no authentication' is supported)")]
+    #[error(
+        "client offers no acceptable authentication method (only 'no authentication' is supported)"
+    )]
     NoAcceptableMethod,
     /// A command other than CONNECT.
     #[error("unsupported SOCKS5 command {0:#04x} (only CONNECT is supported)")]
@@ -67,7 +69,9 @@ impl Socks5Error {
             Socks5Error::Version(_) => None,
             Socks5Error::NoAcceptableMethod => Some(vec![5, 0xFF]),
             Socks5Error::Command(_) => Some(reply(Reply::CommandNotSupported, None).to_vec()),
-            Socks5Error::AddressType(_) => Some(reply(Reply::AddressTypeNotSupported, None).to_vec()),
+            Socks5Error::AddressType(_) => {
+                Some(reply(Reply::AddressTypeNotSupported, None).to_vec())
+            }
             Socks5Error::Malformed(_) => Some(reply(Reply::GeneralFailure, None).to_vec()),
         }
     }
@@ -76,16 +80,22 @@ impl Socks5Error {
 /// Parses the greeting. `Ok(None)`: more bytes needed; `Ok(Some(n))`: the greeting used
 /// `n` bytes and the answer is `[5, 0]` (no authentication).
 pub fn parse_greeting(buf: &[u8]) -> Result<Option<usize>, Socks5Error> {
-    let Some(&version) = buf.first() else { return Ok(None) };
+    let Some(&version) = buf.first() else {
+        return Ok(None);
+    };
     if version != 5 {
         return Err(Socks5Error::Version(version));
     }
-    let Some(&n) = buf.get(1) else { return Ok(None) };
+    let Some(&n) = buf.get(1) else {
+        return Ok(None);
+    };
     let n = n as usize;
     if n == 0 {
         return Err(Socks5Error::NoAcceptableMethod);
     }
-    let Some(methods) = buf.get(2..2 + n) else { return Ok(None) };
+    let Some(methods) = buf.get(2..2 + n) else {
+        return Ok(None);
+    };
     if methods.contains(&0) {
         Ok(Some(2 + n))
     } else {
@@ -125,18 +135,24 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Target, usize)>, Socks5Error>
         other => return Err(Socks5Error::AddressType(other)),
     };
     let end = start + addr_len + 2;
-    let Some(body) = buf.get(start..end) else { return Ok(None) };
+    let Some(body) = buf.get(start..end) else {
+        return Ok(None);
+    };
     let port = u16::from_be_bytes([body[addr_len], body[addr_len + 1]]);
     if port == 0 {
         return Err(Socks5Error::Malformed("port 0"));
     }
     let target = match atyp {
         1 => {
-            let b: [u8; 4] = body[..4].try_into().map_err(|_| Socks5Error::Malformed("address"))?;
+            let b: [u8; 4] = body[..4]
+                .try_into()
+                .map_err(|_| Socks5Error::Malformed("address"))?;
             Target::Addr(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(b)), port))
         }
         4 => {
-            let b: [u8; 16] = body[..16].try_into().map_err(|_| Socks5Error::Malformed("address"))?;
+            let b: [u8; 16] = body[..16]
+                .try_into()
+                .map_err(|_| Socks5Error::Malformed("address"))?;
             Target::Addr(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(b)), port))
         }
         _ => {
@@ -193,7 +209,10 @@ mod tests {
         let e = parse_greeting(&[5, 1, 2]).unwrap_err();
         assert_eq!(e, Socks5Error::NoAcceptableMethod);
         assert_eq!(e.reply(), Some(vec![5, 0xFF]));
-        assert_eq!(parse_greeting(&[5, 0]), Err(Socks5Error::NoAcceptableMethod));
+        assert_eq!(
+            parse_greeting(&[5, 0]),
+            Err(Socks5Error::NoAcceptableMethod)
+        );
     }
 
     #[test]
@@ -206,15 +225,24 @@ mod tests {
     #[test]
     fn ipv4_ipv6_and_domain_requests_parse() {
         let v4 = [5, 1, 0, 1, 10, 0, 0, 1, 0x1f, 0x90];
-        assert_eq!(parse_request(&v4), Ok(Some((Target::Addr("10.0.0.1:8080".parse().unwrap()), 10))));
+        assert_eq!(
+            parse_request(&v4),
+            Ok(Some((Target::Addr("10.0.0.1:8080".parse().unwrap()), 10)))
+        );
         let mut v6 = vec![5, 1, 0, 4];
         v6.extend_from_slice(&"::1".parse::<Ipv6Addr>().unwrap().octets());
         v6.extend_from_slice(&[0, 80]);
-        assert_eq!(parse_request(&v6), Ok(Some((Target::Addr("[::1]:80".parse().unwrap()), 22))));
+        assert_eq!(
+            parse_request(&v6),
+            Ok(Some((Target::Addr("[::1]:80".parse().unwrap()), 22)))
+        );
         let mut d = vec![5, 1, 0, 3, 9];
         d.extend_from_slice(b"localhost");
         d.extend_from_slice(&[0, 80]);
-        assert_eq!(parse_request(&d), Ok(Some((Target::Domain("localhost".into(), 80), 16))));
+        assert_eq!(
+            parse_request(&d),
+            Ok(Some((Target::Domain("localhost".into(), 80), 16)))
+        );
     }
 
     #[test]
@@ -241,10 +269,22 @@ mod tests {
 
     #[test]
     fn malformed_fields_are_refused() {
-        assert!(matches!(parse_request(&[5, 1, 1, 1, 1, 2, 3, 4, 0, 80]), Err(Socks5Error::Malformed(_))));
-        assert!(matches!(parse_request(&[5, 1, 0, 3, 0, 0, 80]), Err(Socks5Error::Malformed(_))));
-        assert!(matches!(parse_request(&[5, 1, 0, 1, 1, 2, 3, 4, 0, 0]), Err(Socks5Error::Malformed(_))));
-        assert!(matches!(parse_request(&[5, 1, 0, 3, 2, 0xff, 0xfe, 0, 80]), Err(Socks5Error::Malformed(_))));
+        assert!(matches!(
+            parse_request(&[5, 1, 1, 1, 1, 2, 3, 4, 0, 80]),
+            Err(Socks5Error::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_request(&[5, 1, 0, 3, 0, 0, 80]),
+            Err(Socks5Error::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_request(&[5, 1, 0, 1, 1, 2, 3, 4, 0, 0]),
+            Err(Socks5Error::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_request(&[5, 1, 0, 3, 2, 0xff, 0xfe, 0, 80]),
+            Err(Socks5Error::Malformed(_))
+        ));
     }
 
     #[test]

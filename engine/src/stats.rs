@@ -75,10 +75,12 @@ pub enum FailReason {
     Drained = 6,
     /// Inbound to an address that is not a workload this node serves.
     UnknownTarget = 7,
+    /// Denied by authorization policy (at connect, or closed after a policy change).
+    Denied = 8,
 }
 
 impl FailReason {
-    const ALL: [FailReason; 8] = [
+    const ALL: [FailReason; 9] = [
         FailReason::UpstreamConnect,
         FailReason::NoOriginalDst,
         FailReason::Loop,
@@ -87,6 +89,7 @@ impl FailReason {
         FailReason::NoEndpoint,
         FailReason::Drained,
         FailReason::UnknownTarget,
+        FailReason::Denied,
     ];
 
     /// The metric label.
@@ -100,6 +103,7 @@ impl FailReason {
             FailReason::NoEndpoint => "no_endpoint",
             FailReason::Drained => "drained",
             FailReason::UnknownTarget => "unknown_target",
+            FailReason::Denied => "denied",
         }
     }
 }
@@ -116,7 +120,7 @@ pub struct DirectionStats {
     /// Bytes from the server back to the client (Istio: sent).
     pub sent_bytes: Counter,
     /// Failures by reason.
-    pub failed: [Counter; 8],
+    pub failed: [Counter; 9],
 }
 
 /// All counters of one shard.
@@ -129,9 +133,34 @@ pub struct ShardStats {
     pub open: Counter,
     /// Listeners bound and accepting (readiness).
     pub listening: Counter,
+    /// Inbound policy decisions: allowed.
+    pub policy_allowed: Counter,
+    /// Inbound policy decisions: denied, by reason kind (see [`DENY_KINDS`]).
+    pub policy_denied: [Counter; 5],
 }
 
+/// The deny reason kinds, in the order of [`ShardStats::policy_denied`].
+pub const DENY_KINDS: [zpath_policy::DenyKind; 5] = [
+    zpath_policy::DenyKind::MissingPolicy,
+    zpath_policy::DenyKind::InvalidPolicy,
+    zpath_policy::DenyKind::ExplicitDeny,
+    zpath_policy::DenyKind::NotAllowed,
+    zpath_policy::DenyKind::StaleTarget,
+];
+
 impl ShardStats {
+    /// Counts an allowed inbound decision.
+    pub fn count_allowed(&self) {
+        self.policy_allowed.add(1);
+    }
+
+    /// Counts a denied inbound decision.
+    pub fn count_denied(&self, kind: zpath_policy::DenyKind) {
+        if let Some(i) = DENY_KINDS.iter().position(|k| *k == kind) {
+            self.policy_denied[i].add(1);
+        }
+    }
+
     /// Counters of a direction.
     pub fn dir(&self, d: Direction) -> &DirectionStats {
         &self.dirs[d as usize]
@@ -142,11 +171,28 @@ impl ShardStats {
 pub fn render_prometheus(shards: &[std::sync::Arc<ShardStats>], extra: &str) -> String {
     let mut out = String::with_capacity(4096);
     let sum = |f: &dyn Fn(&ShardStats) -> u64| shards.iter().map(|s| f(s)).sum::<u64>();
-    let families: [(&str, &str, fn(&DirectionStats) -> &Counter); 4] = [
-        ("istio_tcp_connections_opened_total", "Total TCP connections opened", |d| &d.opened),
-        ("istio_tcp_connections_closed_total", "Total TCP connections closed", |d| &d.closed),
-        ("istio_tcp_received_bytes_total", "Total bytes received during request in case of a TCP connection", |d| &d.received_bytes),
-        ("istio_tcp_sent_bytes_total", "Total bytes sent during response in case of a TCP connection", |d| &d.sent_bytes),
+    type Family = (&'static str, &'static str, fn(&DirectionStats) -> &Counter);
+    let families: [Family; 4] = [
+        (
+            "istio_tcp_connections_opened_total",
+            "Total TCP connections opened",
+            |d| &d.opened,
+        ),
+        (
+            "istio_tcp_connections_closed_total",
+            "Total TCP connections closed",
+            |d| &d.closed,
+        ),
+        (
+            "istio_tcp_received_bytes_total",
+            "Total bytes received during request in case of a TCP connection",
+            |d| &d.received_bytes,
+        ),
+        (
+            "istio_tcp_sent_bytes_total",
+            "Total bytes sent during response in case of a TCP connection",
+            |d| &d.sent_bytes,
+        ),
     ];
     for (name, help, get) in families {
         let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} counter");
@@ -161,15 +207,41 @@ pub fn render_prometheus(shards: &[std::sync::Arc<ShardStats>], extra: &str) -> 
         }
     }
     let name = "zpath_connections_failed_total";
-    let _ = writeln!(out, "# HELP {name} Connections that failed, by reason.\n# TYPE {name} counter");
+    let _ = writeln!(
+        out,
+        "# HELP {name} Connections that failed, by reason.\n# TYPE {name} counter"
+    );
     for d in [Direction::Outbound, Direction::Inbound] {
         for r in FailReason::ALL {
             let v = sum(&|s| s.dir(d).failed[r as usize].get());
-            let _ = writeln!(out, "{name}{{direction=\"{}\",reason=\"{}\"}} {v}", d.label(), r.label());
+            let _ = writeln!(
+                out,
+                "{name}{{direction=\"{}\",reason=\"{}\"}} {v}",
+                d.label(),
+                r.label()
+            );
         }
     }
+    let name = "zpath_policy_decisions_total";
+    let _ = writeln!(out, "# HELP {name} Inbound authorization decisions, by outcome and reason.\n# TYPE {name} counter");
+    let _ = writeln!(
+        out,
+        "{name}{{outcome=\"allow\",reason=\"\"}} {}",
+        sum(&|s| s.policy_allowed.get())
+    );
+    for (i, k) in DENY_KINDS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{name}{{outcome=\"deny\",reason=\"{}\"}} {}",
+            k.as_str(),
+            sum(&|s| s.policy_denied[i].get())
+        );
+    }
     let name = "zpath_open_connections";
-    let _ = writeln!(out, "# HELP {name} Connections open now, by shard.\n# TYPE {name} gauge");
+    let _ = writeln!(
+        out,
+        "# HELP {name} Connections open now, by shard.\n# TYPE {name} gauge"
+    );
     for (i, s) in shards.iter().enumerate() {
         let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", s.open.get());
     }
@@ -192,8 +264,14 @@ mod tests {
         a.open.add(4);
         a.open.sub(1);
         let text = render_prometheus(&[a, b], "");
-        assert!(text.contains("istio_tcp_connections_opened_total{reporter=\"source\",direction=\"outbound\"} 5"), "{text}");
-        assert!(text.contains("zpath_connections_failed_total{direction=\"inbound\",reason=\"loop\"} 1"));
+        assert!(
+            text.contains(
+                "istio_tcp_connections_opened_total{reporter=\"source\",direction=\"outbound\"} 5"
+            ),
+            "{text}"
+        );
+        assert!(text
+            .contains("zpath_connections_failed_total{direction=\"inbound\",reason=\"loop\"} 1"));
         assert!(text.contains("zpath_open_connections{shard=\"0\"} 3"));
     }
 }

@@ -19,7 +19,10 @@ pub fn original_dst(stream: &impl AsRawFd, local: SocketAddr) -> io::Result<Sock
         }
     })?;
     addr.as_socket().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidData, "original destination is not an IP address")
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "original destination is not an IP address",
+        )
     })
 }
 

@@ -126,7 +126,10 @@ impl ConnTable {
             state: Cell::new(ConnState::Accepted),
             fds: Cell::new([-1, -1]),
         });
-        let entry = Entry { info: info.clone(), task: None };
+        let entry = Entry {
+            info: info.clone(),
+            task: None,
+        };
         let slot = match t.free.pop() {
             Some(s) => {
                 t.slots[s] = Some(entry);
@@ -138,7 +141,11 @@ impl ConnTable {
             }
         };
         t.stats.open.add(1);
-        TableGuard { table: this.clone(), slot, info }
+        TableGuard {
+            table: this.clone(),
+            slot,
+            info,
+        }
     }
 
     /// Records the task serving the entry `id`, so drain can cancel it.
@@ -158,11 +165,23 @@ impl ConnTable {
         self.len() == 0
     }
 
-    /// Aborts every live connection: its sockets will send RST, its task is cancelled.
-    /// Returns how many were aborted.
+    /// Aborts every live connection (drain deadline). Returns how many were aborted.
     pub fn abort_all(&mut self) -> usize {
+        self.abort_matching(crate::stats::FailReason::Drained, |_| true)
+    }
+
+    /// Aborts the live connections for which `pred` holds: their sockets will send RST
+    /// and their tasks are cancelled; each is counted as closed and failed for `reason`.
+    pub fn abort_matching(
+        &mut self,
+        reason: crate::stats::FailReason,
+        mut pred: impl FnMut(&ConnInfo) -> bool,
+    ) -> usize {
         let mut n = 0;
         for e in self.slots.iter_mut().flatten() {
+            if e.task.is_none() || !pred(&e.info) {
+                continue;
+            }
             for fd in e.info.fds.get() {
                 if fd >= 0 {
                     let _ = crate::sys::set_reset_on_close_fd(fd);
@@ -174,7 +193,7 @@ impl ConnTable {
             // The cancelled task will not reach its own accounting.
             let d = self.stats.dir(e.info.direction);
             d.closed.add(1);
-            d.failed[crate::stats::FailReason::Drained as usize].add(1);
+            d.failed[reason as usize].add(1);
             n += 1;
         }
         n

@@ -2,6 +2,9 @@
 //! nodes as real processes, echo servers, a SOCKS5 client, network namespaces.
 //! The tests themselves live in `tests/tests/`.
 
+// Test support: a failed set-up step should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod echo;
 pub mod netns;
 pub mod node;

@@ -5,7 +5,11 @@ use std::process::Command;
 
 /// Runs a command and panics with its output if it fails.
 pub fn run(cmd: &str) {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("run shell");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("run shell");
     assert!(
         out.status.success(),
         "`{cmd}` failed: {}{}",
@@ -35,12 +39,19 @@ impl Netns {
 
     /// A handle on a namespace someone else owns (not deleted on drop).
     pub fn existing(name: &str) -> Netns {
-        Netns { name: name.to_string(), owned: false }
+        Netns {
+            name: name.to_string(),
+            owned: false,
+        }
     }
 
     /// Runs a shell command inside the namespace.
     pub fn exec(&self, cmd: &str) {
-        run(&format!("ip netns exec {} sh -c '{}'", self.name, cmd.replace('\'', "'\\''")));
+        run(&format!(
+            "ip netns exec {} sh -c '{}'",
+            self.name,
+            cmd.replace('\'', "'\\''")
+        ));
     }
 
     /// Runs `f` on a thread that has entered the namespace; sockets it creates live there.
@@ -64,6 +75,8 @@ impl Drop for Netns {
         if !self.owned {
             return;
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }

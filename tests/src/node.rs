@@ -122,7 +122,18 @@ impl Node {
             .stderr(std::fs::File::create(dir.path().join("zpath.log")).expect("log file"));
         let child = cmd.spawn().expect("start zpath");
         let netns = opts.netns.clone();
-        Node { child: Some(child), socks5, outbound, inbound, admin, metrics, readiness, config_path, netns, dir }
+        Node {
+            child: Some(child),
+            socks5,
+            outbound,
+            inbound,
+            admin,
+            metrics,
+            readiness,
+            config_path,
+            netns,
+            dir,
+        }
     }
 
     /// The node's temporary directory.
@@ -137,7 +148,11 @@ impl Node {
             if let Ok((200, _)) = self.get(self.readiness, "/healthz/ready") {
                 return;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("zpath exited during start-up ({status}): {}", self.stderr());
             }
             assert!(Instant::now() < until, "zpath did not become ready");
@@ -147,7 +162,9 @@ impl Node {
 
     /// The Prometheus text.
     pub fn metrics_text(&self) -> String {
-        self.get(self.metrics, "/stats/prometheus").expect("scrape metrics").1
+        self.get(self.metrics, "/stats/prometheus")
+            .expect("scrape metrics")
+            .1
     }
 
     /// The sum of every sample whose name and labels start with `prefix`.
@@ -163,7 +180,11 @@ impl Node {
             if open == 0 {
                 return;
             }
-            assert!(Instant::now() < until, "{open} connections still open:\n{}", self.metrics_text());
+            assert!(
+                Instant::now() < until,
+                "{open} connections still open:\n{}",
+                self.metrics_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -203,7 +224,10 @@ impl Node {
             if let Some(s) = child.try_wait().expect("wait for zpath") {
                 return s;
             }
-            assert!(Instant::now() < until, "zpath did not exit within {limit:?}");
+            assert!(
+                Instant::now() < until,
+                "zpath did not exit within {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -238,8 +262,14 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
         .http_status_as_error(false)
         .build()
         .into();
-    let mut resp = agent.get(format!("http://{addr}{path}")).call().map_err(|e| e.to_string())?;
+    let mut resp = agent
+        .get(format!("http://{addr}{path}"))
+        .call()
+        .map_err(|e| e.to_string())?;
     let code = resp.status().as_u16();
-    let body = resp.body_mut().read_to_string().map_err(|e| e.to_string())?;
+    let body = resp
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| e.to_string())?;
     Ok((code, body))
 }

@@ -14,7 +14,9 @@ pub fn connect(proxy: SocketAddr, target: SocketAddr) -> io::Result<Result<TcpSt
     let mut greet = [0u8; 2];
     s.read_exact(&mut greet)?;
     if greet != [5, 0] {
-        return Err(io::Error::other(format!("unexpected greeting answer {greet:?}")));
+        return Err(io::Error::other(format!(
+            "unexpected greeting answer {greet:?}"
+        )));
     }
     s.write_all(&request(target))?;
     let mut reply = [0u8; 10];

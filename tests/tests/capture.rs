@@ -3,6 +3,8 @@
 //! and relays there, its own marked traffic excluded from capture. Needs root (CI runs
 //! as root); without it each test says so and does nothing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 
@@ -30,7 +32,10 @@ fn outbound_redirect_reaches_the_original_destination_intact() {
     }
     let ns = Netns::new("zp-out");
     let echo = EchoServer::serve(ns.enter(|| TcpListener::bind("127.0.0.1:0").unwrap()));
-    let node = Node::start(NodeOptions { netns: Some(ns.name.clone()), ..NodeOptions::default() });
+    let node = Node::start(NodeOptions {
+        netns: Some(ns.name.clone()),
+        ..NodeOptions::default()
+    });
     ns.exec("iptables -t nat -A OUTPUT -p tcp -m mark --mark 1337 -j RETURN");
     ns.exec(&format!(
         "iptables -t nat -A OUTPUT -p tcp -d 127.0.0.1 --dport {} -j REDIRECT --to-ports {}",
@@ -42,10 +47,16 @@ fn outbound_redirect_reaches_the_original_destination_intact() {
         let data = pattern(size, i as u8);
         let got = ns.enter(move || roundtrip(TcpStream::connect(target).unwrap(), &data));
         assert_eq!(got.len(), size);
-        assert!(got == pattern(size, i as u8), "bytes differ for size {size}");
+        assert!(
+            got == pattern(size, i as u8),
+            "bytes differ for size {size}"
+        );
     }
     node.assert_no_open_connections();
-    assert_eq!(node.metric("istio_tcp_connections_opened_total{reporter=\"source\""), 3);
+    assert_eq!(
+        node.metric("istio_tcp_connections_opened_total{reporter=\"source\""),
+        3
+    );
 }
 
 #[test]
@@ -56,10 +67,20 @@ fn inbound_redirect_from_another_host_reaches_the_local_application() {
     }
     let client = Netns::new("zp-cli");
     let server = Netns::new("zp-srv");
-    let (a, b) = (format!("zpa{}", std::process::id() % 100_000), format!("zpb{}", std::process::id() % 100_000));
-    run(&format!("ip link add {a} netns {} type veth peer name {b} netns {}", client.name, server.name));
-    client.exec(&format!("ip addr add 10.77.0.1/24 dev {a} && ip link set {a} up"));
-    server.exec(&format!("ip addr add 10.77.0.2/24 dev {b} && ip link set {b} up"));
+    let (a, b) = (
+        format!("zpa{}", std::process::id() % 100_000),
+        format!("zpb{}", std::process::id() % 100_000),
+    );
+    run(&format!(
+        "ip link add {a} netns {} type veth peer name {b} netns {}",
+        client.name, server.name
+    ));
+    client.exec(&format!(
+        "ip addr add 10.77.0.1/24 dev {a} && ip link set {a} up"
+    ));
+    server.exec(&format!(
+        "ip addr add 10.77.0.2/24 dev {b} && ip link set {b} up"
+    ));
     let echo = EchoServer::serve(server.enter(|| TcpListener::bind("10.77.0.2:0").unwrap()));
     // The inbound listener must be reachable on the veth address.
     let node = Node::start(NodeOptions {
@@ -77,6 +98,12 @@ fn inbound_redirect_from_another_host_reaches_the_local_application() {
     let got = client.enter(move || roundtrip(TcpStream::connect(target).unwrap(), &data));
     assert!(got == pattern(3 << 20, 9));
     node.assert_no_open_connections();
-    assert_eq!(node.metric("istio_tcp_connections_opened_total{reporter=\"destination\""), 1);
-    assert_eq!(node.metric("istio_tcp_received_bytes_total{reporter=\"destination\""), 3 << 20);
+    assert_eq!(
+        node.metric("istio_tcp_connections_opened_total{reporter=\"destination\""),
+        1
+    );
+    assert_eq!(
+        node.metric("istio_tcp_received_bytes_total{reporter=\"destination\""),
+        3 << 20
+    );
 }

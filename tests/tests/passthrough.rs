@@ -2,6 +2,8 @@
 //! semantics, bad input, drain and reload. Every test ends with the node's open
 //! connection gauge back at zero.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -30,7 +32,10 @@ fn roundtrip(mut s: TcpStream, data: &[u8]) -> Vec<u8> {
 fn socks5_bytes_in_equal_bytes_out_from_1_byte_to_64_mib() {
     let n = node();
     let echo = EchoServer::start("127.0.0.1:0");
-    for (i, size) in [1usize, 1000, 65_543, 1 << 20, 64 << 20].into_iter().enumerate() {
+    for (i, size) in [1usize, 1000, 65_543, 1 << 20, 64 << 20]
+        .into_iter()
+        .enumerate()
+    {
         let s = socks5::connect(n.socks5, echo.addr).unwrap().unwrap();
         let data = pattern(size, i as u8);
         let got = roundtrip(s, &data);
@@ -38,11 +43,23 @@ fn socks5_bytes_in_equal_bytes_out_from_1_byte_to_64_mib() {
         assert!(got == data, "bytes differ for size {size}");
     }
     n.assert_no_open_connections();
-    assert_eq!(n.metric("istio_tcp_connections_opened_total{reporter=\"source\""), 5);
-    assert_eq!(n.metric("istio_tcp_connections_closed_total{reporter=\"source\""), 5);
+    assert_eq!(
+        n.metric("istio_tcp_connections_opened_total{reporter=\"source\""),
+        5
+    );
+    assert_eq!(
+        n.metric("istio_tcp_connections_closed_total{reporter=\"source\""),
+        5
+    );
     let expected: u64 = [1u64, 1000, 65_543, 1 << 20, 64 << 20].iter().sum();
-    assert_eq!(n.metric("istio_tcp_received_bytes_total{reporter=\"source\""), expected);
-    assert_eq!(n.metric("istio_tcp_sent_bytes_total{reporter=\"source\""), expected);
+    assert_eq!(
+        n.metric("istio_tcp_received_bytes_total{reporter=\"source\""),
+        expected
+    );
+    assert_eq!(
+        n.metric("istio_tcp_sent_bytes_total{reporter=\"source\""),
+        expected
+    );
 }
 
 #[test]
@@ -53,7 +70,8 @@ fn half_close_from_client_keeps_server_to_client_open() {
         let mut got = Vec::new();
         c.read_to_end(&mut got).unwrap();
         std::thread::sleep(Duration::from_millis(100));
-        c.write_all(format!("got {} bytes", got.len()).as_bytes()).unwrap();
+        c.write_all(format!("got {} bytes", got.len()).as_bytes())
+            .unwrap();
     });
     let mut s = socks5::connect(n.socks5, server).unwrap().unwrap();
     s.write_all(&[7u8; 5000]).unwrap();
@@ -86,7 +104,10 @@ fn half_close_from_server_keeps_client_to_server_open() {
     let mut rest = Vec::new();
     s.read_to_end(&mut rest).unwrap();
     n.assert_no_open_connections();
-    assert_eq!(n.metric("istio_tcp_received_bytes_total{reporter=\"source\""), 100_000);
+    assert_eq!(
+        n.metric("istio_tcp_received_bytes_total{reporter=\"source\""),
+        100_000
+    );
 }
 
 #[test]
@@ -106,10 +127,18 @@ fn thousand_concurrent_connections_spread_over_shards() {
     }
     let text = n.metrics_text();
     let per_shard: Vec<u64> = (0..2)
-        .map(|i| zpath_tests::node::sum_metric(&text, &format!("zpath_open_connections{{shard=\"{i}\"}}")))
+        .map(|i| {
+            zpath_tests::node::sum_metric(
+                &text,
+                &format!("zpath_open_connections{{shard=\"{i}\"}}"),
+            )
+        })
         .collect();
     assert_eq!(per_shard.iter().sum::<u64>(), 1000, "{text}");
-    assert!(per_shard.iter().all(|&c| c > 0), "all connections on one shard: {per_shard:?}");
+    assert!(
+        per_shard.iter().all(|&c| c > 0),
+        "all connections on one shard: {per_shard:?}"
+    );
     drop(conns);
     n.assert_no_open_connections();
 }
@@ -135,7 +164,10 @@ fn server_reset_reaches_the_client_as_reset() {
     };
     assert_eq!(err.kind(), ErrorKind::ConnectionReset);
     n.assert_no_open_connections();
-    assert_eq!(n.metric("zpath_connections_failed_total{direction=\"outbound\",reason=\"reset\"}"), 1);
+    assert_eq!(
+        n.metric("zpath_connections_failed_total{direction=\"outbound\",reason=\"reset\"}"),
+        1
+    );
 }
 
 #[test]
@@ -159,13 +191,19 @@ fn client_reset_reaches_the_server_as_reset() {
     std::thread::sleep(Duration::from_millis(100));
     socket_reset(&s);
     drop(s);
-    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), Err(ErrorKind::ConnectionReset));
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        Err(ErrorKind::ConnectionReset)
+    );
     n.assert_no_open_connections();
 }
 
 fn socket_reset(s: &TcpStream) {
     use std::os::fd::AsRawFd;
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: setsockopt on an open socket with a correctly sized linger value.
     unsafe {
         libc::setsockopt(
@@ -183,11 +221,18 @@ fn socket_reset(s: &TcpStream) {
 fn unreachable_destination_is_refused_and_counted() {
     let n = node();
     // A port nobody listens on.
-    let closed: SocketAddr = format!("127.0.0.1:{}", zpath_tests::free_port()).parse().unwrap();
+    let closed: SocketAddr = format!("127.0.0.1:{}", zpath_tests::free_port())
+        .parse()
+        .unwrap();
     let reply = socks5::connect(n.socks5, closed).unwrap().unwrap_err();
     assert_eq!(reply, 5, "connection refused");
     n.assert_no_open_connections();
-    assert_eq!(n.metric("zpath_connections_failed_total{direction=\"outbound\",reason=\"upstream_connect\"}"), 1);
+    assert_eq!(
+        n.metric(
+            "zpath_connections_failed_total{direction=\"outbound\",reason=\"upstream_connect\"}"
+        ),
+        1
+    );
 }
 
 #[test]
@@ -198,9 +243,15 @@ fn socks5_garbage_is_closed_and_counted() {
     let mut rest = Vec::new();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let _ = s.read_to_end(&mut rest);
-    assert!(rest.is_empty(), "no SOCKS5 reply exists for a wrong version: {rest:?}");
+    assert!(
+        rest.is_empty(),
+        "no SOCKS5 reply exists for a wrong version: {rest:?}"
+    );
     n.assert_no_open_connections();
-    assert_eq!(n.metric("zpath_connections_failed_total{direction=\"outbound\",reason=\"socks5\"}"), 1);
+    assert_eq!(
+        n.metric("zpath_connections_failed_total{direction=\"outbound\",reason=\"socks5\"}"),
+        1
+    );
 }
 
 #[test]
@@ -214,7 +265,11 @@ fn socks5_unsupported_command_gets_reply_7() {
     let mut r = [0u8; 10];
     s.read_exact(&mut r).unwrap();
     assert_eq!(r[1], 7);
-    assert_eq!(s.read(&mut r).unwrap_or(0), 0, "closed after the error reply");
+    assert_eq!(
+        s.read(&mut r).unwrap_or(0),
+        0,
+        "closed after the error reply"
+    );
     n.assert_no_open_connections();
 }
 
@@ -242,9 +297,15 @@ fn socks5_truncated_greeting_times_out_and_is_closed() {
     let mut b = [0u8; 4];
     let r = s.read(&mut b);
     assert!(matches!(r, Ok(0)) || r.is_err(), "{r:?}");
-    assert!(started.elapsed() < Duration::from_secs(9), "closed by the handshake timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "closed by the handshake timeout"
+    );
     n.assert_no_open_connections();
-    assert_eq!(n.metric("zpath_connections_failed_total{direction=\"outbound\",reason=\"socks5\"}"), 1);
+    assert_eq!(
+        n.metric("zpath_connections_failed_total{direction=\"outbound\",reason=\"socks5\"}"),
+        1
+    );
 }
 
 #[test]
@@ -272,7 +333,10 @@ fn socks5_target_that_is_zpath_itself_is_refused() {
     let reply = socks5::connect(n.socks5, n.socks5).unwrap().unwrap_err();
     assert_eq!(reply, 2, "not allowed");
     n.assert_no_open_connections();
-    assert_eq!(n.metric("zpath_connections_failed_total{direction=\"outbound\",reason=\"loop\"}"), 1);
+    assert_eq!(
+        n.metric("zpath_connections_failed_total{direction=\"outbound\",reason=\"loop\"}"),
+        1
+    );
 }
 
 #[test]
@@ -285,7 +349,9 @@ fn direct_connection_to_outbound_port_is_refused_as_a_loop() {
     assert!(matches!(r, Ok(0)) || r.is_err());
     n.assert_no_open_connections();
     let failed = n.metric("zpath_connections_failed_total{direction=\"outbound\",reason=\"loop\"}")
-        + n.metric("zpath_connections_failed_total{direction=\"outbound\",reason=\"no_original_dst\"}");
+        + n.metric(
+            "zpath_connections_failed_total{direction=\"outbound\",reason=\"no_original_dst\"}",
+        );
     assert_eq!(failed, 1);
 }
 
@@ -309,7 +375,10 @@ fn drain_lets_an_in_flight_transfer_finish() {
     std::thread::sleep(Duration::from_millis(200));
     n.signal(libc::SIGTERM);
     std::thread::sleep(Duration::from_millis(100));
-    assert!(TcpStream::connect(n.socks5).is_err(), "no new connections while draining");
+    assert!(
+        TcpStream::connect(n.socks5).is_err(),
+        "no new connections while draining"
+    );
     let got = reading.join().unwrap();
     assert!(got == pattern(8 << 20, 3), "the transfer completed intact");
     let status = n.wait_exit(Duration::from_secs(10));
@@ -330,7 +399,10 @@ fn drain_deadline_aborts_a_stuck_connection() {
     let mut b = [0u8; 1];
     let r = s.read(&mut b);
     assert!(matches!(r, Ok(0)) || r.is_err(), "{r:?}");
-    assert!(started.elapsed() >= Duration::from_millis(400), "not before the deadline");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "not before the deadline"
+    );
     let status = n.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{status}");
 }
@@ -338,7 +410,8 @@ fn drain_deadline_aborts_a_stuck_connection() {
 #[test]
 fn invalid_config_at_start_exits_naming_the_field() {
     let mut n = Node::spawn(NodeOptions {
-        config: "workloads:\n- name: a\n  namespace: default\n  workloadIps: [\"10.0.0.300\"]\n".into(),
+        config: "workloads:\n- name: a\n  namespace: default\n  workloadIps: [\"10.0.0.300\"]\n"
+            .into(),
         ..NodeOptions::default()
     });
     let status = n.wait_exit(Duration::from_secs(20));
@@ -368,7 +441,9 @@ fn config_reload_under_traffic_loses_nothing() {
     // A long-lived connection that spans every reload.
     let mut long = socks5::connect(n.socks5, echo.addr).unwrap().unwrap();
     for i in 0..5 {
-        let cfg = format!("workloads:\n- name: w{i}\n  namespace: default\n  workloadIps: [\"10.1.0.{i}\"]\n");
+        let cfg = format!(
+            "workloads:\n- name: w{i}\n  namespace: default\n  workloadIps: [\"10.1.0.{i}\"]\n"
+        );
         std::fs::write(&n.config_path, cfg).unwrap();
         n.signal(libc::SIGHUP);
         std::thread::sleep(Duration::from_millis(300));
@@ -386,6 +461,9 @@ fn config_reload_under_traffic_loses_nothing() {
     assert!(n.metric("zpath_config_loads_total{result=\"applied\"}") >= 6);
     assert!(n.metric("zpath_config_loads_total{result=\"rejected\"}") >= 1);
     let dump = n.config_dump();
-    assert!(dump["snapshot"]["workloads"].to_string().contains("w4"), "{dump}");
+    assert!(
+        dump["snapshot"]["workloads"].to_string().contains("w4"),
+        "{dump}"
+    );
     n.assert_no_open_connections();
 }

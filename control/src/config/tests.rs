@@ -22,14 +22,20 @@ fn ztunnel_localhost_example_is_accepted() {
     .unwrap();
     assert_eq!(cfg.workloads.len(), 2);
     assert_eq!(cfg.workloads[0].protocol, TunnelProtocol::Hbone);
-    assert_eq!(cfg.workloads[1].workload_ips, vec!["127.0.0.2".parse::<IpAddr>().unwrap()]);
+    assert_eq!(
+        cfg.workloads[1].workload_ips,
+        vec!["127.0.0.2".parse::<IpAddr>().unwrap()]
+    );
     assert_eq!(&*cfg.workloads[0].trust_domain, "cluster.local");
 }
 
 #[test]
 fn empty_file_is_an_empty_config() {
     assert_eq!(LocalConfig::parse("").unwrap(), LocalConfig::default());
-    assert_eq!(LocalConfig::parse("# nothing\n").unwrap(), LocalConfig::default());
+    assert_eq!(
+        LocalConfig::parse("# nothing\n").unwrap(),
+        LocalConfig::default()
+    );
 }
 
 #[test]
@@ -54,7 +60,9 @@ fn unknown_field_is_rejected_by_name() {
 
 #[test]
 fn missing_namespace_is_rejected() {
-    let err = LocalConfig::parse("workloads:\n- name: a\n").unwrap_err().to_string();
+    let err = LocalConfig::parse("workloads:\n- name: a\n")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("namespace"), "{err}");
 }
 
@@ -112,6 +120,8 @@ services:
 
 #[test]
 fn syntax_error_reports_line() {
-    let err = LocalConfig::parse("workloads:\n  - name: [\n").unwrap_err().to_string();
+    let err = LocalConfig::parse("workloads:\n  - name: [\n")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("line"), "{err}");
 }
