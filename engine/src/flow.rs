@@ -40,16 +40,7 @@ pub async fn outbound(
     client: TcpStream,
     info: &ConnInfo,
 ) -> Result<(), Failure> {
-    let local = client.local_addr().ok();
-    let dst = original_dst(&client, local)?;
-    info.dst.set(Some(dst));
-    if shard.addrs.is_own(dst, local) {
-        client.abort();
-        return Err(fail(
-            FailReason::Loop,
-            format!("destination {dst} is zpath itself (connection was not redirected)"),
-        ));
-    }
+    let dst = captured_destination(shard, &client, info)?;
     let upstream = match dial_route(shard, dst, info).await {
         Ok(u) => u,
         Err(f) => {
@@ -62,16 +53,7 @@ pub async fn outbound(
 
 /// Captured inbound plaintext: relay to the original (local) destination.
 pub async fn inbound(shard: &Rc<Shard>, client: TcpStream, info: &ConnInfo) -> Result<(), Failure> {
-    let local = client.local_addr().ok();
-    let dst = original_dst(&client, local)?;
-    info.dst.set(Some(dst));
-    if shard.addrs.is_own(dst, local) {
-        client.abort();
-        return Err(fail(
-            FailReason::Loop,
-            format!("inbound target {dst} is one of zpath's own ports"),
-        ));
-    }
+    let dst = captured_destination(shard, &client, info)?;
     let snapshot = shard.snapshot();
     let conn = zpath_policy::Conn {
         src_ip: info.src.ip().to_canonical(),
@@ -264,6 +246,28 @@ async fn resolve(target: Target) -> io::Result<SocketAddr> {
             })
         }
     }
+}
+
+/// The original destination of a redirected connection, refused (RST) when it is one of
+/// our own listeners: a connection made straight to a capture port would loop.
+fn captured_destination(
+    shard: &Shard,
+    client: &TcpStream,
+    info: &ConnInfo,
+) -> Result<SocketAddr, Failure> {
+    let local = client.local_addr().ok();
+    let dst = original_dst(client, local)?;
+    info.dst.set(Some(dst));
+    if shard.addrs.is_own(dst, local) {
+        client.abort();
+        return Err(fail(
+            FailReason::Loop,
+            format!(
+                "destination {dst} is one of zpath's own ports (was the connection redirected?)"
+            ),
+        ));
+    }
+    Ok(dst)
 }
 
 fn original_dst(client: &TcpStream, local: Option<SocketAddr>) -> Result<SocketAddr, Failure> {

@@ -36,3 +36,17 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Sends `data`, half-closes, and reads the answer until the other side's FIN.
+pub fn roundtrip(mut s: std::net::TcpStream, data: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut reader = s.try_clone().expect("clone stream");
+    let reading = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).expect("read the answer");
+        got
+    });
+    s.write_all(data).expect("send");
+    s.shutdown(std::net::Shutdown::Write).expect("half-close");
+    reading.join().expect("reader thread")
+}

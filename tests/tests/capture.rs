@@ -5,24 +5,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 
 use zpath_tests::echo::EchoServer;
 use zpath_tests::netns::{run, Netns};
-use zpath_tests::{is_root, pattern, Node, NodeOptions};
-
-fn roundtrip(mut s: TcpStream, data: &[u8]) -> Vec<u8> {
-    let mut reader = s.try_clone().unwrap();
-    let reading = std::thread::spawn(move || {
-        let mut got = Vec::new();
-        reader.read_to_end(&mut got).unwrap();
-        got
-    });
-    s.write_all(data).unwrap();
-    s.shutdown(Shutdown::Write).unwrap();
-    reading.join().unwrap()
-}
+use zpath_tests::{is_root, pattern, roundtrip, Node, NodeOptions};
 
 #[test]
 fn outbound_redirect_reaches_the_original_destination_intact() {

@@ -9,23 +9,10 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use zpath_tests::echo::{serve_with, EchoServer};
-use zpath_tests::{pattern, socks5, Node, NodeOptions};
+use zpath_tests::{pattern, roundtrip, socks5, Node, NodeOptions};
 
 fn node() -> Node {
     Node::start(NodeOptions::default())
-}
-
-/// Sends `data`, half-closes, and reads the echo until EOF.
-fn roundtrip(mut s: TcpStream, data: &[u8]) -> Vec<u8> {
-    let mut reader = s.try_clone().unwrap();
-    let reading = std::thread::spawn(move || {
-        let mut got = Vec::new();
-        reader.read_to_end(&mut got).unwrap();
-        got
-    });
-    s.write_all(data).unwrap();
-    s.shutdown(Shutdown::Write).unwrap();
-    reading.join().unwrap()
 }
 
 #[test]
