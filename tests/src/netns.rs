@@ -80,3 +80,34 @@ impl Drop for Netns {
             .output();
     }
 }
+
+/// Two hosts: namespaces joined by a veth pair, the client at `<net>.1/24` and the
+/// server at `<net>.2/24` (addresses that exist only inside the two namespaces).
+pub struct HostPair {
+    /// The client host.
+    pub client: Netns,
+    /// The server host.
+    pub server: Netns,
+}
+
+impl HostPair {
+    /// Creates both namespaces and the link; `tag` (at most 4 characters) keeps
+    /// interface and namespace names apart between tests, `net` is e.g. "10.77.0".
+    pub fn new(tag: &str, net: &str) -> HostPair {
+        let client = Netns::new(&format!("zp-{tag}-c"));
+        let server = Netns::new(&format!("zp-{tag}-s"));
+        let id = std::process::id() % 100_000;
+        let (a, b) = (format!("{tag}a{id}"), format!("{tag}b{id}"));
+        run(&format!(
+            "ip link add {a} netns {} type veth peer name {b} netns {}",
+            client.name, server.name
+        ));
+        client.exec(&format!(
+            "ip addr add {net}.1/24 dev {a} && ip link set {a} up"
+        ));
+        server.exec(&format!(
+            "ip addr add {net}.2/24 dev {b} && ip link set {b} up"
+        ));
+        HostPair { client, server }
+    }
+}

@@ -8,7 +8,7 @@
 use std::net::{SocketAddr, TcpListener, TcpStream};
 
 use zpath_tests::echo::EchoServer;
-use zpath_tests::netns::{run, Netns};
+use zpath_tests::netns::{HostPair, Netns};
 use zpath_tests::{is_root, pattern, roundtrip, Node, NodeOptions};
 
 #[test]
@@ -52,22 +52,8 @@ fn inbound_redirect_from_another_host_reaches_the_local_application() {
         eprintln!("skipped: iptables capture needs root");
         return;
     }
-    let client = Netns::new("zp-cli");
-    let server = Netns::new("zp-srv");
-    let (a, b) = (
-        format!("zpa{}", std::process::id() % 100_000),
-        format!("zpb{}", std::process::id() % 100_000),
-    );
-    run(&format!(
-        "ip link add {a} netns {} type veth peer name {b} netns {}",
-        client.name, server.name
-    ));
-    client.exec(&format!(
-        "ip addr add 10.77.0.1/24 dev {a} && ip link set {a} up"
-    ));
-    server.exec(&format!(
-        "ip addr add 10.77.0.2/24 dev {b} && ip link set {b} up"
-    ));
+    let hosts = HostPair::new("cap", "10.77.0");
+    let (client, server) = (&hosts.client, &hosts.server);
     let echo = EchoServer::serve(server.enter(|| TcpListener::bind("10.77.0.2:0").unwrap()));
     // The inbound listener must be reachable on the veth address.
     let node = Node::start(NodeOptions {

@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use zpath_tests::echo::EchoServer;
-use zpath_tests::netns::{run, Netns};
+use zpath_tests::netns::HostPair;
 use zpath_tests::{is_root, Node, NodeOptions};
 
 const WORKLOAD: &str = "workloads:\n- name: app\n  namespace: default\n  workloadIps: [\"10.78.0.2\"]\n  node: node-a\n";
@@ -37,20 +37,8 @@ fn policy_denies_plaintext_inbound_and_a_policy_change_closes_live_connections()
         eprintln!("skipped: iptables capture needs root");
         return;
     }
-    let client = Netns::new("zp-pc");
-    let server = Netns::new("zp-ps");
-    let id = std::process::id() % 100_000;
-    let (a, b) = (format!("zpc{id}"), format!("zps{id}"));
-    run(&format!(
-        "ip link add {a} netns {} type veth peer name {b} netns {}",
-        client.name, server.name
-    ));
-    client.exec(&format!(
-        "ip addr add 10.78.0.1/24 dev {a} && ip link set {a} up"
-    ));
-    server.exec(&format!(
-        "ip addr add 10.78.0.2/24 dev {b} && ip link set {b} up"
-    ));
+    let hosts = HostPair::new("pol", "10.78.0");
+    let (client, server) = (&hosts.client, &hosts.server);
     let echo = EchoServer::serve(server.enter(|| TcpListener::bind("10.78.0.2:0").unwrap()));
     let node = Node::start(NodeOptions {
         netns: Some(server.name.clone()),
