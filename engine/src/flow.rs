@@ -145,11 +145,7 @@ pub async fn socks5(
     let mut upstream = match dial_route(shard, dst, info).await {
         Ok(u) => u,
         Err(f) => {
-            let code = match f.reason {
-                FailReason::NoEndpoint => Reply::HostUnreachable,
-                _ => f.io_reply,
-            };
-            let _ = client.write_all(&socks5::reply(code, None)).await;
+            let _ = client.write_all(&socks5::reply(f.reply, None)).await;
             return Err(f.failure);
         }
     };
@@ -164,13 +160,17 @@ pub async fn socks5(
             )
         })?;
     if !early.is_empty() {
-        // Data the client sent right after its request, before our answer.
+        // Data the client sent right after its request, before our answer: it is part
+        // of the request bytes, counted like the relay counts them.
+        let n = early.len() as u64;
         upstream.write_all(&buf[early]).await.map_err(|e| {
             fail(
                 FailReason::Reset,
                 format!("write to the server failed: {e}"),
             )
         })?;
+        shard.stats.dir(Direction::Outbound).received_bytes.add(n);
+        info.up.set(info.up.get() + n);
     }
     relay_pair(shard, client, upstream, info, Direction::Outbound).await
 }
@@ -287,8 +287,7 @@ fn original_dst(client: &TcpStream, local: Option<SocketAddr>) -> Result<SocketA
 /// A failed dial with the SOCKS5 reply that describes it.
 struct DialFailure {
     failure: Failure,
-    reason: FailReason,
-    io_reply: Reply,
+    reply: Reply,
 }
 
 async fn dial_route(
@@ -309,24 +308,19 @@ async fn dial_route(
             );
             return Err(DialFailure {
                 failure,
-                reason: FailReason::NoEndpoint,
-                io_reply: Reply::HostUnreachable,
+                reply: Reply::HostUnreachable,
             });
         }
     };
     drop(snapshot);
     info.state.set(ConnState::Connecting);
     dial(shard, target).await.map_err(|e| {
-        let io_reply = socks5::reply_for_io(&e);
+        let reply = socks5::reply_for_io(&e);
         let failure = fail(
             FailReason::UpstreamConnect,
             format!("connect to {target} failed: {e}"),
         );
-        DialFailure {
-            failure,
-            reason: FailReason::UpstreamConnect,
-            io_reply,
-        }
+        DialFailure { failure, reply }
     })
 }
 

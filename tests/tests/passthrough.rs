@@ -454,3 +454,29 @@ fn config_reload_under_traffic_loses_nothing() {
     );
     n.assert_no_open_connections();
 }
+
+#[test]
+fn socks5_data_pipelined_with_the_request_is_relayed_and_counted() {
+    let n = node();
+    let echo = EchoServer::start("127.0.0.1:0");
+    let mut s = TcpStream::connect(n.socks5).unwrap();
+    // Greeting, request and the first payload bytes in one write, before any answer.
+    let mut burst = vec![5, 1, 0];
+    burst.extend_from_slice(&socks5::request(echo.addr));
+    burst.extend_from_slice(b"early");
+    s.write_all(&burst).unwrap();
+    let mut answers = [0u8; 12];
+    s.read_exact(&mut answers).unwrap();
+    assert_eq!(&answers[..3], &[5, 0, 5], "greeting accepted, then a reply");
+    assert_eq!(answers[3], 0, "request succeeded");
+    assert_eq!(roundtrip(s, b"late"), b"earlylate");
+    n.assert_no_open_connections();
+    assert_eq!(
+        n.metric("istio_tcp_received_bytes_total{reporter=\"source\""),
+        9
+    );
+    assert_eq!(
+        n.metric("istio_tcp_sent_bytes_total{reporter=\"source\""),
+        9
+    );
+}
