@@ -99,67 +99,85 @@ impl TryFrom<&xwl::Workload> for WorkloadEndpoints {
     type Error = ConvertError;
 
     fn try_from(w: &xwl::Workload) -> Result<Self, ConvertError> {
-        let err = |field: &str, message: String| ConvertError {
-            kind: "workload",
-            resource: w.uid.clone(),
-            field: field.to_string(),
-            message,
-        };
-        if w.uid.is_empty() {
-            return Err(err("uid", "must not be empty".into()));
-        }
-        let namespace = segment(&w.namespace).map_err(|m| err("namespace", m))?;
-        let trust_domain = segment(or_default(&w.trust_domain, DEFAULT_TRUST_DOMAIN))
-            .map_err(|m| err("trust_domain", m))?;
-        let service_account = segment(or_default(&w.service_account, DEFAULT_SERVICE_ACCOUNT))
-            .map_err(|m| err("service_account", m))?;
-        let at = |(field, message): (String, String)| err(&field, message);
-        let workload_ips = list("addresses", &w.addresses, |b| ip_from_bytes(b)).map_err(at)?;
-        let protocol = tunnel_protocol(w.tunnel_protocol).map_err(|m| err("tunnel_protocol", m))?;
-        let status = health(w.status).map_err(|m| err("status", m))?;
-        let authorization_policies =
-            list("authorization_policies", &w.authorization_policies, |p| {
-                policy_ref(p)
-            })
-            .map_err(at)?;
-        let uid = Strng::from(w.uid.as_str());
-        let mut endpoints = Vec::with_capacity(w.services.len());
-        for (key, list) in &w.services {
-            let field = format!("services[{key:?}]");
-            let svc: NamespacedHostname = key.parse().map_err(|m| err(&field, m))?;
-            let port = port_map(&list.ports).map_err(|m| err(&field, m))?;
-            let endpoint = Endpoint {
-                workload_uid: uid.clone(),
-                port,
-                status,
-            };
-            endpoints.push((svc, endpoint));
-        }
-        // The proto map has no order; sort so equal input gives equal output.
-        endpoints.sort_by(|a, b| a.0.cmp(&b.0));
-        let workload = Workload {
-            uid,
-            name: w.name.as_str().into(),
-            namespace,
-            trust_domain,
-            service_account,
-            workload_ips,
-            protocol,
-            node: w.node.as_str().into(),
-            network: w.network.as_str().into(),
-            status,
-            authorization_policies,
-            services: endpoints.iter().map(|(k, _)| k.clone()).collect(),
-            canonical_name: w.canonical_name.as_str().into(),
-            canonical_revision: w.canonical_revision.as_str().into(),
-            workload_name: w.workload_name.as_str().into(),
-            cluster_id: or_default(&w.cluster_id, DEFAULT_CLUSTER_ID).into(),
-        };
-        Ok(WorkloadEndpoints {
-            workload,
-            endpoints,
-        })
+        workload_with(w, &mut |v| Strng::from(v))
     }
+}
+
+/// Converts a workload, making every shared-looking string (namespace, identity,
+/// node, network, telemetry names, service keys, policy keys) with `intern`, so a
+/// caller can share one copy between many workloads without allocating duplicates.
+/// The uid and name are unique per workload and always allocated.
+pub(crate) fn workload_with(
+    w: &xwl::Workload,
+    intern: &mut dyn FnMut(&str) -> Strng,
+) -> Result<WorkloadEndpoints, ConvertError> {
+    let err = |field: &str, message: String| ConvertError {
+        kind: "workload",
+        resource: w.uid.clone(),
+        field: field.to_string(),
+        message,
+    };
+    if w.uid.is_empty() {
+        return Err(err("uid", "must not be empty".into()));
+    }
+    let namespace = intern(segment(&w.namespace).map_err(|m| err("namespace", m))?);
+    let trust_domain = intern(
+        segment(or_default(&w.trust_domain, DEFAULT_TRUST_DOMAIN))
+            .map_err(|m| err("trust_domain", m))?,
+    );
+    let service_account = intern(
+        segment(or_default(&w.service_account, DEFAULT_SERVICE_ACCOUNT))
+            .map_err(|m| err("service_account", m))?,
+    );
+    let at = |(field, message): (String, String)| err(&field, message);
+    let workload_ips = list("addresses", &w.addresses, |b| ip_from_bytes(b)).map_err(at)?;
+    let protocol = tunnel_protocol(w.tunnel_protocol).map_err(|m| err("tunnel_protocol", m))?;
+    let status = health(w.status).map_err(|m| err("status", m))?;
+    let authorization_policies = list("authorization_policies", &w.authorization_policies, |p| {
+        policy_ref(p).map(&mut *intern)
+    })
+    .map_err(at)?;
+    let uid = Strng::from(w.uid.as_str());
+    let mut endpoints = Vec::with_capacity(w.services.len());
+    for (key, list) in &w.services {
+        let field = format!("services[{key:?}]");
+        let svc = service_key(key).map_err(|m| err(&field, m))?;
+        let svc = NamespacedHostname {
+            namespace: intern(svc.0),
+            hostname: intern(svc.1),
+        };
+        let port = port_map(&list.ports).map_err(|m| err(&field, m))?;
+        let endpoint = Endpoint {
+            workload_uid: uid.clone(),
+            port,
+            status,
+        };
+        endpoints.push((svc, endpoint));
+    }
+    // The proto map has no order; sort so equal input gives equal output.
+    endpoints.sort_by(|a, b| a.0.cmp(&b.0));
+    let workload = Workload {
+        uid,
+        name: w.name.as_str().into(),
+        namespace,
+        trust_domain,
+        service_account,
+        workload_ips,
+        protocol,
+        node: intern(&w.node),
+        network: intern(&w.network),
+        status,
+        authorization_policies,
+        services: endpoints.iter().map(|(k, _)| k.clone()).collect(),
+        canonical_name: intern(&w.canonical_name),
+        canonical_revision: intern(&w.canonical_revision),
+        workload_name: intern(&w.workload_name),
+        cluster_id: intern(or_default(&w.cluster_id, DEFAULT_CLUSTER_ID)),
+    };
+    Ok(WorkloadEndpoints {
+        workload,
+        endpoints,
+    })
 }
 
 impl TryFrom<xwl::Workload> for WorkloadEndpoints {
@@ -198,7 +216,9 @@ impl TryFrom<&xwl::Service> for Service {
             field: field.to_string(),
             message,
         };
-        let namespace = segment(&s.namespace).map_err(|m| err("namespace", m))?;
+        let namespace: Strng = segment(&s.namespace)
+            .map_err(|m| err("namespace", m))?
+            .into();
         if s.hostname.is_empty() || s.hostname.contains('/') {
             return Err(err(
                 "hostname",
@@ -338,7 +358,7 @@ fn policy_match(m: &xsec::Match) -> Result<Match, (String, String)> {
 fn list<T, U>(
     field: &str,
     items: &[T],
-    f: impl Fn(&T) -> Result<U, String>,
+    mut f: impl FnMut(&T) -> Result<U, String>,
 ) -> Result<Vec<U>, (String, String)> {
     items
         .iter()
@@ -401,9 +421,9 @@ fn tunnel_protocol(v: i32) -> Result<TunnelProtocol, String> {
 }
 
 /// A workload's reference to a selector-scoped policy: `namespace/name`.
-fn policy_ref(p: &str) -> Result<Strng, String> {
+fn policy_ref(p: &str) -> Result<&str, String> {
     match p.split_once('/') {
-        Some((ns, name)) if !ns.is_empty() && !name.is_empty() => Ok(p.into()),
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() => Ok(p),
         _ => Err(format!("{p:?} is not of the form namespace/name")),
     }
 }
@@ -434,6 +454,18 @@ fn port_map(ports: &[xwl::Port]) -> Result<BTreeMap<u16, u16>, String> {
     Ok(out)
 }
 
+/// A service key `namespace/hostname`, checked as [`NamespacedHostname`]'s parser does.
+fn service_key(key: &str) -> Result<(&str, &str), String> {
+    match key.split_once('/') {
+        Some((ns, host)) if !ns.is_empty() && !host.is_empty() && !host.contains('/') => {
+            Ok((ns, host))
+        }
+        _ => Err(format!(
+            "{key:?} is not a service key of the form namespace/hostname"
+        )),
+    }
+}
+
 fn or_default<'a>(v: &'a str, default: &'a str) -> &'a str {
     if v.is_empty() {
         default
@@ -444,7 +476,7 @@ fn or_default<'a>(v: &'a str, default: &'a str) -> &'a str {
 
 /// A namespace, trust domain or service account becomes a path segment of a SPIFFE
 /// id: non-empty, without '/', whitespace or control characters.
-fn segment(v: &str) -> Result<Strng, String> {
+fn segment(v: &str) -> Result<&str, String> {
     if v.is_empty() {
         return Err("must not be empty".into());
     }
@@ -455,7 +487,7 @@ fn segment(v: &str) -> Result<Strng, String> {
             "{v:?} must not contain '/', spaces or control characters"
         ));
     }
-    Ok(v.into())
+    Ok(v)
 }
 
 #[cfg(test)]

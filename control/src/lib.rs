@@ -6,8 +6,13 @@
 //! connection. This crate never touches a data-path socket.
 //!
 //! Every configuration source (the local file, xDS) produces the same domain objects
-//! ([`model`]); invalid input is rejected with an error naming the field, and a rejected
-//! update never replaces the last good snapshot.
+//! ([`model`]) and feeds the same [`snapshot::SnapshotBuilder`]; invalid input is
+//! rejected with an error naming the field, and a rejected update never replaces the
+//! last good snapshot. Snapshots are persistent maps: the next one after a delta costs
+//! time proportional to the change, and publication to shards is one atomic swap.
+//!
+//! Entry points for the daemon: [`watch::FileSource`] (local file) and
+//! [`xds::XdsSource`] (istiod: delta xDS into snapshots, with readiness and counters).
 
 pub mod config;
 pub mod model;

@@ -3,13 +3,26 @@
 //! The control thread builds a [`Snapshot`] and stores it in a [`SnapshotCell`]; a shard
 //! loads the current one once per new connection (one atomic load, no lock, no write to
 //! shared memory) and keeps it for the connection's life.
+//!
+//! Snapshots are persistent: their indexes are `imbl` maps, so cloning one is O(1) and
+//! the next snapshot after a delta is built with a [`SnapshotBuilder`] in time
+//! proportional to the change (O(log n) per changed workload or service), sharing
+//! everything else with the previous one. Every source (the local file, xDS) feeds
+//! the same builder.
 
-use std::collections::HashMap;
+mod builder;
+mod key;
+
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
+
+pub use builder::SnapshotBuilder;
+use key::IpKey;
+pub use key::{Uid, UidRef};
 
 use crate::config::LocalConfig;
 use crate::model::{HealthStatus, NamespacedHostname, Service, Strng, TunnelProtocol, Workload};
@@ -18,17 +31,38 @@ use crate::model::{HealthStatus, NamespacedHostname, Service, Strng, TunnelProto
 pub const HBONE_PORT: u16 = 15008;
 
 /// Service port → target port of one endpoint.
-pub type PortMap = Arc<std::collections::BTreeMap<u16, u16>>;
+pub type PortMap = Arc<BTreeMap<u16, u16>>;
+
+/// A persistent map: O(1) clone, O(log n) lookup, insert and remove. A B-tree
+/// rather than a hash trie: at 10^5 entries its nodes are well filled (a hash trie's
+/// leaves are mostly empty there), and iteration order is stable for config dumps.
+pub type PMap<K, V> = imbl::OrdMap<K, V>;
+
+/// No position in a route's healthy vector.
+const NO_SLOT: u32 = u32::MAX;
+
+/// A workload's membership in one service: its port map and its position in the
+/// service route's `healthy` vector (`NO_SLOT` when it is not there: unhealthy, or the
+/// service is not defined). Two words: copying a map node of members stays cheap.
+#[derive(Debug, Clone)]
+struct Member {
+    ports: PortMap,
+    slot: u32,
+}
+
+/// One healthy endpoint of a service: the workload and its target port map.
+pub type HealthyEndpoint = (Arc<Workload>, PortMap);
 
 /// A service as the data path needs it: its definition and its healthy endpoints in a
-/// vector, so that choosing one uniformly is O(1).
+/// persistent vector, so that choosing one uniformly is O(log n) and an endpoint
+/// change costs O(log n) too.
 #[derive(Debug, Clone, Serialize)]
 pub struct ServiceRoute {
     /// The service.
     pub service: Arc<Service>,
     /// Healthy endpoints: the workload and its target port map.
     #[serde(skip)]
-    pub healthy: Vec<(Arc<Workload>, PortMap)>,
+    pub healthy: imbl::Vector<HealthyEndpoint>,
 }
 
 /// Where a new outbound connection goes, decided from the snapshot.
@@ -55,84 +89,104 @@ impl Route {
 }
 
 /// One immutable view of everything the data path needs to know.
-#[derive(Debug, Default, Serialize)]
+///
+/// Cloning is O(1): every index is a persistent map or an `Arc`.
+#[derive(Debug, Default, Clone, Serialize)]
 pub struct Snapshot {
     /// Increases by one with every published snapshot.
     pub generation: u64,
     /// The node this daemon runs on; workloads with this `node` are served locally.
     pub node_name: Strng,
-    /// Workloads by uid.
-    pub workloads: HashMap<Strng, Arc<Workload>>,
+    /// Workloads by uid (look one up with [`Snapshot::workload`]).
+    pub workloads: PMap<Uid, Arc<Workload>>,
     /// Services by `namespace/hostname`.
-    pub services: HashMap<NamespacedHostname, Arc<ServiceRoute>>,
+    pub services: PMap<NamespacedHostname, Arc<ServiceRoute>>,
     #[serde(skip)]
-    by_ip: HashMap<IpAddr, Arc<Workload>>,
+    by_ip: PMap<IpKey, Arc<Workload>>,
     #[serde(skip)]
-    by_vip: HashMap<IpAddr, Arc<ServiceRoute>>,
-    /// Authorization policies, as configured.
-    pub policies: Vec<zpath_policy::model::Authorization>,
+    by_vip: PMap<IpKey, Arc<ServiceRoute>>,
+    /// Service memberships: service key → workload uid → member (healthy or not).
+    /// Kept apart from the services so that a workload arriving before (or
+    /// outliving) its service keeps its membership.
+    #[serde(skip)]
+    members: PMap<NamespacedHostname, PMap<Uid, Member>>,
+    /// Authorization policies by `namespace/name`, as configured.
+    #[serde(serialize_with = "serialize_policies")]
+    pub policies: PMap<String, Arc<zpath_policy::model::Authorization>>,
     /// The compiled policies.
     #[serde(skip)]
     compiled: Arc<zpath_policy::CompiledPolicies>,
-    /// Each local workload's applicable policies, by uid.
+    /// Each local workload's applicable policies, by uid. Its keys are exactly the
+    /// workloads this node serves.
     #[serde(skip)]
-    targets: HashMap<Strng, zpath_policy::ResolvedTarget>,
+    targets: PMap<Uid, Arc<zpath_policy::ResolvedTarget>>,
     /// For inbound destinations that are not a known local workload: global policies only.
     #[serde(skip)]
-    unknown_target: zpath_policy::ResolvedTarget,
+    unknown_target: Arc<zpath_policy::ResolvedTarget>,
+    /// Whether `targets` and `unknown_target` were resolved against `compiled`. False
+    /// only for [`Snapshot::default`], which denies every inbound connection.
+    #[serde(skip)]
+    resolved: bool,
+}
+
+fn serialize_policies<S: serde::Serializer>(
+    policies: &PMap<String, Arc<zpath_policy::model::Authorization>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(policies.values().map(|p| &**p))
 }
 
 impl Snapshot {
     /// Builds a snapshot from a parsed local config for the node `node_name`.
+    ///
+    /// The file lists endpoints on services (merged there from the workloads'
+    /// `services`); they become the workloads' memberships, as xDS delivers them.
     pub fn from_local(config: &LocalConfig, node_name: &str, generation: u64) -> Snapshot {
-        let mut snap = Snapshot {
-            generation,
-            node_name: node_name.into(),
-            policies: config.policies.clone(),
-            ..Snapshot::default()
-        };
-        for wl in &config.workloads {
-            snap.workloads.insert(wl.uid.clone(), wl.clone());
-            for ip in &wl.workload_ips {
-                snap.by_ip.insert(*ip, wl.clone());
-            }
-        }
+        let mut memberships: HashMap<&str, Vec<(NamespacedHostname, PortMap)>> = HashMap::new();
         for svc in &config.services {
-            let route = Arc::new(snap.route_for(svc.clone()));
-            for vip in &svc.vips {
-                snap.by_vip.insert(*vip, route.clone());
+            for ep in svc.endpoints.values() {
+                if ep.status == HealthStatus::Healthy {
+                    memberships
+                        .entry(&*ep.workload_uid)
+                        .or_default()
+                        .push((svc.key(), Arc::new(ep.port.clone())));
+                }
             }
-            snap.services.insert(svc.key(), route);
         }
-        snap.compile_policies();
-        snap
+        let mut b = SnapshotBuilder::new(node_name);
+        b.set_generation(generation);
+        for svc in &config.services {
+            b.upsert_service(svc.clone());
+        }
+        for wl in &config.workloads {
+            let ports = memberships.remove(&*wl.uid).unwrap_or_default();
+            let missing: Vec<NamespacedHostname> = ports
+                .iter()
+                .map(|(k, _)| k)
+                .filter(|k| !wl.services.contains(k))
+                .cloned()
+                .collect();
+            let wl = if missing.is_empty() {
+                wl.clone()
+            } else {
+                // A service that lists the workload makes it a member, as if the
+                // workload listed the service itself.
+                let mut with = (**wl).clone();
+                with.services.extend(missing);
+                with.services.sort();
+                Arc::new(with)
+            };
+            b.upsert_workload(wl, ports);
+        }
+        for p in &config.policies {
+            b.upsert_policy(p.clone());
+        }
+        b.finish()
     }
 
-    /// Compiles the policies and resolves those of every local workload; logs what
-    /// fails closed (invalid policies, missing referenced policies).
-    fn compile_policies(&mut self) {
-        let compiled = zpath_policy::compile(&self.policies);
-        for (policy, reason) in compiled.invalid_policies() {
-            tracing::warn!(%policy, "policy could not be understood; it denies its whole scope: {reason}");
-        }
-        let none: &[&str] = &[];
-        self.unknown_target = compiled.resolve(&zpath_policy::Target {
-            namespace: "",
-            policies: none,
-        });
-        let mut targets = HashMap::new();
-        for wl in self.workloads.values().filter(|wl| self.is_local(wl)) {
-            let target = compiled.resolve(&zpath_policy::Target {
-                namespace: &wl.namespace,
-                policies: &wl.authorization_policies,
-            });
-            for key in target.missing() {
-                tracing::warn!(workload = %wl.uid, policy = key, "referenced policy is missing: the workload denies all inbound traffic until it arrives");
-            }
-            targets.insert(wl.uid.clone(), target);
-        }
-        self.targets = targets;
-        self.compiled = Arc::new(compiled);
+    /// A builder for the next snapshot: a copy of this one (O(1)) with generation + 1.
+    pub fn builder(&self) -> SnapshotBuilder {
+        SnapshotBuilder::from_snapshot(self)
     }
 
     /// Authorizes an inbound connection to `conn.dst_ip`: against the local workload
@@ -140,28 +194,19 @@ impl Snapshot {
     pub fn authorize<'s>(&'s self, conn: &zpath_policy::Conn<'_>) -> zpath_policy::Outcome<'s> {
         let target = self
             .local_workload(conn.dst_ip)
-            .and_then(|wl| self.targets.get(&wl.uid))
+            .and_then(|wl| self.targets.get(&UidRef::new(&wl.uid)))
             .unwrap_or(&self.unknown_target);
         self.compiled.evaluate(target, conn)
     }
 
-    fn route_for(&self, service: Arc<Service>) -> ServiceRoute {
-        let healthy = service
-            .endpoints
-            .values()
-            .filter(|ep| ep.status == HealthStatus::Healthy)
-            .filter_map(|ep| {
-                let wl = self.workloads.get(&ep.workload_uid)?;
-                (wl.status == HealthStatus::Healthy && !wl.workload_ips.is_empty())
-                    .then(|| (wl.clone(), Arc::new(ep.port.clone())))
-            })
-            .collect();
-        ServiceRoute { service, healthy }
+    /// The workload with this uid.
+    pub fn workload(&self, uid: &str) -> Option<&Arc<Workload>> {
+        self.workloads.get(&UidRef::new(uid))
     }
 
     /// The workload that owns `ip`, if any.
     pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
-        self.by_ip.get(&ip)
+        self.by_ip.get(&IpKey::from(ip))
     }
 
     /// Whether `wl` runs on this node (so this daemon serves it).
@@ -174,16 +219,33 @@ impl Snapshot {
         self.workload_by_ip(ip).filter(|wl| self.is_local(wl))
     }
 
+    /// The workloads this node serves (in no particular order).
+    pub fn local_workloads(&self) -> impl Iterator<Item = &Arc<Workload>> + '_ {
+        self.targets
+            .keys()
+            .filter_map(|uid| self.workloads.get(uid))
+    }
+
+    /// The service with this key, with its healthy endpoints.
+    pub fn service(&self, key: &NamespacedHostname) -> Option<&Arc<ServiceRoute>> {
+        self.services.get(key)
+    }
+
+    /// The service that owns the virtual IP `vip`, if any.
+    pub fn service_by_vip(&self, vip: IpAddr) -> Option<&Arc<ServiceRoute>> {
+        self.by_vip.get(&IpKey::from(vip))
+    }
+
     /// Decides where a connection to `dst` goes. `pick` chooses among a service's
     /// healthy endpoints (any value; the caller supplies a cheap random number).
     pub fn route(&self, dst: SocketAddr, pick: u32) -> Route {
-        if let Some(wl) = self.by_ip.get(&dst.ip()) {
+        if let Some(wl) = self.by_ip.get(&IpKey::from(dst.ip())) {
             return Route::Workload {
                 workload: wl.clone(),
                 addr: dst,
             };
         }
-        let Some(route) = self.by_vip.get(&dst.ip()) else {
+        let Some(route) = self.by_vip.get(&IpKey::from(dst.ip())) else {
             return Route::Passthrough(dst);
         };
         let Some(&target) = route.service.ports.get(&dst.port()) else {
@@ -192,7 +254,9 @@ impl Snapshot {
         if route.healthy.is_empty() {
             return Route::NoEndpoint(route.service.key());
         }
-        let (wl, ports) = &route.healthy[pick as usize % route.healthy.len()];
+        let Some((wl, ports)) = route.healthy.get(pick as usize % route.healthy.len()) else {
+            return Route::NoEndpoint(route.service.key());
+        };
         // The endpoint's own mapping wins, then the service's, then the service port.
         let port = match ports.get(&dst.port()) {
             Some(&p) if p != 0 => p,
@@ -207,12 +271,14 @@ impl Snapshot {
     }
 }
 
-/// Prefers an address of the same family as the VIP the client used.
+/// Prefers an address of the same family as the VIP the client used. Only called
+/// for healthy endpoints, which have at least one address.
 fn pick_family(ips: &[IpAddr], like: IpAddr) -> IpAddr {
     ips.iter()
         .copied()
         .find(|ip| ip.is_ipv4() == like.is_ipv4())
-        .unwrap_or(ips[0])
+        .or_else(|| ips.first().copied())
+        .unwrap_or(like)
 }
 
 /// The current snapshot, shared between the control thread (writer) and the shards.
@@ -250,108 +316,13 @@ impl SnapshotCell {
     pub fn publish(&self, next: Snapshot) {
         self.current.store(Arc::new(next));
     }
+
+    /// Publishes a snapshot the caller keeps a reference to (the base of its next
+    /// delta); connections opened afterwards see it.
+    pub fn publish_shared(&self, next: Arc<Snapshot>) {
+        self.current.store(next);
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const CONFIG: &str = r#"
-workloads:
-- name: a
-  namespace: default
-  workloadIps: ["10.0.0.1"]
-  protocol: HBONE
-  node: n1
-  services:
-    default/svc.default.svc.cluster.local: {80: 8080}
-- name: b
-  namespace: default
-  workloadIps: ["10.0.0.2"]
-  node: n2
-  services:
-    default/svc.default.svc.cluster.local: {80: 9090}
-- name: c
-  namespace: default
-  workloadIps: ["10.0.0.3"]
-  status: Unhealthy
-  services:
-    default/svc.default.svc.cluster.local: {}
-services:
-- name: svc
-  namespace: default
-  hostname: svc.default.svc.cluster.local
-  vips: ["/10.96.0.1"]
-  ports: {80: 8000, 81: 0}
-"#;
-
-    fn snap() -> Snapshot {
-        let cfg = LocalConfig::parse(CONFIG).unwrap();
-        Snapshot::from_local(&cfg, "n1", 1)
-    }
-
-    #[test]
-    fn direct_workload_address_routes_to_that_workload() {
-        let s = snap();
-        let r = s.route("10.0.0.1:5000".parse().unwrap(), 0);
-        assert!(r.is_hbone());
-        match r {
-            Route::Workload { workload, addr } => {
-                assert_eq!(&*workload.name, "a");
-                assert_eq!(addr, "10.0.0.1:5000".parse().unwrap());
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    #[test]
-    fn vip_chooses_only_healthy_endpoints_with_their_port_mapping() {
-        let s = snap();
-        let mut seen = std::collections::BTreeSet::new();
-        for pick in 0..16 {
-            match s.route("10.96.0.1:80".parse().unwrap(), pick) {
-                Route::Workload { addr, .. } => {
-                    seen.insert(addr);
-                }
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-        let want: std::collections::BTreeSet<SocketAddr> = ["10.0.0.1:8080", "10.0.0.2:9090"]
-            .iter()
-            .map(|a| a.parse().unwrap())
-            .collect();
-        assert_eq!(seen, want);
-    }
-
-    #[test]
-    fn vip_port_not_exposed_has_no_endpoint() {
-        let s = snap();
-        assert!(matches!(
-            s.route("10.96.0.1:443".parse().unwrap(), 0),
-            Route::NoEndpoint(_)
-        ));
-    }
-
-    #[test]
-    fn unknown_address_is_passthrough() {
-        let s = snap();
-        let dst: SocketAddr = "192.0.2.1:80".parse().unwrap();
-        assert_eq!(s.route(dst, 0), Route::Passthrough(dst));
-    }
-
-    #[test]
-    fn local_workloads_are_those_on_this_node() {
-        let s = snap();
-        assert!(s.local_workload("10.0.0.1".parse().unwrap()).is_some());
-        assert!(s.local_workload("10.0.0.2".parse().unwrap()).is_none());
-    }
-
-    #[test]
-    fn publish_replaces_what_new_loads_see() {
-        let cell = SnapshotCell::new(Snapshot::default());
-        let old = cell.load();
-        cell.publish(snap());
-        assert_eq!(old.generation, 0);
-        assert_eq!(cell.generation(), 1);
-    }
-}
+mod tests;

@@ -11,9 +11,12 @@
 //!   `CertifiedTls`, sessions keep the configuration they started with.
 //! * Verification yields a [`VerifiedPeer`] (only this crate can make one) or
 //!   a [`Rejection`] with a stable metric label.
-//! * [`TlsSession`] is a sans-I/O session over rustls' unbuffered API working
-//!   on caller-sized buffers; [`TlsStream`] adapts it to any `futures-io`
-//!   transport and is itself `AsyncRead + AsyncBufRead + AsyncWrite`.
+//! * [`TlsSession`] is a sans-I/O session working on caller-sized buffers:
+//!   the handshake runs in rustls' unbuffered API, then records are sealed
+//!   and opened in place with ring's AES-GCM on the keys rustls negotiated
+//!   (rustls keeps the key schedule for key updates); [`TlsStream`] adapts
+//!   it to any `futures-io` transport and is itself `AsyncRead +
+//!   AsyncBufRead + AsyncWrite`.
 //!
 //! Threading: everything is `Send`; configurations and certificates are
 //! shared through `Arc` and immutable. [`ClientConfigCache`] is meant to be
@@ -21,13 +24,15 @@
 //! than the system time for certificate validity; it knows nothing of the
 //! executor (timeouts are the caller's).
 //!
-//! Every rustls and webpki call lives in the private `tls` module.
+//! Every rustls and webpki call lives in the private `tls` module; every ring
+//! AEAD call in the private `record` module.
 
 mod ca;
 mod certificate;
 mod config;
 mod error;
 mod identity;
+mod record;
 mod session;
 mod stream;
 mod tls;

@@ -276,6 +276,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
         Poll::Ready(Ok(sealed.consumed))
     }
 
+    /// Seals as many of `bufs` as fit into records before one transport write, so a
+    /// frame header and its payload leave together.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.shutdown {
+            return Poll::Ready(Err(SessionError::WriteAfterClose.into()));
+        }
+        if bufs.iter().all(|b| b.is_empty()) {
+            return Poll::Ready(Ok(0));
+        }
+        while this.out_room(RESERVE) < MAX_RECORD_LEN {
+            ready!(this.poll_flush_out(cx))?;
+        }
+        let mut consumed = 0;
+        'slices: for buf in bufs {
+            let mut rest: &[u8] = buf;
+            while !rest.is_empty() {
+                if this.out_room(RESERVE) < MAX_RECORD_LEN {
+                    break 'slices;
+                }
+                let (start, limit) = (this.out_end, this.out.len() - RESERVE);
+                let sealed = this.session.seal(rest, &mut this.out[start..limit])?;
+                this.out_end += sealed.written;
+                consumed += sealed.consumed;
+                rest = &rest[sealed.consumed..];
+                if sealed.consumed == 0 {
+                    break 'slices;
+                }
+            }
+        }
+        if let Poll::Ready(Err(e)) = this.poll_flush_out(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(consumed))
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(this.poll_flush_out(cx))?;

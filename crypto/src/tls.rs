@@ -6,22 +6,26 @@
 //! * Configurations: ALPN `h2`, no SNI, no session tickets or resumption, a
 //!   mandatory client certificate, and our own certificate verifiers, which
 //!   keep the precise [`Rejection`] inside rustls' opaque error.
-//! * The record layer: a thin driver over rustls' *unbuffered* connection API
-//!   used by [`crate::session::TlsSession`].
+//! * The record layer during the handshake: a thin driver over rustls'
+//!   *unbuffered* connection API used by [`crate::session::TlsSession`].
+//! * After the handshake: the traffic keys handed to [`crate::record`]
+//!   (rustls' kernel connection API), while rustls keeps the key schedule
+//!   (key updates) and receives session tickets.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, OnceLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{Resumption, UnbufferedClientConnection};
+use rustls::client::{ClientConnectionData, Resumption, UnbufferedClientConnection};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::kernel::KernelConnection;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{NoServerSessionStorage, UnbufferedServerConnection};
+use rustls::server::{NoServerSessionStorage, ServerConnectionData, UnbufferedServerConnection};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
 use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, InvalidMessage, OtherError,
-    SignatureScheme,
+    AlertDescription, CertificateError, ConnectionTrafficSecrets, DigitallySignedStruct,
+    DistinguishedName, InvalidMessage, OtherError, SignatureScheme,
 };
 use rustls_pki_types::{
     CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, TrustAnchor, UnixTime,
@@ -30,6 +34,7 @@ use rustls_pki_types::{
 use crate::certificate::{TrustBundle, WorkloadCertificate};
 use crate::error::Error;
 use crate::identity::Identity;
+use crate::record::{Aead, RecordKey, RecordLayer};
 use crate::session::SessionError;
 use crate::verifier::{self, Expectation, PeerRole, Rejection, VerifiedPeer};
 
@@ -204,6 +209,8 @@ pub(crate) fn server_config(
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     config.send_tls13_tickets = 0;
     config.session_storage = Arc::new(NoServerSessionStorage {});
+    // The record layer after the handshake is ours (crate::record).
+    config.enable_secret_extraction = true;
     Ok(ServerTlsConfig {
         inner: Arc::new(config),
         expect,
@@ -237,6 +244,8 @@ pub(crate) fn client_config(
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     config.resumption = Resumption::disabled();
     config.enable_sni = false;
+    // The record layer after the handshake is ours (crate::record).
+    config.enable_secret_extraction = true;
     Ok(ClientTlsConfig {
         inner: Arc::new(config),
         expect,
@@ -430,12 +439,22 @@ pub(crate) trait PlaintextSink {
 enum Conn {
     Client(UnbufferedClientConnection),
     Server(UnbufferedServerConnection),
+    /// After the handshake: key schedule and tickets only.
+    KernelClient(KernelConnection<ClientConnectionData>),
+    /// After the handshake: key schedule only.
+    KernelServer(KernelConnection<ServerConnectionData>),
+    /// A hand-over to the record layer failed.
+    Gone,
 }
 
 /// A TLS connection driven through rustls' unbuffered API.
 pub(crate) struct Connection {
     conn: Conn,
     expect: Arc<Expectation>,
+    /// Kept from the handshake once rustls' connection is handed over.
+    chain: Option<Vec<CertificateDer<'static>>>,
+    /// Kept from the handshake once rustls' connection is handed over.
+    alpn: Option<Vec<u8>>,
 }
 
 impl Connection {
@@ -447,6 +466,8 @@ impl Connection {
         Ok(Self {
             conn: Conn::Client(conn),
             expect: config.expect.clone(),
+            chain: None,
+            alpn: None,
         })
     }
 
@@ -456,6 +477,8 @@ impl Connection {
         Ok(Self {
             conn: Conn::Server(conn),
             expect: config.expect.clone(),
+            chain: None,
+            alpn: None,
         })
     }
 
@@ -464,6 +487,7 @@ impl Connection {
         match &self.conn {
             Conn::Client(c) => c.is_handshaking(),
             Conn::Server(c) => c.is_handshaking(),
+            Conn::KernelClient(_) | Conn::KernelServer(_) | Conn::Gone => false,
         }
     }
 
@@ -481,6 +505,7 @@ impl Connection {
         match &self.conn {
             Conn::Client(c) => c.peer_certificates(),
             Conn::Server(c) => c.peer_certificates(),
+            Conn::KernelClient(_) | Conn::KernelServer(_) | Conn::Gone => self.chain.as_deref(),
         }
     }
 
@@ -489,7 +514,93 @@ impl Connection {
         match &self.conn {
             Conn::Client(c) => c.alpn_protocol(),
             Conn::Server(c) => c.alpn_protocol(),
+            Conn::KernelClient(_) | Conn::KernelServer(_) | Conn::Gone => self.alpn.as_deref(),
         }
+    }
+
+    /// Hands the record layer over from rustls once the handshake completed
+    /// and rustls has nothing left to send: returns our record layer with the
+    /// traffic keys and sequence numbers rustls reached. rustls keeps the key
+    /// schedule ([`Connection::next_tx_key`], [`Connection::next_rx_key`]) and
+    /// session tickets. The caller must not hand over a partially received
+    /// handshake message (rustls would drop it).
+    pub(crate) fn take_record_layer(&mut self) -> Result<RecordLayer, SessionError> {
+        let (secrets, limit) = match std::mem::replace(&mut self.conn, Conn::Gone) {
+            Conn::Client(c) => {
+                self.keep_handshake_facts(c.peer_certificates(), c.alpn_protocol());
+                let (secrets, kernel) = c.dangerous_into_kernel_connection().map_err(map_error)?;
+                let limit = confidentiality_limit(kernel.negotiated_cipher_suite());
+                self.conn = Conn::KernelClient(kernel);
+                (secrets, limit)
+            }
+            Conn::Server(c) => {
+                self.keep_handshake_facts(c.peer_certificates(), c.alpn_protocol());
+                let (secrets, kernel) = c.dangerous_into_kernel_connection().map_err(map_error)?;
+                let limit = confidentiality_limit(kernel.negotiated_cipher_suite());
+                self.conn = Conn::KernelServer(kernel);
+                (secrets, limit)
+            }
+            other => {
+                self.conn = other;
+                return Err(SessionError::Internal(
+                    "TLS record layer handed over twice".into(),
+                ));
+            }
+        };
+        let (tx_seq, tx) = secrets.tx;
+        let (rx_seq, rx) = secrets.rx;
+        Ok(RecordLayer::new(
+            record_key(tx_seq, tx)?,
+            record_key(rx_seq, rx)?,
+            limit,
+        ))
+    }
+
+    fn keep_handshake_facts(
+        &mut self,
+        chain: Option<&[CertificateDer<'static>]>,
+        alpn: Option<&[u8]>,
+    ) {
+        self.chain = chain.map(<[CertificateDer<'static>]>::to_vec);
+        self.alpn = alpn.map(<[u8]>::to_vec);
+    }
+
+    /// Our next sending key, after we send a KeyUpdate.
+    pub(crate) fn next_tx_key(&mut self) -> Result<RecordKey, SessionError> {
+        let (seq, secrets) = match &mut self.conn {
+            Conn::KernelClient(k) => k.update_tx_secret(),
+            Conn::KernelServer(k) => k.update_tx_secret(),
+            _ => return Err(SessionError::Internal("key update before hand-over".into())),
+        }
+        .map_err(map_error)?;
+        record_key(seq, secrets)
+    }
+
+    /// The peer's next sending key, after it sent a KeyUpdate.
+    pub(crate) fn next_rx_key(&mut self) -> Result<RecordKey, SessionError> {
+        let (seq, secrets) = match &mut self.conn {
+            Conn::KernelClient(k) => k.update_rx_secret(),
+            Conn::KernelServer(k) => k.update_rx_secret(),
+            _ => return Err(SessionError::Internal("key update before hand-over".into())),
+        }
+        .map_err(map_error)?;
+        record_key(seq, secrets)
+    }
+
+    /// A NewSessionTicket body (after its 4-byte header) from the server.
+    /// Resumption is disabled, so rustls only checks and drops it.
+    pub(crate) fn new_session_ticket(&mut self, body: &[u8]) -> Result<(), SessionError> {
+        match &mut self.conn {
+            Conn::KernelClient(k) => k.handle_new_session_ticket(body).map_err(map_error),
+            _ => Err(SessionError::Protocol(
+                "NewSessionTicket sent by a client".into(),
+            )),
+        }
+    }
+
+    /// The name of an alert description, as rustls spells it.
+    pub(crate) fn alert_name(&self, description: u8) -> String {
+        format!("{:?}", AlertDescription::from(description))
     }
 
     /// Processes `incoming` (ciphertext) until input runs out or a buffer is
@@ -509,6 +620,10 @@ impl Connection {
             let (discard, flow) = match &mut self.conn {
                 Conn::Client(c) => step(c.process_tls_records(buf), io),
                 Conn::Server(c) => step(c.process_tls_records(buf), io),
+                Conn::KernelClient(_) | Conn::KernelServer(_) | Conn::Gone => {
+                    let e = SessionError::Internal("rustls driven after hand-over".into());
+                    return (consumed, Err(e));
+                }
             };
             consumed += discard;
             match flow {
@@ -525,9 +640,35 @@ impl Connection {
         let written = match &mut self.conn {
             Conn::Client(c) => encode_pending(c.process_tls_records(&mut empty), out),
             Conn::Server(c) => encode_pending(c.process_tls_records(&mut empty), out),
+            Conn::KernelClient(_) | Conn::KernelServer(_) | Conn::Gone => None,
         };
         written.unwrap_or(0)
     }
+}
+
+/// Our key from rustls' traffic secrets.
+fn record_key(seq: u64, secrets: ConnectionTrafficSecrets) -> Result<RecordKey, SessionError> {
+    match secrets {
+        ConnectionTrafficSecrets::Aes128Gcm { key, iv } => {
+            RecordKey::new(Aead::Aes128Gcm, key.as_ref(), iv.as_ref(), seq)
+        }
+        ConnectionTrafficSecrets::Aes256Gcm { key, iv } => {
+            RecordKey::new(Aead::Aes256Gcm, key.as_ref(), iv.as_ref(), seq)
+        }
+        _ => Err(SessionError::Incompatible(
+            "negotiated cipher suite is not AES-GCM".into(),
+        )),
+    }
+}
+
+/// How many records one key may seal before it must be updated.
+fn confidentiality_limit(suite: rustls::SupportedCipherSuite) -> u64 {
+    // AES-GCM in TLS 1.3: 2^24.5 records (RFC 8446 §5.5); rustls uses 2^24.
+    const AES_GCM_LIMIT: u64 = 1 << 24;
+    suite
+        .tls13()
+        .map_or(AES_GCM_LIMIT, |s| s.common.confidentiality_limit)
+        .min(AES_GCM_LIMIT)
 }
 
 fn encode_pending<Data>(status: UnbufferedStatus<'_, '_, Data>, out: &mut [u8]) -> Option<usize> {

@@ -27,6 +27,12 @@ pub struct AdminState {
     pub reloads: Arc<ReloadStats>,
     /// Set once drain starts: readiness turns false.
     pub draining: AtomicBool,
+    /// The workload certificates in use.
+    pub certs: Arc<crate::certs::CertCell>,
+    /// Workload certificates issued (first issues and renewals).
+    pub certs_issued: Arc<std::sync::atomic::AtomicU64>,
+    /// xDS counters, once an xDS source runs.
+    pub xds: std::sync::OnceLock<Arc<zpath_control::xds::XdsStats>>,
 }
 
 impl AdminState {
@@ -44,7 +50,14 @@ impl AdminState {
             "# HELP zpath_config_loads_total Local config loads, by result.\n# TYPE zpath_config_loads_total counter\nzpath_config_loads_total{{result=\"applied\"}} {applied}\nzpath_config_loads_total{{result=\"rejected\"}} {rejected}\n# HELP zpath_snapshot_generation Generation of the applied snapshot.\n# TYPE zpath_snapshot_generation gauge\nzpath_snapshot_generation {}\n",
             self.snapshots.generation()
         );
-        render_prometheus(&self.shards, &extra)
+        let certs = self.certs.load();
+        let extra = format!(
+            "{extra}# HELP zpath_certificates_issued_total Workload certificates issued, renewals included.\n# TYPE zpath_certificates_issued_total counter\nzpath_certificates_issued_total {}\n# HELP zpath_certificates Workload certificates held now.\n# TYPE zpath_certificates gauge\nzpath_certificates {}\n",
+            self.certs_issued.load(Ordering::Relaxed),
+            certs.len()
+        );
+        let xds = self.xds.get().map(|x| x.prometheus()).unwrap_or_default();
+        render_prometheus(&self.shards, &format!("{extra}{xds}"))
     }
 
     fn config_dump(&self) -> String {

@@ -50,6 +50,42 @@ pub struct EngineConfig {
     pub accept_backlog: i32,
     /// How often the config file is checked for changes.
     pub config_poll: Duration,
+    /// Mesh root certificate (PEM) to issue from; `None`: the root kept in `state_dir`.
+    pub ca_cert: Option<PathBuf>,
+    /// The root's private key (PEM, ECDSA or RSA); given together with `ca_cert`.
+    pub ca_key: Option<PathBuf>,
+    /// Lifetime of issued workload certificates (renewed at half of it).
+    pub cert_lifetime: Duration,
+    /// Time a TLS handshake may take on an HBONE connection.
+    pub handshake_timeout: Duration,
+    /// HTTP/2 windows and limits of HBONE connections.
+    pub h2: zpath_tunnel::H2Settings,
+    /// Streams one pooled HBONE connection carries before another is opened.
+    pub pool_max_streams: u32,
+    /// Idle pooled HBONE connections are closed after this long.
+    pub pool_idle_timeout: Duration,
+    /// Buffer size of each direction of a TLS session, in bytes.
+    pub tls_buffer: usize,
+    /// Cluster id sent in the `baggage` of HBONE requests and to istiod.
+    pub cluster_id: String,
+    /// istiod's xDS address (`https://host:port`); set, it replaces the local config file.
+    pub xds_address: Option<String>,
+    /// Root certificate (PEM) of istiod's TLS certificate (and of the CA's).
+    pub xds_root_cert: Option<PathBuf>,
+    /// The Istio CA's address; set, workload certificates come from it instead of the
+    /// built-in CA.
+    pub ca_address: Option<String>,
+    /// The mesh root(s) (PEM) certificates from the remote CA must chain to; defaults
+    /// to `xds_root_cert`.
+    pub ca_root_cert: Option<PathBuf>,
+    /// Bearer token file for istiod and the CA (re-read per request).
+    pub token_file: Option<PathBuf>,
+    /// This proxy's pod name, IP and namespace, as istiod knows them.
+    pub pod_name: String,
+    /// This proxy's pod namespace.
+    pub pod_namespace: String,
+    /// This proxy's pod IP(s).
+    pub instance_ip: String,
 }
 
 impl Default for EngineConfig {
@@ -77,6 +113,23 @@ impl Default for EngineConfig {
             buffers: BufferConfig::default(),
             accept_backlog: 1024,
             config_poll: Duration::from_secs(1),
+            ca_cert: None,
+            ca_key: None,
+            cert_lifetime: Duration::from_secs(24 * 3600),
+            handshake_timeout: Duration::from_secs(10),
+            h2: zpath_tunnel::H2Settings::default(),
+            pool_max_streams: 100,
+            pool_idle_timeout: Duration::from_secs(300),
+            tls_buffer: 256 << 10,
+            cluster_id: "Kubernetes".into(),
+            xds_address: None,
+            xds_root_cert: None,
+            ca_address: None,
+            ca_root_cert: None,
+            token_file: None,
+            pod_name: String::new(),
+            pod_namespace: String::new(),
+            instance_ip: String::new(),
         }
     }
 }
@@ -135,6 +188,49 @@ impl EngineConfig {
                 "must be more than zero",
             ));
         }
+        if self.xds_address.is_some() && self.config_file.is_some() {
+            return Err(invalid(
+                "--xds-address",
+                "the local config file (--config) and xDS are alternatives; give one",
+            ));
+        }
+        if self.ca_address.is_some() && self.ca_cert.is_some() {
+            return Err(invalid(
+                "--ca-address",
+                "a remote CA (--ca-address) and a built-in root (--ca-cert) are alternatives",
+            ));
+        }
+        if self.ca_address.is_some() && self.ca_root_cert.is_none() && self.xds_root_cert.is_none()
+        {
+            return Err(invalid(
+                "--ca-address",
+                "the remote CA needs the mesh root: give --ca-root-cert (or --xds-root-cert)",
+            ));
+        }
+        if self.ca_cert.is_some() != self.ca_key.is_some() {
+            return Err(invalid("--ca-cert", "--ca-cert and --ca-key go together"));
+        }
+        if self.cert_lifetime < Duration::from_secs(10) {
+            return Err(invalid("--cert-lifetime", "must be at least 10 seconds"));
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err(invalid("--handshake-timeout", "must be more than zero"));
+        }
+        if self.pool_max_streams == 0 {
+            return Err(invalid("--pool-max-streams", "must be at least 1"));
+        }
+        if self.tls_buffer < zpath_crypto::SessionBuffers::MIN_SIZE || self.tls_buffer > 16 << 20 {
+            return Err(invalid(
+                "--tls-buffer",
+                format!(
+                    "must be between {} bytes and 16 MiB",
+                    zpath_crypto::SessionBuffers::MIN_SIZE
+                ),
+            ));
+        }
+        self.h2
+            .validate()
+            .map_err(|e| invalid("--h2-*", e.to_string()))?;
         let named = [
             ("--outbound-addr", self.outbound_addr),
             ("--inbound-addr", self.inbound_addr),

@@ -4,13 +4,16 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use tracing::{error, info, warn};
 use zpath_control::watch::FileSource;
 use zpath_control::{Snapshot, SnapshotCell};
 
+use zpath_crypto::LocalCa;
+
 use crate::admin::{self, AdminState, Endpoints};
+use crate::certs::{CertCell, CertManager, Issuer};
 use crate::config::{ConfigInvalid, EngineConfig};
 use crate::shard::{self, BoundAddrs, ShardHandle, ShardMsg};
 use crate::sys;
@@ -27,6 +30,12 @@ pub enum StartError {
     /// A socket, thread or runtime could not be set up.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The certificate authority could not be loaded or created.
+    #[error("certificate authority: {0}")]
+    Ca(String),
+    /// The xDS client could not be set up.
+    #[error("xDS: {0}")]
+    Xds(String),
 }
 
 /// A started daemon: shards are listening; [`Daemon::run`] runs the control thread.
@@ -35,6 +44,7 @@ pub struct Daemon {
     shards: Vec<ShardHandle>,
     state: Arc<AdminState>,
     source: FileSource,
+    certs: CertManager,
     admin: Vec<(std::net::TcpListener, Endpoints)>,
     addrs: Arc<BoundAddrs>,
 }
@@ -43,11 +53,24 @@ impl Daemon {
     /// Validates `cfg`, loads the config file, binds and starts the shards.
     pub fn start(cfg: EngineConfig) -> Result<Daemon, StartError> {
         cfg.validate()?;
+        if let Err(e) = sys::raise_fd_limit() {
+            warn!("cannot raise the open-file limit: {e}");
+        }
         let cfg = Arc::new(cfg);
         let cell = Arc::new(SnapshotCell::new(Snapshot::default()));
         let mut source =
             FileSource::new(cfg.config_file.clone(), cfg.node_name.clone(), cell.clone());
-        source.reload()?;
+        if cfg.xds_address.is_none() {
+            source.reload()?;
+        }
+        // A remote CA client needs the control thread's runtime: it is set up there.
+        let issuer = match cfg.ca_address {
+            None => Some(Issuer::Local(Box::new(load_ca(&cfg)?))),
+            Some(_) => None,
+        };
+        let cert_cell = Arc::new(CertCell::default());
+        let mut certs = CertManager::new(issuer, cfg.cert_lifetime, cert_cell.clone());
+        certs.sync(&cell.load(), SystemTime::now());
         let mut admin = Vec::new();
         let mut reserved = Vec::new();
         for (addr, which) in [
@@ -61,7 +84,6 @@ impl Daemon {
                 admin.push((l, which));
             }
         }
-        reserved.extend(cfg.hbone_addr);
         // Resolve `:0` ports once, so every shard binds the same port.
         let mut holds = Vec::new();
         let mut resolve = |a: Option<SocketAddr>| -> std::io::Result<Option<SocketAddr>> {
@@ -81,6 +103,7 @@ impl Daemon {
             outbound: resolve(cfg.outbound_addr)?,
             inbound: resolve(cfg.inbound_addr)?,
             socks5: resolve(cfg.socks5_addr)?,
+            hbone: resolve(cfg.hbone_addr)?,
             reserved,
         });
         let mut shards = Vec::with_capacity(cfg.cores.len());
@@ -91,6 +114,7 @@ impl Daemon {
                 cfg.clone(),
                 addrs.clone(),
                 cell.clone(),
+                cert_cell.clone(),
             )?);
         }
         drop(holds);
@@ -99,12 +123,16 @@ impl Daemon {
             snapshots: cell,
             reloads: source.stats(),
             draining: Default::default(),
+            certs: certs.cell(),
+            certs_issued: certs.issued(),
+            xds: Default::default(),
         });
         info!(
             shards = shards.len(),
             outbound = ?addrs.outbound,
             inbound = ?addrs.inbound,
             socks5 = ?addrs.socks5,
+            hbone = ?addrs.hbone,
             "zpath started"
         );
         Ok(Daemon {
@@ -112,6 +140,7 @@ impl Daemon {
             shards,
             state,
             source,
+            certs,
             admin,
             addrs,
         })
@@ -141,6 +170,7 @@ impl Daemon {
             mut shards,
             state,
             mut source,
+            mut certs,
             admin,
             ..
         } = self;
@@ -149,7 +179,28 @@ impl Daemon {
                 let l = tokio::net::TcpListener::from_std(l)?;
                 tokio::spawn(admin::serve(l, state.clone(), which));
             }
-            wait_for_stop(&cfg, &mut source, &shards).await?;
+            if let Some(ca) = remote_ca(&cfg)? {
+                certs.set_issuer(Issuer::Remote(Arc::new(ca)));
+            }
+            let (stop_xds, xds_stopped) = tokio::sync::oneshot::channel::<()>();
+            let xds = match xds_source(&cfg, &state)? {
+                Some(source) => {
+                    state.xds.get_or_init(|| source.stats());
+                    Some(tokio::spawn(async move {
+                        source
+                            .run(async {
+                                let _ = xds_stopped.await;
+                            })
+                            .await;
+                    }))
+                }
+                None => None,
+            };
+            wait_for_stop(&cfg, &mut source, &mut certs, &state, &shards).await?;
+            let _ = stop_xds.send(());
+            if let Some(x) = xds {
+                let _ = x.await;
+            }
             state.draining.store(true, Ordering::Relaxed);
             let deadline = Instant::now() + cfg.drain_deadline;
             info!(deadline = ?cfg.drain_deadline, "draining: no new connections");
@@ -173,6 +224,8 @@ impl Daemon {
 async fn wait_for_stop(
     cfg: &EngineConfig,
     source: &mut FileSource,
+    certs: &mut CertManager,
+    state: &AdminState,
     shards: &[ShardHandle],
 ) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -181,22 +234,113 @@ async fn wait_for_stop(
     let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(cfg.config_poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let file = cfg.xds_address.is_none();
+    let mut fetched = certs.take_fetched();
+    let mut notified = state.snapshots.generation();
     loop {
         let result = tokio::select! {
-            _ = tick.tick() => source.reload_if_changed(),
-            _ = hup.recv() => Some(source.reload()),
+            _ = tick.tick() => if file { source.reload_if_changed() } else { None },
+            _ = hup.recv() => if file { Some(source.reload()) } else { None },
+            Some(f) = async { match fetched.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
+                certs.install(f, SystemTime::now());
+                None
+            }
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
         };
         match result {
             None => {}
-            Some(Ok(generation)) => {
-                info!(generation, "config reloaded");
-                for s in shards {
-                    s.send(ShardMsg::SnapshotChanged);
-                }
-            }
+            Some(Ok(generation)) => info!(generation, "config reloaded"),
             Some(Err(e)) => warn!("config reload rejected, keeping the previous one: {e}"),
+        }
+        // Whoever published (file or xDS), the shards re-check their connections.
+        let generation = state.snapshots.generation();
+        if generation != notified {
+            notified = generation;
+            for s in shards {
+                s.send(ShardMsg::SnapshotChanged);
+            }
+        }
+        // New workloads get their certificates; due ones are renewed (half-life).
+        certs.sync(&state.snapshots.load(), SystemTime::now());
+    }
+}
+
+/// The remote CA client, when `--ca-address` is set (inside the control runtime).
+fn remote_ca(cfg: &EngineConfig) -> Result<Option<zpath_control::ca_client::CaClient>, StartError> {
+    let Some(address) = &cfg.ca_address else {
+        return Ok(None);
+    };
+    let roots = cfg
+        .ca_root_cert
+        .clone()
+        .or_else(|| cfg.xds_root_cert.clone())
+        .ok_or_else(|| StartError::Ca("--ca-address needs --ca-root-cert".into()))?;
+    let mut c = zpath_control::ca_client::CaClientConfig::new(address.clone(), roots.clone());
+    c.target.root_cert = Some(roots);
+    c.token_file = cfg.token_file.clone();
+    c.headers = vec![("ClusterID".into(), cfg.cluster_id.clone())];
+    c.cert_lifetime = cfg.cert_lifetime;
+    let client = zpath_control::ca_client::CaClient::new(c)
+        .map_err(|e| StartError::Ca(format!("--ca-address {address}: {e}")))?;
+    info!(%address, "workload certificates come from the Istio CA");
+    Ok(Some(client))
+}
+
+/// The xDS source, when `--xds-address` is set (inside the control runtime).
+fn xds_source(
+    cfg: &EngineConfig,
+    state: &AdminState,
+) -> Result<Option<zpath_control::xds::XdsSource>, StartError> {
+    let Some(address) = &cfg.xds_address else {
+        return Ok(None);
+    };
+    let node = zpath_control::xds::NodeInfo {
+        instance_ip: cfg.instance_ip.clone(),
+        pod_name: cfg.pod_name.clone(),
+        pod_namespace: cfg.pod_namespace.clone(),
+        node_name: cfg.node_name.clone(),
+        metadata: [("CLUSTER_ID".to_string(), cfg.cluster_id.clone())].into(),
+        ..Default::default()
+    };
+    let mut c = zpath_control::xds::XdsClientConfig::new(address.clone(), node);
+    c.target.root_cert = cfg.xds_root_cert.clone();
+    c.token_file = cfg.token_file.clone();
+    c.headers = vec![("ClusterID".into(), cfg.cluster_id.clone())];
+    let source = zpath_control::xds::XdsSource::new(c, state.snapshots.clone(), &cfg.node_name)
+        .map_err(|e| StartError::Xds(format!("--xds-address {address}: {e}")))?;
+    info!(%address, "configuration comes from istiod over xDS");
+    Ok(Some(source))
+}
+
+/// The built-in CA: the root given by flag, else the one kept in the state directory
+/// (created on first start).
+fn load_ca(cfg: &EngineConfig) -> Result<LocalCa, StartError> {
+    match (&cfg.ca_cert, &cfg.ca_key) {
+        (Some(cert), Some(key)) => {
+            let read = |p: &std::path::Path| {
+                std::fs::read_to_string(p)
+                    .map_err(|e| StartError::Ca(format!("cannot read {}: {e}", p.display())))
+            };
+            let ca = LocalCa::from_pem(&read(cert)?, &read(key)?).map_err(|e| {
+                StartError::Ca(format!(
+                    "cannot use {} / {} as the mesh root: {e}",
+                    cert.display(),
+                    key.display()
+                ))
+            })?;
+            info!(cert = %cert.display(), "using the mesh root given by --ca-cert");
+            Ok(ca)
+        }
+        _ => {
+            let ca = LocalCa::load_or_create(&cfg.state_dir).map_err(|e| {
+                StartError::Ca(format!(
+                    "cannot load or create the built-in CA in {}: {e}",
+                    cfg.state_dir.display()
+                ))
+            })?;
+            info!(state_dir = %cfg.state_dir.display(), "using the built-in CA root in the state directory");
+            Ok(ca)
         }
     }
 }

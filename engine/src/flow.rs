@@ -11,6 +11,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use zpath_control::Route;
 
+use crate::hbone;
 use crate::relay::{self, Abort, Meters};
 use crate::shard::Shard;
 use crate::socks5::{self, Reply, Socks5Error, Target};
@@ -27,7 +28,7 @@ pub struct Failure {
     pub message: String,
 }
 
-fn fail(reason: FailReason, message: impl Into<String>) -> Failure {
+pub(crate) fn fail(reason: FailReason, message: impl Into<String>) -> Failure {
     Failure {
         reason,
         message: message.into(),
@@ -48,7 +49,20 @@ pub async fn outbound(
             return Err(f.failure);
         }
     };
-    relay_pair(shard, client, upstream, info, Direction::Outbound).await
+    match upstream {
+        Upstream::Tcp(upstream) => {
+            relay_pair(shard, client, upstream, info, Direction::Outbound).await
+        }
+        Upstream::Hbone(stream) => hbone::relay_client(shard, client, stream, &[], info).await,
+    }
+}
+
+/// Where an outbound connection goes once dialled.
+enum Upstream {
+    /// A plain TCP connection (passthrough, or a `TCP` workload).
+    Tcp(TcpStream),
+    /// A stream through an HBONE tunnel.
+    Hbone(zpath_tunnel::OpenStream),
 }
 
 /// Captured inbound plaintext: relay to the original (local) destination.
@@ -142,11 +156,26 @@ pub async fn socks5(
             format!("SOCKS5 target {dst} is zpath itself"),
         ));
     }
-    let mut upstream = match dial_route(shard, dst, info).await {
+    let upstream = match dial_route(shard, dst, info).await {
         Ok(u) => u,
         Err(f) => {
             let _ = client.write_all(&socks5::reply(f.reply, None)).await;
             return Err(f.failure);
+        }
+    };
+    let mut upstream = match upstream {
+        Upstream::Tcp(u) => u,
+        Upstream::Hbone(stream) => {
+            client
+                .write_all(&socks5::reply(Reply::Succeeded, None))
+                .await
+                .map_err(|e| {
+                    fail(
+                        FailReason::Socks5,
+                        format!("cannot answer the SOCKS5 client: {e}"),
+                    )
+                })?;
+            return hbone::relay_client(shard, client, stream, &buf[early], info).await;
         }
     };
     let bound = upstream.local_addr().ok();
@@ -294,9 +323,23 @@ async fn dial_route(
     shard: &Rc<Shard>,
     dst: SocketAddr,
     info: &ConnInfo,
-) -> Result<TcpStream, DialFailure> {
+) -> Result<Upstream, DialFailure> {
     let snapshot = shard.snapshot();
-    let target = match snapshot.route(dst, shard.random()) {
+    let route = snapshot.route(dst, shard.random());
+    let target = match route {
+        Route::Workload { workload, addr }
+            if workload.protocol == zpath_control::model::TunnelProtocol::Hbone =>
+        {
+            drop(snapshot);
+            info.dst.set(Some(addr));
+            return hbone::open(shard, info, &workload, addr)
+                .await
+                .map(Upstream::Hbone)
+                .map_err(|failure| DialFailure {
+                    failure,
+                    reply: Reply::GeneralFailure,
+                });
+        }
         Route::Passthrough(addr) | Route::Workload { addr, .. } => addr,
         Route::NoEndpoint(svc) => {
             let failure = fail(
@@ -314,7 +357,7 @@ async fn dial_route(
     };
     drop(snapshot);
     info.state.set(ConnState::Connecting);
-    dial(shard, target).await.map_err(|e| {
+    dial(shard, target).await.map(Upstream::Tcp).map_err(|e| {
         let reply = socks5::reply_for_io(&e);
         let failure = fail(
             FailReason::UpstreamConnect,
@@ -324,20 +367,32 @@ async fn dial_route(
     })
 }
 
-fn log_dry_run(outcome: &zpath_policy::Outcome<'_>, info: &ConnInfo) {
+pub(crate) fn log_dry_run(outcome: &zpath_policy::Outcome<'_>, info: &ConnInfo) {
     if let Some(dry) = &outcome.dry_run {
         tracing::info!(src = %info.src, dst = ?info.dst.get(), would_allow = dry.would_allow, "dry-run policy evaluated: {dry:?}");
     }
 }
 
 /// Connects to the destination a policy decision permitted.
-async fn dial_permitted(shard: &Shard, permit: zpath_policy::Permit) -> io::Result<TcpStream> {
+pub(crate) async fn dial_permitted(
+    shard: &Shard,
+    permit: zpath_policy::Permit,
+) -> io::Result<TcpStream> {
     dial(shard, permit.destination()).await
 }
 
 /// Connects to `dst` with our packet mark, within the connect timeout.
 pub async fn dial(shard: &Shard, dst: SocketAddr) -> io::Result<TcpStream> {
-    let sock = sys::start_connect(dst, shard.cfg.packet_mark)?;
+    dial_from(shard, dst, None).await
+}
+
+/// As [`dial`], from `source` when that address is local.
+pub async fn dial_from(
+    shard: &Shard,
+    dst: SocketAddr,
+    source: Option<std::net::IpAddr>,
+) -> io::Result<TcpStream> {
+    let sock = sys::start_connect_from(dst, shard.cfg.packet_mark, source)?;
     let mut stream = sys::into_glommio_stream(sock);
     let limit = shard.cfg.connect_timeout;
     // A zero-length send completes when the connect does: it waits for writability

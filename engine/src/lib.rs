@@ -12,9 +12,11 @@
 
 pub mod admin;
 pub mod buffers;
+pub mod certs;
 pub mod config;
 pub mod daemon;
 pub mod flow;
+pub mod hbone;
 pub mod relay;
 pub mod shard;
 pub mod socks5;

@@ -82,6 +82,90 @@ struct Args {
     /// Listen backlog of each data-path listener, per shard.
     #[arg(long, env = "ZPATH_ACCEPT_BACKLOG", default_value_t = 1024)]
     accept_backlog: i32,
+    /// Mesh root certificate (PEM) the built-in CA issues from; with --ca-key. Two nodes
+    /// (or a node and another mesh proxy) given the same root trust each other
+    /// [default: a root created once and kept in --state-dir].
+    #[arg(long, env = "ZPATH_CA_CERT", requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// Private key (PEM; ECDSA or RSA) of --ca-cert.
+    #[arg(long, env = "ZPATH_CA_KEY", requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+    /// Lifetime of the workload certificates zpath issues; each is renewed at half of it.
+    #[arg(long, env = "ZPATH_CERT_LIFETIME", default_value = "24h", value_parser = duration)]
+    cert_lifetime: Duration,
+    /// Time a TLS handshake on an HBONE connection may take before it is closed.
+    #[arg(long, env = "ZPATH_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    handshake_timeout: Duration,
+    /// Streams one pooled HBONE connection carries before another is opened.
+    #[arg(long, env = "ZPATH_POOL_MAX_STREAMS", default_value_t = 100)]
+    pool_max_streams: u32,
+    /// Idle pooled HBONE connections are closed after this long.
+    #[arg(long, env = "ZPATH_POOL_IDLE_TIMEOUT", default_value = "5m", value_parser = duration)]
+    pool_idle_timeout: Duration,
+    /// TLS session buffer per direction of each HBONE connection, in bytes
+    /// (memory: 2 x this per HBONE connection).
+    #[arg(long, env = "ZPATH_TLS_BUFFER", default_value_t = 256 << 10)]
+    tls_buffer: usize,
+    /// Cluster id sent in the baggage of HBONE requests and to istiod.
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    cluster_id: String,
+    /// istiod's xDS address, e.g. https://istiod.istio-system.svc:15012; replaces the
+    /// local config file (delta ADS for istio.workload.Address and
+    /// istio.security.Authorization).
+    #[arg(long, env = "ZPATH_XDS_ADDRESS", conflicts_with = "config")]
+    xds_address: Option<String>,
+    /// Root certificate (PEM) that signs istiod's (and the CA's) TLS certificate.
+    #[arg(long, env = "ZPATH_XDS_ROOT_CERT")]
+    xds_root_cert: Option<PathBuf>,
+    /// The Istio CA (IstioCertificateService), e.g. https://istiod.istio-system.svc:15012;
+    /// workload certificates are then requested there instead of the built-in CA.
+    #[arg(long, env = "ZPATH_CA_ADDRESS", conflicts_with_all = ["ca_cert", "ca_key"])]
+    ca_address: Option<String>,
+    /// Mesh root(s) (PEM) certificates from --ca-address must chain to [default: --xds-root-cert].
+    #[arg(long, env = "ZPATH_CA_ROOT_CERT")]
+    ca_root_cert: Option<PathBuf>,
+    /// Service account token sent to istiod and the CA as a bearer token (re-read per request).
+    #[arg(long, env = "ZPATH_CA_TOKEN_FILE")]
+    ca_token_file: Option<PathBuf>,
+    /// This proxy's pod name (node id sent to istiod).
+    #[arg(long, env = "POD_NAME", default_value = "")]
+    pod_name: String,
+    /// This proxy's pod namespace.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "istio-system")]
+    pod_namespace: String,
+    /// This proxy's pod IP(s), comma-separated.
+    #[arg(long, env = "INSTANCE_IP", default_value = "")]
+    instance_ip: String,
+    /// HTTP/2 receive window of one HBONE stream, in bytes (memory: up to this much
+    /// buffered per stream).
+    #[arg(long, env = "ZPATH_H2_STREAM_WINDOW", default_value_t = 16 << 20)]
+    h2_stream_window: u32,
+    /// HTTP/2 receive window of one HBONE connection, in bytes (memory: the most a
+    /// connection buffers for all its streams together).
+    #[arg(long, env = "ZPATH_H2_CONNECTION_WINDOW", default_value_t = 32 << 20)]
+    h2_connection_window: u32,
+    /// Largest HTTP/2 frame accepted, in bytes (16384..16777215; memory: one frame
+    /// buffer of this size per connection while a large frame arrives).
+    #[arg(long, env = "ZPATH_H2_MAX_FRAME_SIZE", default_value_t = 1 << 20)]
+    h2_max_frame_size: u32,
+    /// Streams a peer may open at once on one HBONE connection we serve (memory: a
+    /// few hundred bytes of state per stream plus its window).
+    #[arg(long, env = "ZPATH_H2_MAX_CONCURRENT_STREAMS", default_value_t = 200)]
+    h2_max_concurrent_streams: u32,
+    /// Largest request header list accepted, in bytes; bounds CONTINUATION floods
+    /// (memory: up to this much per request being received).
+    #[arg(long, env = "ZPATH_H2_MAX_HEADER_LIST_SIZE", default_value_t = 64 << 10)]
+    h2_max_header_list_size: u32,
+    /// Bytes one HBONE stream may queue for sending (memory: up to this per stream).
+    #[arg(long, env = "ZPATH_H2_MAX_SEND_BUFFER", default_value_t = 4 << 20)]
+    h2_max_send_buffer: usize,
+    /// Streams a peer may reset before we accept them (rapid-reset protection; more
+    /// ends the connection; memory: ~100 bytes each).
+    #[arg(long, env = "ZPATH_H2_MAX_PENDING_RESETS", default_value_t = 100)]
+    h2_max_pending_resets: usize,
+    /// Streams we may reset for a peer's protocol errors before ending its connection.
+    #[arg(long, env = "ZPATH_H2_MAX_LOCAL_ERROR_RESETS", default_value_t = 1024)]
+    h2_max_local_error_resets: usize,
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "zpath_engine=debug".
     #[arg(long, env = "ZPATH_LOG", default_value = "info")]
     log: String,
@@ -186,6 +270,33 @@ impl Args {
                 ..BufferConfig::default()
             },
             accept_backlog: self.accept_backlog,
+            ca_cert: self.ca_cert,
+            ca_key: self.ca_key,
+            cert_lifetime: self.cert_lifetime,
+            handshake_timeout: self.handshake_timeout,
+            pool_max_streams: self.pool_max_streams,
+            pool_idle_timeout: self.pool_idle_timeout,
+            tls_buffer: self.tls_buffer,
+            cluster_id: self.cluster_id,
+            xds_address: self.xds_address,
+            xds_root_cert: self.xds_root_cert,
+            ca_address: self.ca_address,
+            ca_root_cert: self.ca_root_cert,
+            token_file: self.ca_token_file,
+            pod_name: self.pod_name,
+            pod_namespace: self.pod_namespace,
+            instance_ip: self.instance_ip,
+            h2: zpath_tunnel::H2Settings {
+                stream_window: self.h2_stream_window,
+                connection_window: self.h2_connection_window,
+                max_frame_size: self.h2_max_frame_size,
+                max_concurrent_streams: self.h2_max_concurrent_streams,
+                max_header_list_size: self.h2_max_header_list_size,
+                max_send_buffer: self.h2_max_send_buffer,
+                max_pending_accept_reset_streams: self.h2_max_pending_resets,
+                max_local_error_reset_streams: self.h2_max_local_error_resets,
+                ..zpath_tunnel::H2Settings::default()
+            },
             ..EngineConfig::default()
         })
     }

@@ -76,7 +76,7 @@ pub struct Meters<'a> {
 
 /// One stream shared by the two directions of a relay. Both run on the same thread and
 /// borrow the stream only inside a single poll call, so the borrows never overlap.
-struct Shared<S>(Rc<RefCell<S>>);
+pub(crate) struct Shared<S>(pub(crate) Rc<RefCell<S>>);
 
 impl<S> Clone for Shared<S> {
     fn clone(&self) -> Self {

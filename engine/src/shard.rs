@@ -15,11 +15,14 @@ use tracing::{debug, info, warn};
 use zpath_control::{Snapshot, SnapshotCell};
 
 use crate::buffers::BufPool;
+use crate::certs::{CertCell, CertStore};
 use crate::config::EngineConfig;
 use crate::flow;
+use crate::hbone::TunnelPool;
 use crate::stats::{Direction, FailReason, ShardStats};
 use crate::sys;
 use crate::table::{ConnTable, TableGuard};
+use zpath_crypto::ClientConfigCache;
 
 /// The addresses every shard listens on, with `:0` ports already resolved.
 #[derive(Debug, Clone, Default)]
@@ -30,6 +33,8 @@ pub struct BoundAddrs {
     pub inbound: Option<SocketAddr>,
     /// SOCKS5 entry.
     pub socks5: Option<SocketAddr>,
+    /// HBONE (15008).
+    pub hbone: Option<SocketAddr>,
     /// Our other ports (HBONE, admin, metrics, readiness): never a relay target.
     pub reserved: Vec<SocketAddr>,
 }
@@ -37,7 +42,7 @@ pub struct BoundAddrs {
 impl BoundAddrs {
     /// Whether `dst` is one of our own listeners (relaying there would loop).
     pub fn is_own(&self, dst: SocketAddr, local: Option<SocketAddr>) -> bool {
-        let ours = [self.outbound, self.inbound, self.socks5]
+        let ours = [self.outbound, self.inbound, self.socks5, self.hbone]
             .into_iter()
             .flatten()
             .chain(self.reserved.iter().copied());
@@ -62,12 +67,14 @@ pub enum ListenerKind {
     Inbound,
     /// 15080: SOCKS5.
     Socks5,
+    /// 15008: HBONE.
+    Hbone,
 }
 
 impl ListenerKind {
     fn direction(self) -> Direction {
         match self {
-            ListenerKind::Inbound => Direction::Inbound,
+            ListenerKind::Inbound | ListenerKind::Hbone => Direction::Inbound,
             ListenerKind::Outbound | ListenerKind::Socks5 => Direction::Outbound,
         }
     }
@@ -119,6 +126,11 @@ impl ShardHandle {
 #[allow(clippy::redundant_allocation)]
 pub type LocalSnapshot = Rc<Arc<Snapshot>>;
 
+/// A shard's copy of the current certificates, shared with connections like
+/// [`LocalSnapshot`].
+#[allow(clippy::redundant_allocation)]
+pub type LocalCerts = Rc<Arc<CertStore>>;
+
 /// State of one shard, owned by its executor thread.
 pub struct Shard {
     /// Index of the shard.
@@ -133,8 +145,14 @@ pub struct Shard {
     pub pool: Rc<BufPool>,
     /// Live connections.
     pub table: Rc<RefCell<ConnTable>>,
+    /// Client TLS configurations, by our identity and the expected server identities.
+    pub client_tls: RefCell<ClientConfigCache>,
+    /// HBONE tunnels to other nodes.
+    pub tunnels: Rc<TunnelPool>,
     cell: Arc<SnapshotCell>,
     current: RefCell<LocalSnapshot>,
+    cert_cell: Arc<CertCell>,
+    certs: RefCell<LocalCerts>,
     rng: Cell<u64>,
 }
 
@@ -147,6 +165,24 @@ impl Shard {
             *cur = Rc::new(newer);
         }
         cur.clone()
+    }
+
+    /// The current workload certificates (one atomic load).
+    pub fn certs(&self) -> LocalCerts {
+        let mut cur = self.certs.borrow_mut();
+        if let Some(newer) = self.cert_cell.newer(&cur) {
+            *cur = Rc::new(newer);
+        }
+        cur.clone()
+    }
+
+    /// Refreshes the HBONE pool gauges from the pool.
+    pub fn update_pool_gauges(&self) {
+        let p = self.tunnels.stats();
+        let h = &self.stats.hbone;
+        h.tunnels.set(p.tunnels as u64);
+        h.client_streams.set(p.streams);
+        h.pool_keys.set(p.keys as u64);
     }
 
     /// A cheap shard-local random number (xorshift), e.g. to pick an endpoint.
@@ -167,6 +203,7 @@ pub fn spawn(
     cfg: Arc<EngineConfig>,
     addrs: Arc<BoundAddrs>,
     cell: Arc<SnapshotCell>,
+    cert_cell: Arc<CertCell>,
 ) -> std::io::Result<ShardHandle> {
     let stats = Arc::new(ShardStats::default());
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -186,6 +223,10 @@ pub fn spawn(
                 stats: shard_stats,
                 current: RefCell::new(Rc::new(cell.load())),
                 cell,
+                certs: RefCell::new(Rc::new(cert_cell.load())),
+                cert_cell,
+                client_tls: RefCell::new(ClientConfigCache::new(1024)),
+                tunnels: TunnelPool::new(cfg.pool_max_streams),
                 rng: Cell::new(
                     0x9E37_79B9_7F4A_7C15 ^ ((id as u64 + 1) << 32) ^ std::process::id() as u64,
                 ),
@@ -226,6 +267,7 @@ async fn run(
         (shard.addrs.outbound, ListenerKind::Outbound),
         (shard.addrs.inbound, ListenerKind::Inbound),
         (shard.addrs.socks5, ListenerKind::Socks5),
+        (shard.addrs.hbone, ListenerKind::Hbone),
     ];
     for (addr, kind) in listeners {
         let Some(addr) = addr else { continue };
@@ -239,6 +281,7 @@ async fn run(
             }
         }
     }
+    accepting.push(glommio::spawn_local(sweep_pool(shard.clone())).detach());
     shard.stats.listening.add(1);
     let _ = started.send(Ok(()));
     let mut wake = sys::into_glommio_unix(wake);
@@ -269,11 +312,12 @@ fn recheck(shard: &Rc<Shard>) {
         if info.direction != Direction::Inbound {
             return false;
         }
+        let peer = info.peer.borrow().clone();
         let conn = zpath_policy::Conn {
             src_ip: info.src.ip().to_canonical(),
             dst_ip: dst.ip().to_canonical(),
             dst_port: dst.port(),
-            peer: None,
+            peer: peer.as_deref().and_then(|p| zpath_policy::Peer::parse(p).ok()),
         };
         match snapshot.authorize(&conn).decision {
             zpath_policy::Decision::Allow(_) => false,
@@ -320,9 +364,29 @@ async fn drain(
     }
 }
 
+/// Releases idle tunnels now and then.
+async fn sweep_pool(shard: Rc<Shard>) {
+    let idle = shard.cfg.pool_idle_timeout;
+    let every = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        glommio::timer::sleep(every).await;
+        let released = shard.tunnels.release_idle(Instant::now(), idle);
+        if released > 0 {
+            debug!(
+                shard = shard.id,
+                released, "released idle HBONE connections"
+            );
+        }
+        shard.update_pool_gauges();
+    }
+}
+
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, kind: ListenerKind) {
     loop {
         match listener.accept().await {
+            Ok(stream) if kind == ListenerKind::Hbone => {
+                glommio::spawn_local(crate::hbone::serve(shard.clone(), stream)).detach();
+            }
             Ok(stream) => spawn_connection(&shard, stream, kind),
             Err(e) => {
                 // Out of descriptors or memory: back off instead of spinning.
@@ -361,10 +425,16 @@ async fn serve(
         ListenerKind::Outbound => flow::outbound(shard, stream, &guard.info).await,
         ListenerKind::Inbound => flow::inbound(shard, stream, &guard.info).await,
         ListenerKind::Socks5 => flow::socks5(shard, stream, &guard.info).await,
+        ListenerKind::Hbone => Ok(()),
     }
 }
 
-fn finish(shard: &Shard, dir: Direction, guard: &TableGuard, result: Result<(), flow::Failure>) {
+pub(crate) fn finish(
+    shard: &Shard,
+    dir: Direction,
+    guard: &TableGuard,
+    result: Result<(), flow::Failure>,
+) {
     let stats = shard.stats.dir(dir);
     stats.closed.add(1);
     guard.info.fds.set([-1, -1]);

@@ -18,6 +18,12 @@ impl Counter {
         self.0.store(v.wrapping_add(n), Ordering::Relaxed);
     }
 
+    /// Sets a gauge; only the owning shard calls it.
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
     /// Subtracts `n` (gauges); only the owning shard calls it.
     #[inline]
     pub fn sub(&self, n: u64) {
@@ -77,10 +83,21 @@ pub enum FailReason {
     UnknownTarget = 7,
     /// Denied by authorization policy (at connect, or closed after a policy change).
     Denied = 8,
+    /// Outbound from an address that is not a workload this node serves (HBONE needs
+    /// the source workload's identity).
+    UnknownSource = 9,
+    /// No certificate for the identity a connection needs.
+    NoCertificate = 10,
+    /// The TLS handshake failed or timed out.
+    Tls = 11,
+    /// The HBONE connection or stream failed (HTTP/2 error, CONNECT refused).
+    Tunnel = 12,
+    /// An HBONE request we answered 400.
+    BadRequest = 13,
 }
 
 impl FailReason {
-    const ALL: [FailReason; 9] = [
+    const ALL: [FailReason; 14] = [
         FailReason::UpstreamConnect,
         FailReason::NoOriginalDst,
         FailReason::Loop,
@@ -90,6 +107,11 @@ impl FailReason {
         FailReason::Drained,
         FailReason::UnknownTarget,
         FailReason::Denied,
+        FailReason::UnknownSource,
+        FailReason::NoCertificate,
+        FailReason::Tls,
+        FailReason::Tunnel,
+        FailReason::BadRequest,
     ];
 
     /// The metric label.
@@ -104,6 +126,11 @@ impl FailReason {
             FailReason::Drained => "drained",
             FailReason::UnknownTarget => "unknown_target",
             FailReason::Denied => "denied",
+            FailReason::UnknownSource => "unknown_source",
+            FailReason::NoCertificate => "no_certificate",
+            FailReason::Tls => "tls",
+            FailReason::Tunnel => "tunnel",
+            FailReason::BadRequest => "bad_request",
         }
     }
 }
@@ -120,7 +147,7 @@ pub struct DirectionStats {
     /// Bytes from the server back to the client (Istio: sent).
     pub sent_bytes: Counter,
     /// Failures by reason.
-    pub failed: [Counter; 9],
+    pub failed: [Counter; 14],
 }
 
 /// All counters of one shard.
@@ -137,6 +164,87 @@ pub struct ShardStats {
     pub policy_allowed: Counter,
     /// Inbound policy decisions: denied, by reason kind (see [`DENY_KINDS`]).
     pub policy_denied: [Counter; 5],
+    /// HBONE counters and gauges.
+    pub hbone: HboneStats,
+}
+
+/// HTTP statuses counted one by one on CONNECT requests; others count as "other".
+pub const CONNECT_STATUSES: [u16; 6] = [200, 400, 401, 403, 503, 0];
+
+/// Labels of TLS handshake failures, in counter order (the last is "other").
+pub fn tls_failure_labels() -> impl Iterator<Item = &'static str> {
+    zpath_crypto::Rejection::LABELS
+        .iter()
+        .copied()
+        .chain(TLS_SESSION_LABELS.iter().copied())
+}
+
+const TLS_SESSION_LABELS: [&str; 8] = [
+    "timeout",
+    "alert_received",
+    "protocol_error",
+    "record_too_large",
+    "incompatible_peer",
+    "handshake_eof",
+    "io_error",
+    "other",
+];
+
+const TLS_LABEL_COUNT: usize = zpath_crypto::Rejection::LABELS.len() + TLS_SESSION_LABELS.len();
+
+/// HBONE counters of one shard.
+#[derive(Debug, Default)]
+pub struct HboneStats {
+    /// Client tunnels (HTTP/2 connections) in the pool now.
+    pub tunnels: Counter,
+    /// Client streams open now.
+    pub client_streams: Counter,
+    /// Pool keys now.
+    pub pool_keys: Counter,
+    /// Client tunnel handshakes started.
+    pub client_handshakes: Counter,
+    /// Server (15008) connections open now.
+    pub server_connections: Counter,
+    /// Server streams open now.
+    pub server_streams: Counter,
+    /// CONNECT answers received as client, by [`CONNECT_STATUSES`].
+    pub client_status: [Counter; 6],
+    /// CONNECT answers sent as server, by [`CONNECT_STATUSES`].
+    pub server_status: [Counter; 6],
+    /// TLS handshakes completed: [client, server].
+    pub tls_ok: [Counter; 2],
+    /// TLS handshakes failed, by side and [`tls_failure_labels`].
+    pub tls_failed: [[Counter; TLS_LABEL_COUNT]; 2],
+}
+
+impl HboneStats {
+    /// Counts a CONNECT answer (`server`: sent by us).
+    pub fn count_status(&self, server: bool, status: u16) {
+        let i = CONNECT_STATUSES
+            .iter()
+            .position(|s| *s == status)
+            .unwrap_or(CONNECT_STATUSES.len() - 1);
+        let set = if server {
+            &self.server_status
+        } else {
+            &self.client_status
+        };
+        set[i].add(1);
+    }
+
+    /// Counts a TLS handshake outcome; `label` is a session error label or "timeout".
+    pub fn count_tls(&self, server: bool, failure: Option<&str>) {
+        let side = usize::from(server);
+        match failure {
+            None => self.tls_ok[side].add(1),
+            Some(label) => {
+                let i = tls_failure_labels()
+                    .position(|l| l == label)
+                    .unwrap_or(TLS_LABEL_COUNT - 1);
+                self.tls_failed[side][i].add(1);
+            }
+        }
+    }
 }
 
 /// The deny reason kinds, in the order of [`ShardStats::policy_denied`].
@@ -245,8 +353,92 @@ pub fn render_prometheus(shards: &[std::sync::Arc<ShardStats>], extra: &str) -> 
     for (i, s) in shards.iter().enumerate() {
         let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", s.open.get());
     }
+    render_hbone(&mut out, shards);
     out.push_str(extra);
     out
+}
+
+fn render_hbone(out: &mut String, shards: &[std::sync::Arc<ShardStats>]) {
+    let sum = |f: &dyn Fn(&HboneStats) -> u64| shards.iter().map(|s| f(&s.hbone)).sum::<u64>();
+    type Gauge = (&'static str, &'static str, fn(&HboneStats) -> &Counter);
+    let gauges: [Gauge; 5] = [
+        (
+            "zpath_hbone_tunnels",
+            "Pooled client HBONE connections",
+            |h| &h.tunnels,
+        ),
+        (
+            "zpath_hbone_client_streams",
+            "Client HBONE streams open",
+            |h| &h.client_streams,
+        ),
+        (
+            "zpath_hbone_pool_keys",
+            "Keys in the HBONE connection pools",
+            |h| &h.pool_keys,
+        ),
+        (
+            "zpath_hbone_server_connections",
+            "HBONE connections served on 15008",
+            |h| &h.server_connections,
+        ),
+        (
+            "zpath_hbone_server_streams",
+            "HBONE streams served on 15008",
+            |h| &h.server_streams,
+        ),
+    ];
+    for (name, help, get) in gauges {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}.\n# TYPE {name} gauge\n{name} {}",
+            sum(&|h| get(h).get())
+        );
+    }
+    let name = "zpath_hbone_client_handshakes_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} HBONE client connections started.\n# TYPE {name} counter\n{name} {}",
+        sum(&|h| h.client_handshakes.get())
+    );
+    let name = "zpath_hbone_connect_responses_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} CONNECT answers, by side and status.\n# TYPE {name} counter"
+    );
+    for (side, server) in [("client", false), ("server", true)] {
+        for (i, status) in CONNECT_STATUSES.iter().enumerate() {
+            let label = if *status == 0 {
+                "other".to_string()
+            } else {
+                status.to_string()
+            };
+            let v = sum(&|h| {
+                if server {
+                    h.server_status[i].get()
+                } else {
+                    h.client_status[i].get()
+                }
+            });
+            let _ = writeln!(out, "{name}{{side=\"{side}\",status=\"{label}\"}} {v}");
+        }
+    }
+    let name = "zpath_tls_handshakes_total";
+    let _ = writeln!(out, "# HELP {name} TLS handshakes on HBONE connections, by side, outcome and reason.\n# TYPE {name} counter");
+    for (side, i) in [("client", 0usize), ("server", 1usize)] {
+        let _ = writeln!(
+            out,
+            "{name}{{side=\"{side}\",outcome=\"ok\",reason=\"\"}} {}",
+            sum(&|h| h.tls_ok[i].get())
+        );
+        for (j, label) in tls_failure_labels().enumerate() {
+            let v = sum(&|h| h.tls_failed[i][j].get());
+            let _ = writeln!(
+                out,
+                "{name}{{side=\"{side}\",outcome=\"failed\",reason=\"{label}\"}} {v}"
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -48,9 +48,26 @@ pub fn set_reset_on_close_fd(fd: RawFd) -> io::Result<()> {
 /// can exclude our own traffic) and `TCP_NODELAY`, connect started.
 /// Returns the socket and whether the connect already completed.
 pub fn start_connect(dst: SocketAddr, mark: u32) -> io::Result<Socket> {
+    start_connect_from(dst, mark, None)
+}
+
+/// As [`start_connect`], from `source` when that address is local to this host (a
+/// workload's own address), else from whatever address the kernel picks.
+pub fn start_connect_from(
+    dst: SocketAddr,
+    mark: u32,
+    source: Option<std::net::IpAddr>,
+) -> io::Result<Socket> {
     let sock = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
     sock.set_nonblocking(true)?;
     sock.set_cloexec(true)?;
+    if let Some(ip) = source.filter(|ip| ip.is_ipv4() == dst.is_ipv4()) {
+        match sock.bind(&SocketAddr::new(ip, 0).into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {}
+            Err(e) => return Err(e),
+        }
+    }
     if mark != 0 {
         sock.set_mark(mark).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot set SO_MARK {mark} (needs CAP_NET_ADMIN; use --packet-mark 0 to disable): {e}"))
@@ -134,4 +151,25 @@ pub fn allowed_cpus() -> Vec<usize> {
             .filter(|&c| libc::CPU_ISSET(c, &set))
             .collect()
     }
+}
+
+/// Raises the soft open-file limit to the hard limit: a proxy holds two descriptors per
+/// connection. Returns the new soft limit.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass; no other memory is touched.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: setrlimit reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(lim.rlim_cur)
 }

@@ -45,6 +45,8 @@ pub struct ConnInfo {
     pub state: Cell<ConnState>,
     /// Descriptors of the client and upstream sockets while they are open (-1: none).
     pub fds: Cell<[RawFd; 2]>,
+    /// The verified peer identity of an HBONE inbound stream (policy re-checks use it).
+    pub peer: RefCell<Option<Rc<str>>>,
 }
 
 struct Entry {
@@ -125,6 +127,7 @@ impl ConnTable {
             down: Cell::new(0),
             state: Cell::new(ConnState::Accepted),
             fds: Cell::new([-1, -1]),
+            peer: RefCell::new(None),
         });
         let entry = Entry {
             info: info.clone(),

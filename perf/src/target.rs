@@ -680,7 +680,7 @@ mod tests {
         assert!(TargetSpec::resolve("zpath-hbone")
             .unwrap()
             .experimental
-            .is_some());
+            .is_none());
         assert!(!TargetSpec::resolve("zpath-hbone")
             .unwrap()
             .supports("loopback"));

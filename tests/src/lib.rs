@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod echo;
+pub mod h2raw;
+pub mod mesh;
 pub mod netns;
 pub mod node;
 pub mod socks5;

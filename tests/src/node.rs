@@ -40,6 +40,14 @@ pub struct NodeOptions {
     pub netns: Option<String>,
     /// Address to bind data-path listeners on (admin endpoints stay on 127.0.0.1).
     pub bind_ip: String,
+    /// The node's name (`--node-name`).
+    pub node_name: String,
+    /// HBONE port; `None`: a free one (HBONE between nodes needs 15008).
+    pub hbone_port: Option<u16>,
+    /// State directory; `None`: one inside the node's temporary directory.
+    pub state_dir: Option<PathBuf>,
+    /// Pass `--config` (false when the configuration comes from xDS).
+    pub config_file: bool,
 }
 
 impl Default for NodeOptions {
@@ -50,6 +58,10 @@ impl Default for NodeOptions {
             args: Vec::new(),
             netns: None,
             bind_ip: "127.0.0.1".into(),
+            node_name: "node-a".into(),
+            hbone_port: None,
+            state_dir: None,
+            config_file: true,
         }
     }
 }
@@ -69,6 +81,8 @@ pub struct Node {
     pub metrics: SocketAddr,
     /// Readiness.
     pub readiness: SocketAddr,
+    /// HBONE.
+    pub hbone: SocketAddr,
     /// The config file (rewrite it to trigger a reload).
     pub config_path: PathBuf,
     netns: Option<String>,
@@ -93,7 +107,7 @@ impl Node {
         let (socks5, outbound, inbound) = (addr(free_port()), addr(free_port()), addr(free_port()));
         let lo = |port: u16| -> SocketAddr { SocketAddr::from(([127, 0, 0, 1], port)) };
         let (admin, metrics, readiness) = (lo(free_port()), lo(free_port()), lo(free_port()));
-        let hbone = addr(free_port());
+        let hbone = addr(opts.hbone_port.unwrap_or_else(free_port));
         let mut cmd = match &opts.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -102,9 +116,10 @@ impl Node {
             }
             None => Command::new(zpath_bin()),
         };
-        cmd.arg("--config")
-            .arg(&config_path)
-            .args(["--shards", &opts.shards.to_string()])
+        if opts.config_file {
+            cmd.arg("--config").arg(&config_path);
+        }
+        cmd.args(["--shards", &opts.shards.to_string()])
             .args(["--socks5-addr", &socks5.to_string()])
             .args(["--outbound-addr", &outbound.to_string()])
             .args(["--inbound-addr", &inbound.to_string()])
@@ -113,8 +128,12 @@ impl Node {
             .args(["--metrics-addr", &metrics.to_string()])
             .args(["--readiness-addr", &readiness.to_string()])
             .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .args(["--node-name", "node-a"])
+            .arg(
+                opts.state_dir
+                    .clone()
+                    .unwrap_or_else(|| dir.path().join("state")),
+            )
+            .args(["--node-name", &opts.node_name])
             .args(["--log", "info"])
             .args(&opts.args)
             .stdin(Stdio::null())
@@ -130,6 +149,7 @@ impl Node {
             admin,
             metrics,
             readiness,
+            hbone,
             config_path,
             netns,
             dir,

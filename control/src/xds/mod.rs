@@ -3,7 +3,8 @@
 //! Split as the rest of zpath's protocol code is: [`state`] is the subscription state
 //! machine without I/O (responses in, ACK/NACK requests out); [`client`] is the tonic
 //! driver that owns the stream, reconnects with [`backoff`] and reports readiness.
-//! The domain conversion plugs in through [`XdsHandler`].
+//! The domain conversion plugs in through [`XdsHandler`]; [`source`] implements it
+//! on snapshots and is the entry point a daemon runs ([`XdsSource`]).
 //!
 //! Everything here runs on the control thread's tokio current-thread runtime; the
 //! handler does not need to be `Send`.
@@ -13,12 +14,14 @@ pub mod channel;
 pub mod client;
 pub mod node;
 pub mod resource;
+pub mod source;
 pub mod state;
 
 pub use backoff::{backoff_delay, Backoff, BackoffConfig};
 pub use client::{XdsClient, XdsClientConfig};
 pub use node::NodeInfo;
 pub use resource::{decode_address, decode_authorization, decode_resource, DecodedResource};
+pub use source::{run_xds, SnapshotHandler, XdsSource, XdsStats};
 pub use state::{
     RejectedResource, ResponseOutcome, SubscriptionState, XdsHandler, XdsResource,
     ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL,

@@ -177,7 +177,17 @@ fn key_der(key: &KeyPair) -> PrivateKeyDer<'static> {
 
 /// A plain rustls server presenting `chain`, not asking for a client cert.
 pub fn foreign_server(chain: Vec<CertificateDer<'static>>, key: &KeyPair) -> rustls::Connection {
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+    foreign_server_with(chain, key, provider())
+}
+
+/// As [`foreign_server`], with a chosen provider. It sends rustls' default
+/// session tickets after the handshake.
+pub fn foreign_server_with(
+    chain: Vec<CertificateDer<'static>>,
+    key: &KeyPair,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> rustls::Connection {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_client_cert_verifier(Arc::new(AcceptAll))

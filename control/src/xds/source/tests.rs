@@ -1,0 +1,309 @@
+//! The snapshot handler fed directly with resources (no network).
+
+use super::*;
+use crate::proto::istio::security as xsec;
+use crate::proto::istio::workload as xwl;
+use crate::xds::resource::to_any;
+
+fn workload(uid: &str, ip: [u8; 4], node: &str, services: &[&str]) -> XdsResource {
+    let w = xwl::Workload {
+        uid: uid.into(),
+        name: uid.into(),
+        namespace: "default".into(),
+        addresses: vec![ip.to_vec()],
+        node: node.into(),
+        tunnel_protocol: xwl::TunnelProtocol::Hbone as i32,
+        services: services
+            .iter()
+            .map(|s| {
+                (
+                    s.to_string(),
+                    xwl::PortList {
+                        ports: vec![xwl::Port {
+                            service_port: 80,
+                            target_port: 8080,
+                        }],
+                    },
+                )
+            })
+            .collect(),
+        ..Default::default()
+    };
+    address(uid, xwl::address::Type::Workload(w))
+}
+
+fn address(name: &str, t: xwl::address::Type) -> XdsResource {
+    XdsResource {
+        name: name.into(),
+        version: "1".into(),
+        resource: to_any(ADDRESS_TYPE_URL, &xwl::Address { r#type: Some(t) }),
+    }
+}
+
+fn service(host: &str, vip: [u8; 4]) -> XdsResource {
+    let s = xwl::Service {
+        name: host.into(),
+        namespace: "default".into(),
+        hostname: host.into(),
+        addresses: vec![xwl::NetworkAddress {
+            network: String::new(),
+            address: vip.to_vec(),
+        }],
+        ports: vec![xwl::Port {
+            service_port: 80,
+            target_port: 0,
+        }],
+        ..Default::default()
+    };
+    address(&format!("default/{host}"), xwl::address::Type::Service(s))
+}
+
+fn deny(name: &str) -> XdsResource {
+    let p = xsec::Authorization {
+        name: name.into(),
+        namespace: "default".into(),
+        scope: xsec::Scope::Namespace as i32,
+        action: xsec::Action::Deny as i32,
+        rules: vec![xsec::Rule { clauses: vec![] }],
+        dry_run: false,
+    };
+    XdsResource {
+        name: format!("default/{name}"),
+        version: "1".into(),
+        resource: to_any(AUTHORIZATION_TYPE_URL, &p),
+    }
+}
+
+fn handler() -> (SnapshotHandler, Arc<SnapshotCell>) {
+    let cell = Arc::new(SnapshotCell::new(Snapshot::default()));
+    (SnapshotHandler::new(cell.clone(), "n1"), cell)
+}
+
+fn allowed(s: &Snapshot, dst: &str) -> bool {
+    let conn = zpath_policy::Conn {
+        src_ip: "10.9.9.9".parse().unwrap(),
+        dst_ip: dst.parse().unwrap(),
+        dst_port: 80,
+        peer: None,
+    };
+    s.authorize(&conn).decision.is_allow()
+}
+
+#[test]
+fn first_response_publishes_even_when_empty() {
+    let (mut h, cell) = handler();
+    assert_eq!(cell.generation(), 0);
+    h.apply(AUTHORIZATION_TYPE_URL, vec![], vec![]).unwrap();
+    assert_eq!(cell.generation(), 1);
+    h.apply(AUTHORIZATION_TYPE_URL, vec![], vec![]).unwrap();
+    assert_eq!(cell.generation(), 1, "an empty delta publishes nothing new");
+}
+
+#[test]
+fn workloads_services_and_policies_reach_the_published_snapshot() {
+    let (mut h, cell) = handler();
+    h.apply(
+        ADDRESS_TYPE_URL,
+        vec![
+            workload("w1", [10, 0, 0, 1], "n1", &["default/echo"]),
+            service("echo", [10, 96, 0, 1]),
+        ],
+        vec![],
+    )
+    .unwrap();
+    let s = cell.load();
+    match s.route("10.96.0.1:80".parse().unwrap(), 0) {
+        crate::Route::Workload { workload, addr } => {
+            assert_eq!(&*workload.uid, "w1");
+            assert_eq!(addr, "10.0.0.1:8080".parse().unwrap());
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(allowed(&s, "10.0.0.1"));
+
+    h.apply(AUTHORIZATION_TYPE_URL, vec![deny("d")], vec![])
+        .unwrap();
+    assert!(!allowed(&cell.load(), "10.0.0.1"));
+    h.apply(AUTHORIZATION_TYPE_URL, vec![], vec!["default/d".into()])
+        .unwrap();
+    assert!(allowed(&cell.load(), "10.0.0.1"));
+
+    h.apply(
+        ADDRESS_TYPE_URL,
+        vec![],
+        vec!["w1".into(), "default/echo".into()],
+    )
+    .unwrap();
+    let s = cell.load();
+    assert!(s.workloads.is_empty());
+    assert!(s.services.is_empty());
+    let stats = h.stats();
+    assert_eq!(stats.updates_accepted.load(Ordering::Relaxed), 4);
+    assert_eq!(stats.resources_applied.load(Ordering::Relaxed), 6);
+}
+
+#[test]
+fn invalid_resource_is_rejected_and_its_previous_value_kept() {
+    let (mut h, cell) = handler();
+    h.apply(
+        ADDRESS_TYPE_URL,
+        vec![workload("w1", [10, 0, 0, 1], "n1", &[])],
+        vec![],
+    )
+    .unwrap();
+    let mut bad = workload("w1", [10, 0, 0, 2], "n1", &[]);
+    let mut wire = crate::xds::decode_address(&bad.resource.value).unwrap();
+    if let Some(xwl::address::Type::Workload(w)) = &mut wire.r#type {
+        w.addresses = vec![vec![10, 0, 0]];
+    }
+    bad.resource = to_any(ADDRESS_TYPE_URL, &wire);
+    let garbage = XdsResource {
+        name: "w9".into(),
+        version: "1".into(),
+        resource: prost_types::Any {
+            type_url: ADDRESS_TYPE_URL.into(),
+            value: vec![0xff, 0xff],
+        },
+    };
+    let err = h
+        .apply(
+            ADDRESS_TYPE_URL,
+            vec![bad, garbage, workload("w2", [10, 0, 0, 3], "n1", &[])],
+            vec![],
+        )
+        .unwrap_err();
+    let names: Vec<&str> = err.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["w1", "w9"]);
+    assert!(err[0].reason.contains("addresses"), "{}", err[0].reason);
+    let s = cell.load();
+    assert!(
+        s.workload_by_ip("10.0.0.1".parse().unwrap()).is_some(),
+        "old w1 kept"
+    );
+    assert!(s.workload_by_ip("10.0.0.2".parse().unwrap()).is_none());
+    assert!(s.workload("w2").is_some(), "valid resources still apply");
+    let stats = h.stats();
+    assert_eq!(stats.updates_rejected.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.resources_rejected.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn a_name_that_changes_kind_replaces_what_it_stood_for() {
+    let (mut h, cell) = handler();
+    h.apply(
+        ADDRESS_TYPE_URL,
+        vec![workload("x", [10, 0, 0, 1], "n1", &[])],
+        vec![],
+    )
+    .unwrap();
+    // Same resource name, now a workload with another uid.
+    let mut other = workload("y", [10, 0, 0, 2], "n1", &[]);
+    other.name = "x".into();
+    h.apply(ADDRESS_TYPE_URL, vec![other], vec![]).unwrap();
+    let s = cell.load();
+    assert!(s.workload("x").is_none());
+    assert!(s.workload("y").is_some());
+    h.apply(ADDRESS_TYPE_URL, vec![], vec!["x".into()]).unwrap();
+    assert!(
+        cell.load().workloads.is_empty(),
+        "removal by the alias name"
+    );
+}
+
+#[test]
+fn repeated_strings_are_shared_between_workloads() {
+    let (mut h, cell) = handler();
+    h.apply(
+        ADDRESS_TYPE_URL,
+        vec![
+            workload("w1", [10, 0, 0, 1], "n1", &["default/echo"]),
+            workload("w2", [10, 0, 0, 2], "n1", &["default/echo"]),
+        ],
+        vec![],
+    )
+    .unwrap();
+    let s = cell.load();
+    let (a, b) = (s.workload("w1").unwrap(), s.workload("w2").unwrap());
+    assert!(Arc::ptr_eq(&a.namespace, &b.namespace));
+    assert!(Arc::ptr_eq(&a.node, &b.node));
+    assert!(Arc::ptr_eq(
+        &a.services[0].hostname,
+        &b.services[0].hostname
+    ));
+}
+
+#[test]
+fn unknown_type_is_rejected_without_publishing() {
+    let (mut h, cell) = handler();
+    let err = h
+        .apply("type.googleapis.com/other", vec![], vec!["a".into()])
+        .unwrap_err();
+    assert_eq!(err.len(), 1);
+    assert_eq!(cell.generation(), 0);
+}
+
+#[test]
+fn prometheus_text_names_every_counter() {
+    let (mut h, _cell) = handler();
+    h.apply(AUTHORIZATION_TYPE_URL, vec![deny("d")], vec![])
+        .unwrap();
+    let text = h.stats().prometheus();
+    assert!(
+        text.contains("zpath_xds_updates_total{result=\"accepted\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("zpath_xds_updates_total{result=\"rejected\"} 0"));
+    assert!(text.contains("zpath_xds_resources_total{result=\"applied\"} 1"));
+    assert!(text.contains("zpath_xds_snapshots_published_total 1"));
+}
+
+#[test]
+fn corrupted_payloads_never_panic_and_never_publish_garbage() {
+    let (mut h, cell) = handler();
+    h.apply(
+        ADDRESS_TYPE_URL,
+        vec![
+            workload("w1", [10, 0, 0, 1], "n1", &["default/echo"]),
+            service("echo", [10, 96, 0, 1]),
+        ],
+        vec![],
+    )
+    .unwrap();
+    let seeds = [
+        workload("w1", [10, 0, 0, 1], "n1", &["default/echo"]),
+        service("echo", [10, 96, 0, 1]),
+    ];
+    for seed in seeds {
+        let bytes = seed.resource.value.clone();
+        for i in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut r = seed.clone();
+                r.resource.value[i] ^= 1 << bit;
+                let _ = h.apply(ADDRESS_TYPE_URL, vec![r], vec![]);
+            }
+            let mut r = seed.clone();
+            r.resource.value.truncate(i);
+            let _ = h.apply(ADDRESS_TYPE_URL, vec![r], vec![]);
+        }
+    }
+    // Whatever was accepted, the published snapshot stays internally consistent.
+    let s = cell.load();
+    for (ip, w) in s
+        .workloads
+        .values()
+        .flat_map(|w| w.workload_ips.iter().map(move |ip| (ip, w)))
+    {
+        if let Some(owner) = s.workload_by_ip(*ip) {
+            assert!(s.workload(&owner.uid).is_some(), "{ip} -> {}", w.uid);
+        }
+    }
+    for route in s.services.values() {
+        for (w, _) in route.healthy.iter() {
+            assert!(
+                Arc::ptr_eq(w, s.workload(&w.uid).unwrap()),
+                "stale endpoint {}",
+                w.uid
+            );
+        }
+    }
+}

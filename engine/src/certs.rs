@@ -1,0 +1,246 @@
+//! Workload certificates: the control thread keeps one per identity this node serves,
+//! issued by the built-in CA (a root kept in the state directory, or given by flag), and
+//! renews each at half its lifetime. The set is published to the shards wait-free, as
+//! snapshots are: a shard loads it once per new tunnel; live connections keep the
+//! configuration they started with, so rotation never drops one.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use tracing::{info, warn};
+use zpath_control::Snapshot;
+use zpath_crypto::{CertifiedTls, Identity, LocalCa, WorkloadCertificate};
+
+/// The certificates of the identities this node serves, immutable once published.
+#[derive(Debug, Default)]
+pub struct CertStore {
+    /// Increases with every published set.
+    pub generation: u64,
+    by_identity: HashMap<Identity, Arc<CertifiedTls>>,
+}
+
+impl CertStore {
+    /// The certificate (with its TLS configurations) for `identity`, if we serve it.
+    pub fn get(&self, identity: &Identity) -> Option<&Arc<CertifiedTls>> {
+        self.by_identity.get(identity)
+    }
+
+    /// How many identities have a certificate.
+    pub fn len(&self) -> usize {
+        self.by_identity.len()
+    }
+
+    /// True if no identity has a certificate.
+    pub fn is_empty(&self) -> bool {
+        self.by_identity.is_empty()
+    }
+}
+
+/// The current certificate set, written by the control thread, read by shards.
+#[derive(Debug, Default)]
+pub struct CertCell {
+    current: ArcSwap<CertStore>,
+}
+
+impl CertCell {
+    /// The current set.
+    pub fn load(&self) -> Arc<CertStore> {
+        self.current.load_full()
+    }
+
+    /// The current set if it is not `cached` (one atomic load when unchanged).
+    pub fn newer(&self, cached: &Arc<CertStore>) -> Option<Arc<CertStore>> {
+        let cur = self.current.load();
+        (!Arc::ptr_eq(&cur, cached)).then(|| arc_swap::Guard::into_inner(cur))
+    }
+
+    fn publish(&self, next: CertStore) {
+        self.current.store(Arc::new(next));
+    }
+}
+
+/// The identity of a workload, if its fields form a valid SPIFFE identity.
+pub fn workload_identity(wl: &zpath_control::model::Workload) -> Option<Identity> {
+    Identity::new(&wl.trust_domain, &wl.namespace, &wl.service_account).ok()
+}
+
+/// Where workload certificates come from.
+#[derive(Debug)]
+pub enum Issuer {
+    /// The built-in CA: issued on the control thread, synchronously.
+    Local(Box<LocalCa>),
+    /// The Istio CA (`CreateCertificate`): fetched in background tasks, with retries
+    /// while the current certificate is still valid.
+    Remote(Arc<zpath_control::ca_client::CaClient>),
+}
+
+/// A fetched certificate (or why it could not be fetched), for [`CertManager::install`].
+pub type Fetched = (Identity, Result<WorkloadCertificate, String>);
+
+/// Keeps the certificate set in step with the workloads this node serves.
+#[derive(Debug)]
+pub struct CertManager {
+    issuer: Option<Issuer>,
+    lifetime: Duration,
+    cell: Arc<CertCell>,
+    generation: u64,
+    current: HashMap<Identity, Arc<CertifiedTls>>,
+    renew_at: HashMap<Identity, SystemTime>,
+    issued: Arc<AtomicU64>,
+    in_flight: HashSet<Identity>,
+    fetched_tx: tokio::sync::mpsc::UnboundedSender<Fetched>,
+    fetched_rx: Option<tokio::sync::mpsc::UnboundedReceiver<Fetched>>,
+}
+
+impl CertManager {
+    /// A manager getting certificates valid for `lifetime` from `issuer` (`None`: set
+    /// later with [`CertManager::set_issuer`]; nothing is issued until then).
+    pub fn new(issuer: Option<Issuer>, lifetime: Duration, cell: Arc<CertCell>) -> Self {
+        let (fetched_tx, fetched_rx) = tokio::sync::mpsc::unbounded_channel();
+        Self {
+            issuer,
+            lifetime,
+            cell,
+            generation: 0,
+            current: HashMap::new(),
+            renew_at: HashMap::new(),
+            issued: Arc::default(),
+            in_flight: HashSet::new(),
+            fetched_tx,
+            fetched_rx: Some(fetched_rx),
+        }
+    }
+
+    /// Sets where certificates come from.
+    pub fn set_issuer(&mut self, issuer: Issuer) {
+        self.issuer = Some(issuer);
+    }
+
+    /// The receiver of background fetches (remote CA); hand what it yields to
+    /// [`CertManager::install`]. Taken once.
+    pub fn take_fetched(&mut self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Fetched>> {
+        self.fetched_rx.take()
+    }
+
+    /// Counter of certificates issued so far (first issues and renewals).
+    pub fn issued(&self) -> Arc<AtomicU64> {
+        self.issued.clone()
+    }
+
+    /// The cell the certificates are published in.
+    pub fn cell(&self) -> Arc<CertCell> {
+        self.cell.clone()
+    }
+
+    /// Issues a certificate for every served identity that has none or is due for
+    /// renewal at `now`, forgets identities no longer served, and publishes the set if
+    /// it changed. Returns how many certificates were issued.
+    pub fn sync(&mut self, snapshot: &Snapshot, now: SystemTime) -> usize {
+        let mut wanted: Vec<Identity> = Vec::new();
+        for wl in snapshot
+            .workloads
+            .values()
+            .filter(|wl| snapshot.is_local(wl))
+        {
+            match workload_identity(wl) {
+                Some(id) => wanted.push(id),
+                None => {
+                    warn!(workload = %wl.uid, "workload has no valid SPIFFE identity; no certificate issued")
+                }
+            }
+        }
+        let mut changed = false;
+        let before = self.current.len();
+        self.current.retain(|id, _| wanted.contains(id));
+        self.renew_at.retain(|id, _| wanted.contains(id));
+        changed |= self.current.len() != before;
+        let mut issued = 0;
+        for id in wanted {
+            // Renewed at half the lifetime counted from the issue (the certificate's
+            // notBefore is set a little earlier to absorb clock skew).
+            let due = self.renew_at.get(&id).is_none_or(|at| *at <= now);
+            if !due || self.in_flight.contains(&id) {
+                continue;
+            }
+            match &self.issuer {
+                None => {}
+                Some(Issuer::Local(ca)) => {
+                    match ca.issue(&id, self.lifetime) {
+                        Ok(cert) => {
+                            if self.insert(id, cert, now + self.lifetime / 2) {
+                                issued += 1;
+                                changed = true;
+                            }
+                        }
+                        // The previous certificate (if any) keeps serving until it expires.
+                        Err(e) => warn!(identity = %id, "cannot issue a workload certificate: {e}"),
+                    }
+                }
+                Some(Issuer::Remote(client)) => {
+                    let client = client.clone();
+                    let tx = self.fetched_tx.clone();
+                    let serving_until = self.current.get(&id).map(|c| c.certificate().not_after());
+                    self.in_flight.insert(id.clone());
+                    tokio::spawn(async move {
+                        let result = client
+                            .fetch_with_retry(&id, serving_until)
+                            .await
+                            .map_err(|e| e.to_string());
+                        let _ = tx.send((id, result));
+                    });
+                }
+            }
+        }
+        self.issued.fetch_add(issued as u64, Ordering::Relaxed);
+        if changed {
+            self.publish();
+        }
+        issued
+    }
+
+    /// Takes in a certificate fetched from the remote CA (or logs why it failed; the
+    /// current one, if any, keeps serving and the fetch is retried in a few seconds).
+    pub fn install(&mut self, (id, result): Fetched, now: SystemTime) {
+        self.in_flight.remove(&id);
+        match result {
+            Ok(cert) => {
+                let renew = cert.refresh_at();
+                if self.insert(id, cert, renew) {
+                    self.issued.fetch_add(1, Ordering::Relaxed);
+                    self.publish();
+                }
+            }
+            Err(e) => {
+                warn!(identity = %id, "cannot get a workload certificate from the CA: {e}");
+                self.renew_at.insert(id, now + Duration::from_secs(5));
+            }
+        }
+    }
+
+    /// Stores a certificate for `id` (renewed at `renew`); false if it is unusable.
+    fn insert(&mut self, id: Identity, cert: WorkloadCertificate, renew: SystemTime) -> bool {
+        match CertifiedTls::new(Arc::new(cert)) {
+            Ok(c) => {
+                info!(identity = %id, lifetime = ?self.lifetime, "installed workload certificate");
+                self.renew_at.insert(id.clone(), renew);
+                self.current.insert(id, Arc::new(c));
+                true
+            }
+            Err(e) => {
+                warn!(identity = %id, "workload certificate unusable: {e}");
+                false
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        self.generation += 1;
+        self.cell.publish(CertStore {
+            generation: self.generation,
+            by_identity: self.current.clone(),
+        });
+    }
+}

@@ -1,0 +1,470 @@
+//! HBONE between two zpath nodes over real sockets and real TLS (root only: network
+//! namespaces). Node A opens mTLS HTTP/2 tunnels to node B's port 15008; node B checks
+//! each CONNECT and relays to the server workload.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+
+use zpath_tests::echo::EchoServer;
+use zpath_tests::mesh::{self, Mesh};
+use zpath_tests::{is_root, pattern, roundtrip};
+
+fn skip() -> bool {
+    if !is_root() {
+        eprintln!("skipped: network namespaces need root");
+        return true;
+    }
+    false
+}
+
+#[test]
+fn bytes_cross_two_nodes_intact_from_1_byte_to_256_mib() {
+    if skip() {
+        return;
+    }
+    let net = "10.79.0";
+    let config = mesh::config(net, "");
+    let m = Mesh::start("hbi", net, &config, None, &[], &[]);
+    let echo = EchoServer::serve(m.server_listener());
+    for (len, seed) in [
+        (1usize, 1u8),
+        (1000, 2),
+        (64 << 10, 3),
+        (16 << 20, 4),
+        (256 << 20, 5),
+    ] {
+        let data = pattern(len, seed);
+        let s = m.connect(echo.addr).expect("CONNECT accepted");
+        let got = roundtrip(s, &data);
+        assert!(
+            got == data,
+            "{len} bytes came back different ({} bytes)",
+            got.len()
+        );
+    }
+    // One tunnel per shard of node A (2 shards) carried every flow; both sides counted.
+    assert!(m.a.metric("zpath_hbone_client_handshakes_total") <= 2);
+    assert_eq!(
+        m.a.metric("zpath_hbone_connect_responses_total{side=\"client\",status=\"200\"}"),
+        5
+    );
+    assert_eq!(
+        m.b.metric("zpath_hbone_connect_responses_total{side=\"server\",status=\"200\"}"),
+        5
+    );
+    assert_eq!(
+        m.b.metric("zpath_tls_handshakes_total{side=\"server\",outcome=\"ok\""),
+        m.a.metric("zpath_hbone_client_handshakes_total")
+    );
+    let bytes = (1 + 1000 + (64 << 10) + (16 << 20) + (256 << 20)) as u64;
+    assert_eq!(
+        m.a.metric("istio_tcp_received_bytes_total{reporter=\"source\""),
+        bytes
+    );
+    assert_eq!(
+        m.b.metric("istio_tcp_received_bytes_total{reporter=\"destination\""),
+        bytes
+    );
+    m.a.assert_no_open_connections();
+    m.b.assert_no_open_connections();
+    assert_eq!(m.a.metric("zpath_hbone_client_streams"), 0);
+    assert_eq!(m.b.metric("zpath_hbone_server_streams"), 0);
+}
+
+#[test]
+fn half_close_and_reset_cross_the_tunnel() {
+    if skip() {
+        return;
+    }
+    let net = "10.79.1";
+    let config = mesh::config(net, "");
+    let m = Mesh::start("hbh", net, &config, None, &[], &[]);
+    // The server answers only after the client's FIN, then keeps sending.
+    let listener = m.server_listener();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        s.write_all(b"after-fin:").unwrap();
+        s.write_all(&got).unwrap();
+        drop(s);
+        // Then a reset: linger 0 and close.
+        let (r, _) = listener.accept().unwrap();
+        let sock = socket2::SockRef::from(&r);
+        sock.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+        drop(r);
+    });
+    let mut s = m.connect(addr).unwrap();
+    s.write_all(b"hello").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"after-fin:hello");
+
+    let mut r = m.connect(addr).unwrap();
+    let mut b = [0u8; 8];
+    let err = r
+        .read(&mut b)
+        .expect_err("the server's reset reaches the client as a reset");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    m.a.assert_no_open_connections();
+    m.b.assert_no_open_connections();
+}
+
+#[test]
+fn an_unreachable_port_is_a_503_and_a_refused_socks5_connect() {
+    if skip() {
+        return;
+    }
+    let net = "10.79.2";
+    let config = mesh::config(net, "");
+    let m = Mesh::start("hb5", net, &config, None, &[], &[]);
+    // Nothing listens on port 1 of the server workload.
+    let target: SocketAddr = format!("{net}.2:1").parse().unwrap();
+    assert!(m.connect(target).is_err());
+    assert_eq!(
+        m.a.metric("zpath_hbone_connect_responses_total{side=\"client\",status=\"503\"}"),
+        1
+    );
+    assert_eq!(
+        m.b.metric(
+            "zpath_connections_failed_total{direction=\"inbound\",reason=\"upstream_connect\"}"
+        ),
+        1
+    );
+    m.a.assert_no_open_connections();
+    m.b.assert_no_open_connections();
+}
+
+#[test]
+fn a_thousand_concurrent_flows_share_pooled_tunnels() {
+    if skip() {
+        return;
+    }
+    let net = "10.79.3";
+    let config = mesh::config(net, "");
+    // One shard on node A: one pool, so the handshake count is exact.
+    let m = Mesh::start(
+        "hbp",
+        net,
+        &config,
+        None,
+        &["--shards", "1", "--pool-max-streams", "100"],
+        &[],
+    );
+    let echo = EchoServer::serve(m.server_listener());
+    raise_fd_limit();
+    const FLOWS: usize = 1000;
+    let streams: Vec<std::net::TcpStream> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..50)
+            .map(|_| {
+                scope.spawn(|| {
+                    (0..FLOWS / 50)
+                        .map(|_| {
+                            let mut s = m.connect(echo.addr).expect("CONNECT accepted");
+                            s.write_all(b"x").unwrap();
+                            let mut b = [0u8; 1];
+                            s.read_exact(&mut b).unwrap();
+                            s
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    assert_eq!(streams.len(), FLOWS);
+    assert_eq!(m.a.metric("zpath_hbone_client_streams"), FLOWS as u64);
+    assert_eq!(
+        m.a.metric("zpath_hbone_tunnels"),
+        10,
+        "{}",
+        m.a.metrics_text()
+    );
+    assert_eq!(m.a.metric("zpath_hbone_client_handshakes_total"), 10);
+    assert_eq!(m.a.metric("zpath_hbone_pool_keys"), 1);
+    assert_eq!(m.b.metric("zpath_hbone_server_connections"), 10);
+    drop(streams);
+    m.a.assert_no_open_connections();
+    m.b.assert_no_open_connections();
+    wait_for(|| m.a.metric("zpath_hbone_client_streams") == 0);
+    wait_for(|| m.b.metric("zpath_hbone_server_streams") == 0);
+}
+
+#[test]
+fn idle_tunnels_are_released() {
+    if skip() {
+        return;
+    }
+    let net = "10.79.4";
+    let config = mesh::config(net, "");
+    let m = Mesh::start(
+        "hbl",
+        net,
+        &config,
+        None,
+        &["--pool-idle-timeout", "1s"],
+        &[],
+    );
+    let echo = EchoServer::serve(m.server_listener());
+    let s = m.connect(echo.addr).unwrap();
+    assert_eq!(roundtrip(s, b"idle"), b"idle");
+    assert!(m.a.metric("zpath_hbone_tunnels") >= 1);
+    wait_for(|| m.a.metric("zpath_hbone_tunnels") == 0);
+    wait_for(|| m.a.metric("zpath_hbone_pool_keys") == 0);
+    // The server sees the connection end too.
+    wait_for(|| m.b.metric("zpath_hbone_server_connections") == 0);
+}
+
+#[test]
+fn the_client_refuses_a_server_presenting_another_identity() {
+    if skip() {
+        return;
+    }
+    let net = "10.79.5";
+    // Node A expects sa/server at the server's address; node B serves sa/impostor there.
+    let expected = mesh::config(net, "");
+    let impostor = mesh::config_with(net, "impostor", "");
+    let m = Mesh::start("hbs", net, &expected, Some(&impostor), &[], &[]);
+    let echo = EchoServer::serve(m.server_listener());
+    assert!(
+        m.connect(echo.addr).is_err(),
+        "the flow must not be relayed"
+    );
+    assert_eq!(
+        m.a.metric(
+            "zpath_tls_handshakes_total{side=\"client\",outcome=\"failed\",reason=\"identity_not_expected\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        m.a.metric("zpath_connections_failed_total{direction=\"outbound\",reason=\"tls\"}"),
+        1
+    );
+    m.a.assert_no_open_connections();
+}
+
+/// Waits up to 10 s for `cond`.
+fn wait_for(cond: impl Fn() -> bool) {
+    wait_for_within(std::time::Duration::from_secs(10), cond)
+}
+
+/// Waits up to `limit` for `cond`.
+fn wait_for_within(limit: std::time::Duration, cond: impl Fn() -> bool) {
+    let until = std::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < until,
+            "condition not met in {limit:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain libc calls on a struct we own.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+}
+
+fn connect_to(authority: &str) -> http::Request<()> {
+    http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(authority)
+        .body(())
+        .unwrap()
+}
+
+#[test]
+fn malformed_or_misaddressed_requests_get_400() {
+    if skip() {
+        return;
+    }
+    let net = "10.79.6";
+    let config = mesh::config(net, "");
+    let m = Mesh::start("hb4", net, &config, None, &[], &[]);
+    let echo = EchoServer::serve(m.server_listener());
+    let get = http::Request::get(format!("http://{}/", echo.addr))
+        .body(())
+        .unwrap();
+    let answers = m.hbone_requests(
+        "client",
+        vec![
+            get,
+            connect_to("example.com:80"),
+            // An address node B serves no workload at.
+            connect_to(&format!("{net}.9:80")),
+            // Node A's workload: not on this node.
+            connect_to(&format!("{net}.1:80")),
+            // Well formed: relayed.
+            connect_to(&echo.addr.to_string()),
+        ],
+    );
+    assert_eq!(
+        answers,
+        vec![Ok(400), Ok(400), Ok(400), Ok(400), Ok(200)],
+        "{}",
+        m.b.metrics_text()
+    );
+    assert_eq!(
+        m.b.metric("zpath_hbone_connect_responses_total{side=\"server\",status=\"400\"}"),
+        4
+    );
+    m.b.assert_no_open_connections();
+    wait_for(|| m.b.metric("zpath_hbone_server_connections") == 0);
+}
+
+#[test]
+fn a_service_vip_reaches_an_hbone_endpoint_with_its_port_mapping() {
+    if skip() {
+        return;
+    }
+    let net = "10.79.7";
+    let m0 = mesh::config(net, "");
+    // The service maps VIP port 80 to the server's port 18080 (a port of the server
+    // namespace, free since the namespace is new).
+    let echo_port = 18080;
+    let config = m0.replace(
+        "  node: node-b\n",
+        &format!("  node: node-b\n  services:\n    default/echo.default.svc.cluster.local: {{80: {echo_port}}}\n"),
+    ) + &format!(
+        "services:
+- name: echo
+  namespace: default
+  hostname: echo.default.svc.cluster.local
+  vips: [\"/{net}.100\"]
+  ports: {{80: {echo_port}}}
+"
+    );
+    let m = Mesh::start("hbv", net, &config, None, &[], &[]);
+    let listener = m
+        .hosts
+        .server
+        .enter(move || std::net::TcpListener::bind(format!("{net}.2:{echo_port}")).unwrap());
+    let _echo = EchoServer::serve(listener);
+    let vip: SocketAddr = format!("{net}.100:80").parse().unwrap();
+    let s = m
+        .connect(vip)
+        .expect("the VIP resolves to the HBONE endpoint");
+    assert_eq!(roundtrip(s, b"via the service"), b"via the service");
+    assert_eq!(
+        m.b.metric("zpath_hbone_connect_responses_total{side=\"server\",status=\"200\"}"),
+        1
+    );
+}
+
+#[test]
+fn garbage_and_stalled_handshakes_on_15008_are_closed_and_counted() {
+    if skip() {
+        return;
+    }
+    let net = "10.79.8";
+    let config = mesh::config(net, "");
+    let m = Mesh::start(
+        "hbg",
+        net,
+        &config,
+        None,
+        &[],
+        &["--handshake-timeout", "1s"],
+    );
+    let addr: SocketAddr = format!("{net}.2:15008").parse().unwrap();
+    let (garbage_closed, stall_closed) = m.hosts.client.enter(move || {
+        use std::time::Duration;
+        let mut g = std::net::TcpStream::connect(addr).unwrap();
+        g.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        g.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = [0u8; 64];
+        // An alert or nothing, then the close.
+        let mut garbage_closed = false;
+        for _ in 0..4 {
+            match g.read(&mut b) {
+                Ok(0) | Err(_) => {
+                    garbage_closed = true;
+                    break;
+                }
+                Ok(_) => {}
+            }
+        }
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let started = std::time::Instant::now();
+        let stall_closed =
+            matches!(s.read(&mut b), Ok(0) | Err(_)) && started.elapsed() < Duration::from_secs(4);
+        (garbage_closed, stall_closed)
+    });
+    assert!(
+        garbage_closed,
+        "garbage before a ClientHello closes the connection"
+    );
+    assert!(
+        stall_closed,
+        "a stalled handshake is closed after --handshake-timeout"
+    );
+    assert_eq!(
+        m.b.metric(
+            "zpath_tls_handshakes_total{side=\"server\",outcome=\"failed\",reason=\"timeout\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        m.b.metric("zpath_tls_handshakes_total{side=\"server\",outcome=\"failed\""),
+        2
+    );
+    // Still serving.
+    let echo = EchoServer::serve(m.server_listener());
+    let s = m.connect(echo.addr).unwrap();
+    assert_eq!(roundtrip(s, b"fine"), b"fine");
+}
+
+#[test]
+fn a_broken_tunnel_resets_its_flows_and_leaves_the_pool() {
+    if skip() {
+        return;
+    }
+    let net = "10.79.9";
+    let config = mesh::config(net, "");
+    let mut m = Mesh::start("hbk", net, &config, None, &[], &[]);
+    let echo = EchoServer::serve(m.server_listener());
+    let mut live = m.connect(echo.addr).unwrap();
+    live.write_all(b"up").unwrap();
+    let mut b = [0u8; 2];
+    live.read_exact(&mut b).unwrap();
+    assert!(m.a.metric("zpath_hbone_tunnels") >= 1);
+    // The destination node dies.
+    m.b.signal(libc::SIGKILL);
+    let _ = m.b.wait_exit(std::time::Duration::from_secs(5));
+    live.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let got = live.read(&mut b);
+    let ended = match got {
+        Ok(0) => true,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        Ok(_) => false,
+    };
+    assert!(ended, "the flow ends when its tunnel breaks");
+    // The pool stops counting the broken tunnel as soon as its connection ends (well
+    // before the idle sweep, every 5 s by default).
+    wait_for_within(std::time::Duration::from_secs(2), || {
+        m.a.metric("zpath_hbone_tunnels") == 0
+    });
+    m.a.assert_no_open_connections();
+    // A new flow finds no tunnel and no listener: refused, not hung.
+    assert!(m.connect(echo.addr).is_err());
+}

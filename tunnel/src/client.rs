@@ -1,0 +1,157 @@
+//! One client HTTP/2 connection to a destination node, and the streams opened on it.
+//!
+//! A [`Tunnel`] is cheap to clone (it is h2's request handle plus shard-local
+//! counters). Its driver future must be spawned on the shard's executor; when the
+//! connection ends the driver marks the tunnel closed so the pool stops handing it out.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_io::{AsyncBufRead, AsyncWrite};
+use h2::client::SendRequest;
+use h2::{RecvStream, SendStream};
+use http::{Request, StatusCode};
+
+use crate::io::H2Io;
+use crate::settings::H2Settings;
+
+/// A client HTTP/2 connection to one destination node.
+#[derive(Debug, Clone)]
+pub struct Tunnel {
+    sender: SendRequest<Bytes>,
+    pub(crate) state: Rc<TunnelState>,
+}
+
+/// Shard-local bookkeeping of one tunnel.
+#[derive(Debug)]
+pub(crate) struct TunnelState {
+    /// Open streams.
+    pub(crate) streams: Cell<u32>,
+    /// Streams promised to callers waiting for this tunnel's handshake.
+    pub(crate) promised: Rc<Cell<u32>>,
+    /// The most streams this tunnel carries at once.
+    pub(crate) max_streams: u32,
+    /// Since when no stream is open.
+    pub(crate) idle_since: Cell<Option<Instant>>,
+    /// Set when the connection ended.
+    pub(crate) closed: Cell<bool>,
+}
+
+impl TunnelState {
+    pub(crate) fn has_room(&self) -> bool {
+        !self.closed.get() && self.streams.get() + self.promised.get() < self.max_streams
+    }
+}
+
+/// A counted place for one stream on a tunnel; dropping it frees the place.
+#[derive(Debug)]
+pub struct StreamSlot {
+    state: Rc<TunnelState>,
+}
+
+impl StreamSlot {
+    pub(crate) fn take(state: &Rc<TunnelState>) -> Self {
+        state.streams.set(state.streams.get() + 1);
+        state.idle_since.set(None);
+        Self {
+            state: state.clone(),
+        }
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let left = self.state.streams.get().saturating_sub(1);
+        self.state.streams.set(left);
+        if left == 0 {
+            self.state.idle_since.set(Some(Instant::now()));
+        }
+    }
+}
+
+/// Why a stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The destination answered the CONNECT with a status other than 200.
+    #[error("the destination answered {0}")]
+    Status(StatusCode),
+    /// The connection failed or was refused at the HTTP/2 level.
+    #[error("HTTP/2 error: {0}")]
+    H2(#[from] h2::Error),
+}
+
+/// An open CONNECT stream: send and receive halves, and its slot on the tunnel.
+#[derive(Debug)]
+pub struct OpenStream {
+    /// Client → destination.
+    pub send: SendStream<Bytes>,
+    /// Destination → client.
+    pub recv: RecvStream,
+    /// Holds the stream's place on the tunnel until dropped.
+    pub slot: StreamSlot,
+}
+
+/// Runs the HTTP/2 client handshake over `io`. Returns the tunnel and its driver,
+/// which the caller spawns; the tunnel carries at most `max_streams` streams at once
+/// (fewer if the server allows fewer).
+pub async fn handshake<S>(
+    io: S,
+    settings: &H2Settings,
+    max_streams: u32,
+    promised: Rc<Cell<u32>>,
+) -> Result<(Tunnel, impl Future<Output = Result<(), h2::Error>>), h2::Error>
+where
+    S: AsyncBufRead + AsyncWrite + Unpin,
+{
+    let (sender, connection) = settings
+        .client()
+        .initial_max_send_streams(max_streams as usize)
+        .handshake::<_, Bytes>(H2Io::new(io))
+        .await?;
+    let allowed = u32::try_from(connection.max_concurrent_send_streams()).unwrap_or(u32::MAX);
+    let state = Rc::new(TunnelState {
+        streams: Cell::new(0),
+        promised,
+        max_streams: max_streams.min(allowed.max(1)),
+        idle_since: Cell::new(Some(Instant::now())),
+        closed: Cell::new(false),
+    });
+    let driver_state = state.clone();
+    let driver = async move {
+        let result = connection.await;
+        driver_state.closed.set(true);
+        result
+    };
+    Ok((Tunnel { sender, state }, driver))
+}
+
+impl Tunnel {
+    /// Whether the connection has ended (GOAWAY, error, or closed by us).
+    pub fn is_closed(&self) -> bool {
+        self.state.closed.get()
+    }
+
+    /// Open streams on this tunnel.
+    pub fn streams(&self) -> u32 {
+        self.state.streams.get()
+    }
+
+    /// Sends `req` on a new stream and waits for the answer; a 200 yields the stream.
+    pub async fn open(&self, req: Request<()>, slot: StreamSlot) -> Result<OpenStream, OpenError> {
+        let mut sender = self.sender.clone();
+        futures_lite::future::poll_fn(|cx| sender.poll_ready(cx)).await?;
+        let (response, send) = sender.send_request(req, false)?;
+        let response = response.await?;
+        if response.status() != StatusCode::OK {
+            return Err(OpenError::Status(response.status()));
+        }
+        Ok(OpenStream {
+            send,
+            recv: response.into_body(),
+            slot,
+        })
+    }
+}

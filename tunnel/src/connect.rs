@@ -1,0 +1,187 @@
+//! The HBONE CONNECT request: built as Istio's data planes send it, validated as a
+//! destination node must before it opens anything.
+//!
+//! A request is `:method CONNECT`, `:authority <ip>:<port>` (the destination workload
+//! and port), with `Forwarded: for="<source ip:port>"`, `baggage` (the source
+//! workload's cluster, namespace, workload and canonical service) and `traceparent`
+//! (W3C trace context). The server never trusts `Forwarded` for the source address:
+//! the source is the TCP peer of the tunnel connection.
+
+use std::net::SocketAddr;
+
+use http::{Method, Request, StatusCode};
+
+/// Header carrying the source workload's attributes (W3C baggage).
+pub const BAGGAGE: &str = "baggage";
+/// Header carrying the W3C trace context.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// The source workload's attributes sent in `baggage`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceInfo {
+    /// Cluster id (`k8s.cluster.name`).
+    pub cluster: String,
+    /// Namespace (`k8s.namespace.name`).
+    pub namespace: String,
+    /// Workload kind in lower case (`deployment`, `pod`...; `k8s.<kind>.name`).
+    pub workload_kind: String,
+    /// Workload name.
+    pub workload_name: String,
+    /// Canonical service name (`service.name`).
+    pub canonical_name: String,
+    /// Canonical revision (`service.version`).
+    pub canonical_revision: String,
+}
+
+impl SourceInfo {
+    /// The `baggage` header value.
+    pub fn baggage(&self) -> String {
+        let kind = if self.workload_kind.is_empty() {
+            "pod"
+        } else {
+            &self.workload_kind
+        };
+        format!(
+            "k8s.cluster.name={},k8s.namespace.name={},k8s.{kind}.name={},service.name={},service.version={}",
+            self.cluster, self.namespace, self.workload_name, self.canonical_name, self.canonical_revision
+        )
+    }
+}
+
+/// A W3C `traceparent` value with fresh ids from the caller's random numbers:
+/// `00-<32 hex trace id>-<16 hex span id>-00` (not sampled).
+pub fn traceparent(trace_id: u128, span_id: u64) -> String {
+    // All-zero ids are invalid in W3C trace context.
+    let trace_id = trace_id.max(1);
+    let span_id = span_id.max(1);
+    format!("00-{trace_id:032x}-{span_id:016x}-00")
+}
+
+/// The RFC 7239 `Forwarded` value naming the original client `src`.
+pub fn forwarded_for(src: SocketAddr) -> String {
+    format!("for=\"{src}\"")
+}
+
+/// Builds the CONNECT request for `target`, from `source` (the original client).
+pub fn request(
+    target: SocketAddr,
+    source: SocketAddr,
+    baggage: &str,
+    traceparent: &str,
+) -> Result<Request<()>, http::Error> {
+    Request::builder()
+        .method(Method::CONNECT)
+        .uri(target.to_string())
+        .version(http::Version::HTTP_2)
+        .header(http::header::FORWARDED, forwarded_for(source))
+        .header(BAGGAGE, baggage)
+        .header(TRACEPARENT, traceparent)
+        .body(())
+}
+
+/// Why a destination node answers 400 to a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadRequest {
+    /// The method is not CONNECT.
+    #[error("method {0} is not CONNECT")]
+    Method(String),
+    /// There is no `:authority`.
+    #[error("the request has no authority")]
+    NoAuthority,
+    /// The authority is not `ip:port`.
+    #[error("authority {0:?} is not an ip:port")]
+    Authority(String),
+}
+
+impl BadRequest {
+    /// A short stable label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            BadRequest::Method(_) => "method",
+            BadRequest::NoAuthority | BadRequest::Authority(_) => "authority",
+        }
+    }
+}
+
+/// Checks a request is a CONNECT to an `ip:port` and returns that target.
+pub fn target<B>(req: &Request<B>) -> Result<SocketAddr, BadRequest> {
+    if req.method() != Method::CONNECT {
+        return Err(BadRequest::Method(
+            req.method().as_str().chars().take(32).collect(),
+        ));
+    }
+    let authority = req.uri().authority().ok_or(BadRequest::NoAuthority)?;
+    let text = authority.as_str();
+    text.parse::<SocketAddr>()
+        .map_err(|_| BadRequest::Authority(text.chars().take(128).collect()))
+}
+
+/// The response for a status with no body.
+pub fn response(status: StatusCode) -> http::Response<()> {
+    let mut r = http::Response::new(());
+    *r.status_mut() = status;
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_carries_the_headers_istio_sends() {
+        let src: SocketAddr = "10.0.0.1:40000".parse().unwrap();
+        let dst: SocketAddr = "10.0.0.2:8080".parse().unwrap();
+        let info = SourceInfo {
+            cluster: "Kubernetes".into(),
+            namespace: "default".into(),
+            workload_kind: "deployment".into(),
+            workload_name: "client".into(),
+            canonical_name: "client".into(),
+            canonical_revision: "v1".into(),
+        };
+        let tp = traceparent(0xabc, 0x12);
+        let req = request(dst, src, &info.baggage(), &tp).unwrap();
+        assert_eq!(req.method(), Method::CONNECT);
+        assert_eq!(req.uri().authority().unwrap().as_str(), "10.0.0.2:8080");
+        assert_eq!(req.headers()["forwarded"], "for=\"10.0.0.1:40000\"");
+        assert_eq!(
+            req.headers()["baggage"],
+            "k8s.cluster.name=Kubernetes,k8s.namespace.name=default,k8s.deployment.name=client,service.name=client,service.version=v1"
+        );
+        assert_eq!(
+            req.headers()["traceparent"],
+            "00-00000000000000000000000000000abc-0000000000000012-00"
+        );
+        assert_eq!(target(&req), Ok(dst));
+    }
+
+    #[test]
+    fn ipv6_targets_round_trip() {
+        let dst: SocketAddr = "[fd00::2]:8080".parse().unwrap();
+        let src: SocketAddr = "[fd00::1]:1".parse().unwrap();
+        let req = request(dst, src, "", &traceparent(0, 0)).unwrap();
+        assert_eq!(target(&req), Ok(dst));
+        assert_eq!(req.headers()["forwarded"], "for=\"[fd00::1]:1\"");
+        assert!(req.headers()["traceparent"]
+            .to_str()
+            .unwrap()
+            .ends_with("0000000000000001-00"));
+    }
+
+    #[test]
+    fn non_connect_and_bad_authorities_are_400s() {
+        let get = Request::get("http://10.0.0.2:80/").body(()).unwrap();
+        assert_eq!(target(&get), Err(BadRequest::Method("GET".into())));
+        for authority in ["example.com:80", "10.0.0.2", "10.0.0.2:99999", "[::1]"] {
+            let req = Request::builder()
+                .method(Method::CONNECT)
+                .uri(authority)
+                .body(())
+                .unwrap();
+            assert!(
+                matches!(target(&req), Err(BadRequest::Authority(_))),
+                "{authority}"
+            );
+        }
+    }
+}
