@@ -204,6 +204,11 @@ impl Snapshot {
         self.workloads.get(&UidRef::new(uid))
     }
 
+    /// The compiled policies (ids index per-policy counters).
+    pub fn compiled_policies(&self) -> &zpath_policy::CompiledPolicies {
+        &self.compiled
+    }
+
     /// The workload that owns `ip`, if any.
     pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
         self.by_ip.get(&IpKey::from(ip))

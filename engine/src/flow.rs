@@ -77,10 +77,10 @@ pub async fn inbound(shard: &Rc<Shard>, client: TcpStream, info: &ConnInfo) -> R
     };
     let outcome = snapshot.authorize(&conn);
     log_dry_run(&outcome, info);
+    shard.count_decision(&snapshot, &outcome.decision);
     let permit = match outcome.decision {
         zpath_policy::Decision::Allow(permit) => permit,
         zpath_policy::Decision::Deny(reason) => {
-            shard.stats.count_denied(reason.kind());
             client.abort();
             return Err(fail(
                 FailReason::Denied,
@@ -88,7 +88,6 @@ pub async fn inbound(shard: &Rc<Shard>, client: TcpStream, info: &ConnInfo) -> R
             ));
         }
     };
-    shard.stats.count_allowed();
     drop(snapshot);
     info.state.set(ConnState::Connecting);
     let upstream = match dial_permitted(shard, permit).await {

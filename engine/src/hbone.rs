@@ -449,10 +449,10 @@ async fn serve_stream(
     };
     let outcome = snapshot.authorize(&conn);
     crate::flow::log_dry_run(&outcome, info);
+    shard.count_decision(&snapshot, &outcome.decision);
     let permit = match outcome.decision {
         zpath_policy::Decision::Allow(permit) => permit,
         zpath_policy::Decision::Deny(reason) => {
-            shard.stats.count_denied(reason.kind());
             refuse(&mut respond, StatusCode::UNAUTHORIZED);
             return Err(fail(
                 FailReason::Denied,
@@ -460,7 +460,6 @@ async fn serve_stream(
             ));
         }
     };
-    shard.stats.count_allowed();
     drop(snapshot);
     info.state.set(ConnState::Connecting);
     // A client that reset the stream gets no upstream connection: checked before the

@@ -19,7 +19,7 @@ use crate::certs::{CertCell, CertStore};
 use crate::config::EngineConfig;
 use crate::flow;
 use crate::hbone::TunnelPool;
-use crate::stats::{Direction, FailReason, ShardStats};
+use crate::stats::{Direction, FailReason, PolicyCounts, ShardStats};
 use crate::sys;
 use crate::table::{ConnTable, TableGuard};
 use zpath_crypto::ClientConfigCache;
@@ -162,9 +162,35 @@ impl Shard {
     pub fn snapshot(&self) -> LocalSnapshot {
         let mut cur = self.current.borrow_mut();
         if let Some(newer) = self.cell.newer(&cur) {
+            let counts = PolicyCounts::for_snapshot(&newer, &self.stats.by_policy.load());
+            self.stats.by_policy.store(Arc::new(counts));
             *cur = Rc::new(newer);
         }
         cur.clone()
+    }
+
+    /// Counts an inbound decision: by outcome and reason, and by the policy that made
+    /// it when there is one (ids belong to `snapshot`).
+    pub fn count_decision(&self, snapshot: &Snapshot, decision: &zpath_policy::Decision<'_>) {
+        let (id, allowed) = match decision {
+            zpath_policy::Decision::Allow(permit) => {
+                self.stats.count_allowed();
+                (permit.allowed_by().map(|(id, _)| id), true)
+            }
+            zpath_policy::Decision::Deny(reason) => {
+                self.stats.count_denied(reason.kind());
+                (reason.policy().map(|p| p.id), false)
+            }
+        };
+        let Some(id) = id else { return };
+        let counts = self.stats.by_policy.load();
+        if counts.generation != snapshot.generation {
+            return;
+        }
+        let set = if allowed { &counts.allow } else { &counts.deny };
+        if let Some(c) = set.get(id.index()) {
+            c.add(1);
+        }
     }
 
     /// The current workload certificates (one atomic load).
@@ -216,12 +242,19 @@ pub fn spawn(
         .ring_depth(cfg.ring_depth)
         .io_memory(cfg.io_memory)
         .spawn(move || async move {
+            let initial = cell.load();
+            shard_stats
+                .by_policy
+                .store(Arc::new(PolicyCounts::for_snapshot(
+                    &initial,
+                    &PolicyCounts::default(),
+                )));
             let shard = Rc::new(Shard {
                 id,
                 pool: BufPool::new(cfg.buffers),
                 table: ConnTable::new(shard_stats.clone()),
                 stats: shard_stats,
-                current: RefCell::new(Rc::new(cell.load())),
+                current: RefCell::new(Rc::new(initial)),
                 cell,
                 certs: RefCell::new(Rc::new(cert_cell.load())),
                 cert_cell,
@@ -319,10 +352,13 @@ fn recheck(shard: &Rc<Shard>) {
             dst_port: dst.port(),
             peer: peer.as_deref().and_then(|p| zpath_policy::Peer::parse(p).ok()),
         };
-        match snapshot.authorize(&conn).decision {
+        let decision = snapshot.authorize(&conn).decision;
+        if !decision.is_allow() {
+            shard.count_decision(&snapshot, &decision);
+        }
+        match decision {
             zpath_policy::Decision::Allow(_) => false,
             zpath_policy::Decision::Deny(reason) => {
-                shard.stats.count_denied(reason.kind());
                 info!(shard = shard.id, src = %info.src, %dst, "closing connection now denied by policy: {reason}");
                 true
             }

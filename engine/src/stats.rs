@@ -166,6 +166,64 @@ pub struct ShardStats {
     pub policy_denied: [Counter; 5],
     /// HBONE counters and gauges.
     pub hbone: HboneStats,
+    /// Decisions by policy, for the snapshot the shard uses now.
+    pub by_policy: arc_swap::ArcSwap<PolicyCounts>,
+}
+
+/// Inbound decisions by policy of one shard: ALLOWs by the policy that allowed, DENYs
+/// by the policy that denied, indexed by the snapshot's policy ids. A new snapshot gets
+/// a new set, carrying the counts over by policy name.
+#[derive(Debug, Default)]
+pub struct PolicyCounts {
+    /// The snapshot generation the ids belong to.
+    pub generation: u64,
+    /// `namespace/name` by policy id.
+    pub names: Vec<String>,
+    /// Allowed by each policy.
+    pub allow: Vec<Counter>,
+    /// Denied by each policy.
+    pub deny: Vec<Counter>,
+}
+
+impl PolicyCounts {
+    /// The set for `snapshot`, starting from the counts in `previous`.
+    pub fn for_snapshot(snapshot: &zpath_control::Snapshot, previous: &PolicyCounts) -> Self {
+        let carried: std::collections::HashMap<&str, (u64, u64)> = previous
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                (
+                    n.as_str(),
+                    (previous.allow[i].get(), previous.deny[i].get()),
+                )
+            })
+            .collect();
+        let names: Vec<String> = snapshot
+            .compiled_policies()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        let counter = |v: u64| {
+            let c = Counter::default();
+            c.set(v);
+            c
+        };
+        let allow = names
+            .iter()
+            .map(|n| counter(carried.get(n.as_str()).map_or(0, |c| c.0)))
+            .collect();
+        let deny = names
+            .iter()
+            .map(|n| counter(carried.get(n.as_str()).map_or(0, |c| c.1)))
+            .collect();
+        PolicyCounts {
+            generation: snapshot.generation,
+            names,
+            allow,
+            deny,
+        }
+    }
 }
 
 /// HTTP statuses counted one by one on CONNECT requests; others count as "other".
@@ -354,8 +412,30 @@ pub fn render_prometheus(shards: &[std::sync::Arc<ShardStats>], extra: &str) -> 
         let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", s.open.get());
     }
     render_hbone(&mut out, shards);
+    render_by_policy(&mut out, shards);
     out.push_str(extra);
     out
+}
+
+fn render_by_policy(out: &mut String, shards: &[std::sync::Arc<ShardStats>]) {
+    let mut by_name: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    for s in shards {
+        let counts = s.by_policy.load();
+        for (i, name) in counts.names.iter().enumerate() {
+            let e = by_name.entry(name.clone()).or_default();
+            e.0 += counts.allow[i].get();
+            e.1 += counts.deny[i].get();
+        }
+    }
+    let name = "zpath_policy_decisions_by_policy_total";
+    let _ = writeln!(out, "# HELP {name} Inbound decisions made by each policy (the ALLOW that allowed, the DENY that denied).\n# TYPE {name} counter");
+    for (policy, (allow, deny)) in by_name {
+        let _ = writeln!(
+            out,
+            "{name}{{policy=\"{policy}\",outcome=\"allow\"}} {allow}"
+        );
+        let _ = writeln!(out, "{name}{{policy=\"{policy}\",outcome=\"deny\"}} {deny}");
+    }
 }
 
 fn render_hbone(out: &mut String, shards: &[std::sync::Arc<ShardStats>]) {
@@ -445,6 +525,38 @@ fn render_hbone(out: &mut String, shards: &[std::sync::Arc<ShardStats>]) {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    fn snapshot(policies: &[&str], generation: u64) -> zpath_control::Snapshot {
+        let mut yaml = String::from("policies:\n");
+        for p in policies {
+            yaml.push_str(&format!(
+                "- name: {p}\n  namespace: default\n  scope: Namespace\n  action: Deny\n  rules:\n  - - - destinationPorts: [1]\n"
+            ));
+        }
+        let config = zpath_control::LocalConfig::parse(&yaml).unwrap();
+        zpath_control::Snapshot::from_local(&config, "node", generation)
+    }
+
+    #[test]
+    fn policy_counts_carry_over_by_name_across_snapshots() {
+        let first = PolicyCounts::for_snapshot(&snapshot(&["a", "b"], 1), &PolicyCounts::default());
+        let b = first.names.iter().position(|n| n == "default/b").unwrap();
+        first.deny[b].add(3);
+        // "a" goes away, "c" arrives: ids change, "b" keeps its count.
+        let second = PolicyCounts::for_snapshot(&snapshot(&["c", "b"], 2), &first);
+        assert_eq!(second.generation, 2);
+        let b2 = second.names.iter().position(|n| n == "default/b").unwrap();
+        assert_eq!(second.deny[b2].get(), 3);
+        let c = second.names.iter().position(|n| n == "default/c").unwrap();
+        assert_eq!(second.deny[c].get(), 0);
+        assert!(!second.names.iter().any(|n| n == "default/a"));
+        let stats = Arc::new(ShardStats::default());
+        stats.by_policy.store(Arc::new(second));
+        let text = render_prometheus(&[stats], "");
+        assert!(text.contains(
+            "zpath_policy_decisions_by_policy_total{policy=\"default/b\",outcome=\"deny\"} 3"
+        ));
+    }
 
     #[test]
     fn prometheus_sums_shards() {

@@ -77,6 +77,14 @@ impl CompiledPolicies {
         self.policies.get(id.index()).map(|p| p.reference(id))
     }
 
+    /// Every policy, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = PolicyRef<'_>> + '_ {
+        self.policies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| p.reference(PolicyId(i as u32)))
+    }
+
     /// The policy with this `namespace/name` key.
     pub fn find(&self, key: &str) -> Option<PolicyRef<'_>> {
         self.by_key.get(key).and_then(|&id| self.policy(id))

@@ -84,6 +84,16 @@ fn principals_are_allowed_and_denied_across_nodes() {
         m.b.metric("zpath_policy_decisions_total{outcome=\"deny\""),
         2
     );
+    // Counted by the policy that decided: the DENY for port 1234 once; the ALLOW for
+    // the client's two allowed connections; the dry-run policy never.
+    let by = |policy: &str, outcome: &str| {
+        m.b.metric(&format!(
+            "zpath_policy_decisions_by_policy_total{{policy=\"{policy}\",outcome=\"{outcome}\"}}"
+        ))
+    };
+    assert_eq!(by("default/deny-port", "deny"), 1);
+    assert_eq!(by("default/allow-client", "allow"), 2);
+    assert_eq!(by("default/dry-deny-all", "deny"), 0);
     m.b.assert_no_open_connections();
 }
 
