@@ -13,8 +13,8 @@ use tokio::sync::oneshot;
 use tokio::task::LocalSet;
 
 use support::ca_server::TestRoot;
-use support::xds_server::{Seen, TestXdsServer, WAIT};
-use zpath_control::proto::envoy::service::discovery::v3::{DeltaDiscoveryResponse, Resource};
+use support::xds_server::{response, Seen, TestXdsServer, WAIT};
+use zpath_control::proto::envoy::service::discovery::v3::Resource;
 use zpath_control::proto::istio::security::{Action, Authorization, Scope};
 use zpath_control::proto::istio::workload::{address, Address, NetworkAddress, Service, Workload};
 use zpath_control::xds::resource::to_any;
@@ -131,21 +131,6 @@ fn policy(name: &str, version: &str, action: Action) -> Resource {
         name: name.into(),
         version: version.into(),
         resource: Some(to_any(AUTHORIZATION_TYPE_URL, &p)),
-        ..Default::default()
-    }
-}
-
-fn response(
-    type_url: &str,
-    nonce: &str,
-    resources: Vec<Resource>,
-    removed: &[&str],
-) -> DeltaDiscoveryResponse {
-    DeltaDiscoveryResponse {
-        type_url: type_url.into(),
-        nonce: nonce.into(),
-        resources,
-        removed_resources: removed.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
     }
 }

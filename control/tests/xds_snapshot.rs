@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::LocalSet;
 
-use support::xds_server::{Seen, TestXdsServer, WAIT};
+use support::xds_server::{response, Seen, TestXdsServer, WAIT};
 use zpath_control::proto::envoy::service::discovery::v3::{DeltaDiscoveryResponse, Resource};
 use zpath_control::proto::istio::security::{Action, Authorization, Rule, Scope};
 use zpath_control::proto::istio::workload::{
@@ -97,21 +97,6 @@ fn deny_all(version: &str) -> Resource {
         name: "default/deny-all".into(),
         version: version.into(),
         resource: Some(to_any(AUTHORIZATION_TYPE_URL, &p)),
-        ..Default::default()
-    }
-}
-
-fn response(
-    type_url: &str,
-    nonce: &str,
-    resources: Vec<Resource>,
-    removed: &[&str],
-) -> DeltaDiscoveryResponse {
-    DeltaDiscoveryResponse {
-        type_url: type_url.into(),
-        nonce: nonce.into(),
-        resources,
-        removed_resources: removed.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
     }
 }

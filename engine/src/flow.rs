@@ -165,28 +165,11 @@ pub async fn socks5(
     let mut upstream = match upstream {
         Upstream::Tcp(u) => u,
         Upstream::Hbone(stream) => {
-            client
-                .write_all(&socks5::reply(Reply::Succeeded, None))
-                .await
-                .map_err(|e| {
-                    fail(
-                        FailReason::Socks5,
-                        format!("cannot answer the SOCKS5 client: {e}"),
-                    )
-                })?;
+            socks5_succeeded(&mut client, None).await?;
             return hbone::relay_client(shard, client, stream, &buf[early], info).await;
         }
     };
-    let bound = upstream.local_addr().ok();
-    client
-        .write_all(&socks5::reply(Reply::Succeeded, bound))
-        .await
-        .map_err(|e| {
-            fail(
-                FailReason::Socks5,
-                format!("cannot answer the SOCKS5 client: {e}"),
-            )
-        })?;
+    socks5_succeeded(&mut client, upstream.local_addr().ok()).await?;
     if !early.is_empty() {
         // Data the client sent right after its request, before our answer: it is part
         // of the request bytes, counted like the relay counts them.
@@ -201,6 +184,22 @@ pub async fn socks5(
         info.up.set(info.up.get() + n);
     }
     relay_pair(shard, client, upstream, info, Direction::Outbound).await
+}
+
+/// Tells the SOCKS5 client its CONNECT succeeded (bound to `bound`, when known).
+async fn socks5_succeeded(
+    client: &mut TcpStream,
+    bound: Option<SocketAddr>,
+) -> Result<(), Failure> {
+    client
+        .write_all(&socks5::reply(Reply::Succeeded, bound))
+        .await
+        .map_err(|e| {
+            fail(
+                FailReason::Socks5,
+                format!("cannot answer the SOCKS5 client: {e}"),
+            )
+        })
 }
 
 enum HandshakeError {

@@ -52,3 +52,47 @@ pub fn roundtrip(mut s: std::net::TcpStream, data: &[u8]) -> Vec<u8> {
     s.shutdown(std::net::Shutdown::Write).expect("half-close");
     reading.join().expect("reader thread")
 }
+
+/// True (with a message) when the test must be skipped because it needs root for
+/// network namespaces and iptables.
+pub fn skip_unless_root() -> bool {
+    if is_root() {
+        return false;
+    }
+    eprintln!("skipped: network namespaces and iptables need root");
+    true
+}
+
+/// An HTTP/2 CONNECT request to `authority` (`ip:port`, or anything to test refusals).
+pub fn connect_request(authority: &str) -> http::Request<()> {
+    http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(authority)
+        .body(())
+        .expect("request")
+}
+
+/// Whether the other side closed the stream (EOF or reset) within a few seconds.
+pub fn closed_by_peer(s: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("read timeout");
+    let mut b = [0u8; 16];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    }
+}
+
+/// Waits up to `limit` for `cond`, polling every 50 ms; panics naming `what` otherwise.
+pub fn wait_for(what: &str, limit: std::time::Duration, cond: impl Fn() -> bool) {
+    let until = std::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < until,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -10,18 +10,18 @@ mod support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::ca_server::{TestCa, TestRoot};
-use support::xds_server::TestXdsServer;
-use zpath_control::proto::envoy::service::discovery::v3::{DeltaDiscoveryResponse, Resource};
+use support::xds_server::{response, TestXdsServer};
+use zpath_control::proto::envoy::service::discovery::v3::Resource;
 use zpath_control::proto::istio::security::{Action, Authorization, Clause, Match, Rule, Scope};
 use zpath_control::proto::istio::workload::{address, Address, TunnelProtocol, Workload};
 use zpath_control::xds::resource::to_any;
 use zpath_control::xds::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 use zpath_tests::echo::EchoServer;
 use zpath_tests::netns::Netns;
-use zpath_tests::{is_root, roundtrip, Node, NodeOptions};
+use zpath_tests::{is_root, roundtrip, wait_for, Node, NodeOptions};
 
 fn workload() -> Resource {
     let a = Address {
@@ -66,29 +66,6 @@ fn deny_port(port: u16) -> Resource {
         version: "1".into(),
         resource: Some(to_any(AUTHORIZATION_TYPE_URL, &p)),
         ..Default::default()
-    }
-}
-
-fn response(
-    type_url: &str,
-    nonce: &str,
-    resources: Vec<Resource>,
-    removed: &[&str],
-) -> DeltaDiscoveryResponse {
-    DeltaDiscoveryResponse {
-        type_url: type_url.into(),
-        nonce: nonce.into(),
-        resources,
-        removed_resources: removed.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    }
-}
-
-fn wait_for(what: &str, cond: impl Fn() -> bool) {
-    let until = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -150,7 +127,7 @@ fn workloads_policies_and_certificates_come_from_the_control_plane() {
         assert!(dump.contains("Kubernetes//Pod/default/local"), "{dump}");
 
         // The workload's certificate came from the CA, for its identity.
-        wait_for("a certificate from the CA", || {
+        wait_for("a certificate from the CA", Duration::from_secs(20), || {
             node.metric("zpath_certificates ") == 1
         });
         let csrs = ca.seen();
@@ -174,7 +151,9 @@ fn workloads_policies_and_certificates_come_from_the_control_plane() {
             vec![deny_port(echo.addr.port())],
             &[],
         )));
-        wait_for("the policy to apply", || flow(&node, echo.addr).is_err());
+        wait_for("the policy to apply", Duration::from_secs(20), || {
+            flow(&node, echo.addr).is_err()
+        });
         assert!(
             node.metric("zpath_hbone_connect_responses_total{side=\"server\",status=\"401\"}") >= 1
         );
@@ -184,7 +163,9 @@ fn workloads_policies_and_certificates_come_from_the_control_plane() {
             vec![],
             &["default/deny-port"],
         )));
-        wait_for("the policy removal", || flow(&node, echo.addr).is_ok());
+        wait_for("the policy removal", Duration::from_secs(20), || {
+            flow(&node, echo.addr).is_ok()
+        });
         assert!(node.metric("zpath_xds_updates_total{result=\"accepted\"}") >= 4);
         node.assert_no_open_connections();
     });

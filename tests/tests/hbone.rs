@@ -9,19 +9,11 @@ use std::net::SocketAddr;
 
 use zpath_tests::echo::EchoServer;
 use zpath_tests::mesh::{self, Mesh};
-use zpath_tests::{is_root, pattern, roundtrip};
-
-fn skip() -> bool {
-    if !is_root() {
-        eprintln!("skipped: network namespaces need root");
-        return true;
-    }
-    false
-}
+use zpath_tests::{connect_request, pattern, roundtrip, skip_unless_root, wait_for};
 
 #[test]
 fn bytes_cross_two_nodes_intact_from_1_byte_to_256_mib() {
-    if skip() {
+    if skip_unless_root() {
         return;
     }
     let net = "10.79.0";
@@ -75,7 +67,7 @@ fn bytes_cross_two_nodes_intact_from_1_byte_to_256_mib() {
 
 #[test]
 fn half_close_and_reset_cross_the_tunnel() {
-    if skip() {
+    if skip_unless_root() {
         return;
     }
     let net = "10.79.1";
@@ -116,7 +108,7 @@ fn half_close_and_reset_cross_the_tunnel() {
 
 #[test]
 fn an_unreachable_port_is_a_503_and_a_refused_socks5_connect() {
-    if skip() {
+    if skip_unless_root() {
         return;
     }
     let net = "10.79.2";
@@ -141,7 +133,7 @@ fn an_unreachable_port_is_a_503_and_a_refused_socks5_connect() {
 
 #[test]
 fn a_thousand_concurrent_flows_share_pooled_tunnels() {
-    if skip() {
+    if skip_unless_root() {
         return;
     }
     let net = "10.79.3";
@@ -193,13 +185,17 @@ fn a_thousand_concurrent_flows_share_pooled_tunnels() {
     drop(streams);
     m.a.assert_no_open_connections();
     m.b.assert_no_open_connections();
-    wait_for(|| m.a.metric("zpath_hbone_client_streams") == 0);
-    wait_for(|| m.b.metric("zpath_hbone_server_streams") == 0);
+    wait_for("the gauge", std::time::Duration::from_secs(10), || {
+        m.a.metric("zpath_hbone_client_streams") == 0
+    });
+    wait_for("the gauge", std::time::Duration::from_secs(10), || {
+        m.b.metric("zpath_hbone_server_streams") == 0
+    });
 }
 
 #[test]
 fn idle_tunnels_are_released() {
-    if skip() {
+    if skip_unless_root() {
         return;
     }
     let net = "10.79.4";
@@ -216,15 +212,21 @@ fn idle_tunnels_are_released() {
     let s = m.connect(echo.addr).unwrap();
     assert_eq!(roundtrip(s, b"idle"), b"idle");
     assert!(m.a.metric("zpath_hbone_tunnels") >= 1);
-    wait_for(|| m.a.metric("zpath_hbone_tunnels") == 0);
-    wait_for(|| m.a.metric("zpath_hbone_pool_keys") == 0);
+    wait_for("the gauge", std::time::Duration::from_secs(10), || {
+        m.a.metric("zpath_hbone_tunnels") == 0
+    });
+    wait_for("the gauge", std::time::Duration::from_secs(10), || {
+        m.a.metric("zpath_hbone_pool_keys") == 0
+    });
     // The server sees the connection end too.
-    wait_for(|| m.b.metric("zpath_hbone_server_connections") == 0);
+    wait_for("the gauge", std::time::Duration::from_secs(10), || {
+        m.b.metric("zpath_hbone_server_connections") == 0
+    });
 }
 
 #[test]
 fn the_client_refuses_a_server_presenting_another_identity() {
-    if skip() {
+    if skip_unless_root() {
         return;
     }
     let net = "10.79.5";
@@ -250,23 +252,6 @@ fn the_client_refuses_a_server_presenting_another_identity() {
     m.a.assert_no_open_connections();
 }
 
-/// Waits up to 10 s for `cond`.
-fn wait_for(cond: impl Fn() -> bool) {
-    wait_for_within(std::time::Duration::from_secs(10), cond)
-}
-
-/// Waits up to `limit` for `cond`.
-fn wait_for_within(limit: std::time::Duration, cond: impl Fn() -> bool) {
-    let until = std::time::Instant::now() + limit;
-    while !cond() {
-        assert!(
-            std::time::Instant::now() < until,
-            "condition not met in {limit:?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
 fn raise_fd_limit() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -280,17 +265,9 @@ fn raise_fd_limit() {
     }
 }
 
-fn connect_to(authority: &str) -> http::Request<()> {
-    http::Request::builder()
-        .method(http::Method::CONNECT)
-        .uri(authority)
-        .body(())
-        .unwrap()
-}
-
 #[test]
 fn malformed_or_misaddressed_requests_get_400() {
-    if skip() {
+    if skip_unless_root() {
         return;
     }
     let net = "10.79.6";
@@ -304,13 +281,13 @@ fn malformed_or_misaddressed_requests_get_400() {
         "client",
         vec![
             get,
-            connect_to("example.com:80"),
+            connect_request("example.com:80"),
             // An address node B serves no workload at.
-            connect_to(&format!("{net}.9:80")),
+            connect_request(&format!("{net}.9:80")),
             // Node A's workload: not on this node.
-            connect_to(&format!("{net}.1:80")),
+            connect_request(&format!("{net}.1:80")),
             // Well formed: relayed.
-            connect_to(&echo.addr.to_string()),
+            connect_request(&echo.addr.to_string()),
         ],
     );
     assert_eq!(
@@ -324,12 +301,14 @@ fn malformed_or_misaddressed_requests_get_400() {
         4
     );
     m.b.assert_no_open_connections();
-    wait_for(|| m.b.metric("zpath_hbone_server_connections") == 0);
+    wait_for("the gauge", std::time::Duration::from_secs(10), || {
+        m.b.metric("zpath_hbone_server_connections") == 0
+    });
 }
 
 #[test]
 fn a_service_vip_reaches_an_hbone_endpoint_with_its_port_mapping() {
-    if skip() {
+    if skip_unless_root() {
         return;
     }
     let net = "10.79.7";
@@ -368,7 +347,7 @@ fn a_service_vip_reaches_an_hbone_endpoint_with_its_port_mapping() {
 
 #[test]
 fn garbage_and_stalled_handshakes_on_15008_are_closed_and_counted() {
-    if skip() {
+    if skip_unless_root() {
         return;
     }
     let net = "10.79.8";
@@ -432,7 +411,7 @@ fn garbage_and_stalled_handshakes_on_15008_are_closed_and_counted() {
 
 #[test]
 fn a_broken_tunnel_resets_its_flows_and_leaves_the_pool() {
-    if skip() {
+    if skip_unless_root() {
         return;
     }
     let net = "10.79.9";
@@ -461,9 +440,11 @@ fn a_broken_tunnel_resets_its_flows_and_leaves_the_pool() {
     assert!(ended, "the flow ends when its tunnel breaks");
     // The pool stops counting the broken tunnel as soon as its connection ends (well
     // before the idle sweep, every 5 s by default).
-    wait_for_within(std::time::Duration::from_secs(2), || {
-        m.a.metric("zpath_hbone_tunnels") == 0
-    });
+    wait_for(
+        "the broken tunnel to leave the pool",
+        std::time::Duration::from_secs(2),
+        || m.a.metric("zpath_hbone_tunnels") == 0,
+    );
     m.a.assert_no_open_connections();
     // A new flow finds no tunnel and no listener: refused, not hung.
     assert!(m.connect(echo.addr).is_err());

@@ -18,7 +18,7 @@ use zpath_tests::h2raw::{self, code, flag, kind, Conn, End, Flood, Seen};
 use zpath_tests::mesh::{self, Mesh};
 use zpath_tests::netns::Netns;
 use zpath_tests::node::{http_get, sum_metric};
-use zpath_tests::{is_root, pattern, roundtrip};
+use zpath_tests::{pattern, roundtrip};
 
 /// Peak memory growth of node B tolerated during one attack.
 const MEMORY_BOUND_KIB: u64 = 50 << 10;
@@ -28,14 +28,6 @@ const ANSWER: Duration = Duration::from_secs(5);
 
 /// Longest a test writes (and reads) through one attack.
 const PUMP: Duration = Duration::from_secs(20);
-
-fn skip() -> bool {
-    if !is_root() {
-        eprintln!("skipped: network namespaces need root");
-        return true;
-    }
-    false
-}
 
 /// Two nodes, an echo server behind node B, and node B's process for memory readings.
 struct Target {
@@ -231,7 +223,7 @@ async fn connect_status(c: &mut Conn, stream: u32, authority: &str) -> (Option<u
 
 #[test]
 fn rapid_reset_gets_enhance_your_calm_and_the_node_keeps_serving() {
-    if skip() {
+    if zpath_tests::skip_unless_root() {
         return;
     }
     let mut t = Target::start("ha1", "10.81.1");
@@ -323,7 +315,7 @@ fn batched_resets(t: &Target, authority: String, batches: u32, per: u32) -> (u32
 /// amplification past h2's pending-accept limit).
 #[test]
 fn cancelled_streams_open_no_upstream_connections() {
-    if skip() {
+    if zpath_tests::skip_unless_root() {
         return;
     }
     let mut t = Target::start("ha8", "10.81.8");
@@ -351,7 +343,7 @@ fn cancelled_streams_open_no_upstream_connections() {
 
 #[test]
 fn continuation_floods_are_cut_off_and_oversized_headers_refused() {
-    if skip() {
+    if zpath_tests::skip_unless_root() {
         return;
     }
     let mut t = Target::start("ha2", "10.81.2");
@@ -481,7 +473,7 @@ async fn flood_unread(
 
 #[test]
 fn settings_flood_is_pushed_back_and_answered_in_order() {
-    if skip() {
+    if zpath_tests::skip_unless_root() {
         return;
     }
     let mut t = Target::start("ha3", "10.81.3");
@@ -529,7 +521,7 @@ fn settings_flood_is_pushed_back_and_answered_in_order() {
 
 #[test]
 fn ping_flood_is_pushed_back_and_answered_in_order() {
-    if skip() {
+    if zpath_tests::skip_unless_root() {
         return;
     }
     let mut t = Target::start("ha4", "10.81.4");
@@ -566,7 +558,7 @@ fn ping_flood_is_pushed_back_and_answered_in_order() {
 
 #[test]
 fn window_overflow_is_a_flow_control_error() {
-    if skip() {
+    if zpath_tests::skip_unless_root() {
         return;
     }
     let mut t = Target::start("ha5", "10.81.5");
@@ -658,7 +650,7 @@ fn window_overflow_is_a_flow_control_error() {
 
 #[test]
 fn reused_lower_or_even_stream_ids_are_protocol_errors() {
-    if skip() {
+    if zpath_tests::skip_unless_root() {
         return;
     }
     let mut t = Target::start("ha6", "10.81.6");
@@ -798,7 +790,7 @@ fn reused_lower_or_even_stream_ids_are_protocol_errors() {
 
 #[test]
 fn streams_reset_for_the_peers_errors_are_limited() {
-    if skip() {
+    if zpath_tests::skip_unless_root() {
         return;
     }
     let mut t = Target::start("ha7", "10.81.7");

@@ -5,29 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
 
 use zpath_tests::echo::EchoServer;
-use zpath_tests::is_root;
 use zpath_tests::mesh::{self, Mesh};
-
-fn skip() -> bool {
-    if !is_root() {
-        eprintln!("skipped: network namespaces need root");
-        return true;
-    }
-    false
-}
-
-fn connect_to(authority: &str) -> http::Request<()> {
-    http::Request::builder()
-        .method(http::Method::CONNECT)
-        .uri(authority)
-        .body(())
-        .unwrap()
-}
+use zpath_tests::{closed_by_peer, connect_request, skip_unless_root};
 
 fn policy(name: &str, action: &str, dry_run: bool, matches: &str) -> String {
     format!(
@@ -39,7 +22,7 @@ const CLIENT: &str = "cluster.local/ns/default/sa/client";
 
 #[test]
 fn principals_are_allowed_and_denied_across_nodes() {
-    if skip() {
+    if skip_unless_root() {
         return;
     }
     let net = "10.80.1";
@@ -63,11 +46,11 @@ fn principals_are_allowed_and_denied_across_nodes() {
     let denied_port = format!("{net}.2:1234");
     let answers = m.hbone_requests(
         "client",
-        vec![connect_to(&target), connect_to(&denied_port)],
+        vec![connect_request(&target), connect_request(&denied_port)],
     );
     assert_eq!(answers, vec![Ok(200), Ok(401)]);
     // Another identity of the same trust domain is not allowed.
-    let answers = m.hbone_requests("intruder", vec![connect_to(&target)]);
+    let answers = m.hbone_requests("intruder", vec![connect_request(&target)]);
     assert_eq!(answers, vec![Ok(401)]);
     // Through node A, the client workload's flow passes.
     let mut s = m.connect(echo.addr).expect("allowed flow");
@@ -97,20 +80,9 @@ fn principals_are_allowed_and_denied_across_nodes() {
     m.b.assert_no_open_connections();
 }
 
-/// Whether the stream was closed by the other side (EOF or reset) within a few seconds.
-fn closed(s: &mut TcpStream) -> bool {
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut b = [0u8; 16];
-    match s.read(&mut b) {
-        Ok(0) => true,
-        Err(e) => e.kind() == ErrorKind::ConnectionReset,
-        Ok(_) => false,
-    }
-}
-
 #[test]
 fn strict_refuses_plaintext_while_hbone_passes() {
-    if skip() {
+    if skip_unless_root() {
         return;
     }
     let net = "10.80.2";
@@ -134,7 +106,7 @@ fn strict_refuses_plaintext_while_hbone_passes() {
         .client
         .enter(move || TcpStream::connect(target).unwrap());
     let _ = plain.write_all(b"plain");
-    assert!(closed(&mut plain), "plaintext refused");
+    assert!(closed_by_peer(&mut plain), "plaintext refused");
     // HBONE carries the client's identity and passes.
     let mut s = m.connect(echo.addr).expect("HBONE flow allowed");
     s.write_all(b"mtls").unwrap();
@@ -151,7 +123,7 @@ fn strict_refuses_plaintext_while_hbone_passes() {
 
 #[test]
 fn a_policy_push_closes_a_live_tunnelled_connection() {
-    if skip() {
+    if skip_unless_root() {
         return;
     }
     let net = "10.80.3";
@@ -177,7 +149,7 @@ fn a_policy_push_closes_a_live_tunnelled_connection() {
     );
     std::fs::write(&m.b.config_path, deny).unwrap();
     m.b.signal(libc::SIGHUP);
-    assert!(closed(&mut live), "the live connection is closed");
+    assert!(closed_by_peer(&mut live), "the live connection is closed");
     // A new one is refused with 401 (node A answers the SOCKS5 client with a failure).
     assert!(m.connect(echo.addr).is_err());
     assert_eq!(

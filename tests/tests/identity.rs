@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use zpath_tests::echo::EchoServer;
 use zpath_tests::mesh::{self, Mesh};
-use zpath_tests::{is_root, Node, NodeOptions};
+use zpath_tests::{connect_request, is_root, Node, NodeOptions};
 
 #[test]
 fn a_restart_keeps_the_root_in_the_state_directory() {
@@ -65,7 +65,7 @@ fn certificates_rotate_without_dropping_live_connections() {
     assert!(m.b.metric("zpath_certificates_issued_total") >= 3);
     // A new TLS connection succeeds: both sides present their renewed certificates
     // (the first ones have expired, and each side rejects an expired peer).
-    let answers = m.hbone_requests("client", vec![connect(&echo.addr.to_string())]);
+    let answers = m.hbone_requests("client", vec![connect_request(&echo.addr.to_string())]);
     assert_eq!(answers, vec![Ok(200)]);
     assert_eq!(
         m.b.metric("zpath_tls_handshakes_total{side=\"server\",outcome=\"failed\""),
@@ -73,12 +73,4 @@ fn certificates_rotate_without_dropping_live_connections() {
     );
     drop(live);
     m.a.assert_no_open_connections();
-}
-
-fn connect(authority: &str) -> http::Request<()> {
-    http::Request::builder()
-        .method(http::Method::CONNECT)
-        .uri(authority)
-        .body(())
-        .unwrap()
 }

@@ -4,13 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
 
 use zpath_tests::echo::EchoServer;
 use zpath_tests::netns::HostPair;
-use zpath_tests::{is_root, Node, NodeOptions};
+use zpath_tests::{closed_by_peer, is_root, Node, NodeOptions};
 
 const WORKLOAD: &str = "workloads:\n- name: app\n  namespace: default\n  workloadIps: [\"10.78.0.2\"]\n  node: node-a\n";
 
@@ -18,17 +17,6 @@ fn deny_client() -> String {
     format!(
         "{WORKLOAD}policies:\n- name: deny-client\n  namespace: default\n  scope: Namespace\n  action: Deny\n  rules:\n  - - - sourceIps: [\"10.78.0.1/32\"]\n"
     )
-}
-
-/// Whether the stream was closed by the other side (EOF or reset) within a few seconds.
-fn closed(s: &mut TcpStream) -> bool {
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut b = [0u8; 16];
-    match s.read(&mut b) {
-        Ok(0) => true,
-        Err(e) => e.kind() == ErrorKind::ConnectionReset,
-        Ok(_) => false,
-    }
 }
 
 #[test]
@@ -64,14 +52,14 @@ fn policy_denies_plaintext_inbound_and_a_policy_change_closes_live_connections()
     std::fs::write(&node.config_path, deny_client()).unwrap();
     node.signal(libc::SIGHUP);
     assert!(
-        closed(&mut live),
+        closed_by_peer(&mut live),
         "live connection closed after the policy change"
     );
 
     // ...and a new one is refused before the application is dialled.
     let mut fresh = client.enter(move || TcpStream::connect(target).unwrap());
     let _ = fresh.write_all(b"ping");
-    assert!(closed(&mut fresh), "new connection refused");
+    assert!(closed_by_peer(&mut fresh), "new connection refused");
     node.assert_no_open_connections();
     assert_eq!(
         node.metric("zpath_connections_failed_total{direction=\"inbound\",reason=\"denied\"}"),

@@ -17,7 +17,7 @@ use zpath_control::proto::envoy::service::discovery::v3::aggregated_discovery_se
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
 use zpath_control::proto::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
 
 /// Upper bound on waiting for the client; a hang guard, not a timing assertion.
@@ -203,5 +203,21 @@ impl TestXdsServer {
             task: tokio::spawn(async {}),
             shutdown: None,
         }
+    }
+}
+
+/// A delta response of `type_url` with `resources` added or updated and `removed` gone.
+pub fn response(
+    type_url: &str,
+    nonce: &str,
+    resources: Vec<Resource>,
+    removed: &[&str],
+) -> DeltaDiscoveryResponse {
+    DeltaDiscoveryResponse {
+        type_url: type_url.into(),
+        nonce: nonce.into(),
+        resources,
+        removed_resources: removed.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
     }
 }
