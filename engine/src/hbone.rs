@@ -306,6 +306,12 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let stats = &shard.stats;
     let local_ip = local.ip().to_canonical();
     let snapshot = shard.snapshot();
+    if snapshot.generation == 0 {
+        stats.dir(Direction::Inbound).failed[FailReason::NoConfig as usize].add(1);
+        info!(%peer, %local, "no configuration applied yet; HBONE connection refused");
+        stream.abort();
+        return;
+    }
     let Some(wl) = snapshot.local_workload(local_ip) else {
         stats.dir(Direction::Inbound).failed[FailReason::UnknownTarget as usize].add(1);
         info!(%peer, %local, "HBONE connection to an address this node serves no workload at; closed");

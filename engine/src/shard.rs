@@ -457,6 +457,15 @@ async fn serve(
     use std::os::fd::AsRawFd;
     let _ = stream.set_nodelay(true);
     guard.info.fds.set([stream.as_raw_fd(), -1]);
+    if shard.snapshot().generation == 0 {
+        // No configuration yet (xDS has not answered): nothing is known of workloads
+        // or policies, so nothing is relayed.
+        crate::relay::Abort::abort(&stream);
+        return Err(flow::fail(
+            FailReason::NoConfig,
+            "no configuration applied yet; refusing until the control plane answers",
+        ));
+    }
     match kind {
         ListenerKind::Outbound => flow::outbound(shard, stream, &guard.info).await,
         ListenerKind::Inbound => flow::inbound(shard, stream, &guard.info).await,

@@ -94,10 +94,12 @@ pub enum FailReason {
     Tunnel = 12,
     /// An HBONE request we answered 400.
     BadRequest = 13,
+    /// No configuration applied yet (xDS has not answered): refused, failing closed.
+    NoConfig = 14,
 }
 
 impl FailReason {
-    const ALL: [FailReason; 14] = [
+    const ALL: [FailReason; 15] = [
         FailReason::UpstreamConnect,
         FailReason::NoOriginalDst,
         FailReason::Loop,
@@ -112,6 +114,7 @@ impl FailReason {
         FailReason::Tls,
         FailReason::Tunnel,
         FailReason::BadRequest,
+        FailReason::NoConfig,
     ];
 
     /// The metric label.
@@ -131,6 +134,7 @@ impl FailReason {
             FailReason::Tls => "tls",
             FailReason::Tunnel => "tunnel",
             FailReason::BadRequest => "bad_request",
+            FailReason::NoConfig => "no_config",
         }
     }
 }
@@ -147,7 +151,7 @@ pub struct DirectionStats {
     /// Bytes from the server back to the client (Istio: sent).
     pub sent_bytes: Counter,
     /// Failures by reason.
-    pub failed: [Counter; 14],
+    pub failed: [Counter; 15],
 }
 
 /// All counters of one shard.

@@ -70,10 +70,13 @@ fn deny_port(port: u16) -> Resource {
 }
 
 /// Through the node's SOCKS5 entry from 127.0.0.1 (the workload), over HBONE to its
-/// own 15008, to `target`.
-fn flow(node: &Node, target: SocketAddr) -> Result<Vec<u8>, u8> {
-    let s = zpath_tests::socks5::connect(node.socks5, target).expect("SOCKS5 listener")?;
-    Ok(roundtrip(s, b"over the mesh"))
+/// own 15008, to `target`; `Err` says how it was refused.
+fn flow(node: &Node, target: SocketAddr) -> Result<Vec<u8>, String> {
+    match zpath_tests::socks5::connect(node.socks5, target) {
+        Ok(Ok(s)) => Ok(roundtrip(s, b"over the mesh")),
+        Ok(Err(code)) => Err(format!("SOCKS5 reply {code}")),
+        Err(e) => Err(format!("closed: {e}")),
+    }
 }
 
 #[test]
@@ -116,6 +119,19 @@ fn workloads_policies_and_certificates_come_from_the_control_plane() {
             !matches!(node.get(node.readiness, "/healthz/ready"), Ok((200, _))),
             "ready before the first xDS response"
         );
+        // And failing closed: nothing is relayed without a configuration.
+        let early = EchoServer::start("127.0.0.1:0");
+        assert!(
+            flow(&node, early.addr).is_err(),
+            "relayed before any configuration"
+        );
+        assert_eq!(
+            node.metric(
+                "zpath_connections_failed_total{direction=\"outbound\",reason=\"no_config\"}"
+            ),
+            1
+        );
+        drop(early);
         rt.block_on(async {
             xds.push(response(ADDRESS_TYPE_URL, "n1", vec![workload()], &[]))
                 .await;

@@ -130,12 +130,17 @@ pub struct SnapshotHandler {
     aliases: HashMap<String, Held>,
     interner: Interner,
     stats: Arc<XdsStats>,
+    /// Types answered at least once: nothing is published before both Address and
+    /// Authorization have been, so the data path never runs on workloads without
+    /// their policies (a partial first configuration would fail open).
+    answered: [bool; 2],
+    published: bool,
 }
 
 impl SnapshotHandler {
     /// A handler for node `node_name` publishing into `cell`. It starts from an empty
-    /// configuration and publishes its first snapshot after the first response (even
-    /// an empty one: an empty cluster is a valid configuration).
+    /// configuration and publishes its first snapshot once both types have been
+    /// answered (even empty: an empty cluster is a valid configuration).
     pub fn new(cell: Arc<SnapshotCell>, node_name: &str) -> Self {
         let mut empty = SnapshotBuilder::new(node_name);
         empty.set_generation(0);
@@ -145,6 +150,8 @@ impl SnapshotHandler {
             aliases: HashMap::new(),
             interner: Interner::default(),
             stats: Arc::default(),
+            answered: [false; 2],
+            published: false,
         }
     }
 
@@ -313,15 +320,22 @@ impl XdsHandler for SnapshotHandler {
             }
             self.aliases.remove(&name);
         }
-        if applied > 0 || self.current.generation == 0 {
+        self.answered[usize::from(type_url == AUTHORIZATION_TYPE_URL)] = true;
+        let complete = self.answered.iter().all(|a| *a);
+        if complete && (applied > 0 || !self.published) {
             b.set_generation(self.cell.generation().max(self.current.generation) + 1);
             let next = Arc::new(b.finish());
             self.cell.publish_shared(next.clone());
             self.current = next;
+            self.published = true;
             self.stats
                 .snapshots_published
                 .fetch_add(1, Ordering::Relaxed);
             self.interner.prune();
+        } else if !complete && applied > 0 {
+            // Kept for the next response; not published yet.
+            b.set_generation(0);
+            self.current = Arc::new(b.finish());
         }
         self.count(applied, &rejected);
         if rejected.is_empty() {

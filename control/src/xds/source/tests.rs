@@ -74,9 +74,18 @@ fn deny(name: &str) -> XdsResource {
     }
 }
 
+/// A handler that has had istiod's (empty) first Authorization answer: its next
+/// Address answer completes the first configuration.
 fn handler() -> (SnapshotHandler, Arc<SnapshotCell>) {
     let cell = Arc::new(SnapshotCell::new(Snapshot::default()));
-    (SnapshotHandler::new(cell.clone(), "n1"), cell)
+    let mut h = SnapshotHandler::new(cell.clone(), "n1");
+    h.apply(AUTHORIZATION_TYPE_URL, vec![], vec![]).unwrap();
+    assert_eq!(
+        cell.generation(),
+        0,
+        "nothing published before both types answered"
+    );
+    (h, cell)
 }
 
 fn allowed(s: &Snapshot, dst: &str) -> bool {
@@ -90,13 +99,34 @@ fn allowed(s: &Snapshot, dst: &str) -> bool {
 }
 
 #[test]
-fn first_response_publishes_even_when_empty() {
-    let (mut h, cell) = handler();
+fn the_first_configuration_is_published_once_both_types_answered_even_empty() {
+    let cell = Arc::new(SnapshotCell::new(Snapshot::default()));
+    let mut h = SnapshotHandler::new(cell.clone(), "n1");
+    // Workloads without their policies would fail open: held back.
+    h.apply(
+        ADDRESS_TYPE_URL,
+        vec![workload("w1", [10, 0, 0, 1], "n1", &[])],
+        vec![],
+    )
+    .unwrap();
     assert_eq!(cell.generation(), 0);
-    h.apply(AUTHORIZATION_TYPE_URL, vec![], vec![]).unwrap();
+    h.apply(AUTHORIZATION_TYPE_URL, vec![deny("d")], vec![])
+        .unwrap();
     assert_eq!(cell.generation(), 1);
+    assert!(
+        !allowed(&cell.load(), "10.0.0.1"),
+        "published with its policy"
+    );
     h.apply(AUTHORIZATION_TYPE_URL, vec![], vec![]).unwrap();
     assert_eq!(cell.generation(), 1, "an empty delta publishes nothing new");
+
+    let (mut h, cell) = handler();
+    h.apply(ADDRESS_TYPE_URL, vec![], vec![]).unwrap();
+    assert_eq!(
+        cell.generation(),
+        1,
+        "an empty cluster is a configuration too"
+    );
 }
 
 #[test]
@@ -138,7 +168,8 @@ fn workloads_services_and_policies_reach_the_published_snapshot() {
     assert!(s.workloads.is_empty());
     assert!(s.services.is_empty());
     let stats = h.stats();
-    assert_eq!(stats.updates_accepted.load(Ordering::Relaxed), 4);
+    // Five answers: the first (empty) Authorization one and the four above.
+    assert_eq!(stats.updates_accepted.load(Ordering::Relaxed), 5);
     assert_eq!(stats.resources_applied.load(Ordering::Relaxed), 6);
 }
 
@@ -245,16 +276,19 @@ fn unknown_type_is_rejected_without_publishing() {
 #[test]
 fn prometheus_text_names_every_counter() {
     let (mut h, _cell) = handler();
+    h.apply(ADDRESS_TYPE_URL, vec![], vec![]).unwrap();
     h.apply(AUTHORIZATION_TYPE_URL, vec![deny("d")], vec![])
         .unwrap();
     let text = h.stats().prometheus();
+    // The first (empty) Authorization answer, an empty Address one, then the policy;
+    // published: the first configuration, then the policy.
     assert!(
-        text.contains("zpath_xds_updates_total{result=\"accepted\"} 1"),
+        text.contains("zpath_xds_updates_total{result=\"accepted\"} 3"),
         "{text}"
     );
     assert!(text.contains("zpath_xds_updates_total{result=\"rejected\"} 0"));
     assert!(text.contains("zpath_xds_resources_total{result=\"applied\"} 1"));
-    assert!(text.contains("zpath_xds_snapshots_published_total 1"));
+    assert!(text.contains("zpath_xds_snapshots_published_total 2"));
 }
 
 #[test]
