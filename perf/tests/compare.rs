@@ -152,3 +152,27 @@ fn compare_direct_against_zpath_passthrough() {
         dir.path().to_path_buf(),
     ));
 }
+
+#[test]
+fn compare_direct_against_zpath_hbone_between_two_nodes() {
+    let Some(bin) = std::env::var_os("ZPATH_BIN") else {
+        eprintln!(
+            "skipping: set ZPATH_BIN to a zpath binary to compare direct against zpath-hbone"
+        );
+        return;
+    };
+    if !zpath_perf::sys::is_root() {
+        eprintln!("skipping: zpath-hbone needs two network namespaces (root)");
+        return;
+    }
+    assert!(
+        PathBuf::from(&bin).exists(),
+        "ZPATH_BIN={bin:?} does not exist"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    run_and_check(&config(
+        &["direct", "zpath-hbone"],
+        false,
+        dir.path().to_path_buf(),
+    ));
+}
