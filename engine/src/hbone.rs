@@ -14,7 +14,6 @@ use std::cell::Cell;
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use glommio::net::TcpStream;
@@ -135,12 +134,6 @@ async fn outbound_inner(
         canonical_revision: src_wl.canonical_revision.to_string(),
     };
     drop(snapshot);
-    let Some(cert) = shard.certs().get(&src_id).cloned() else {
-        return Err(fail(
-            FailReason::NoCertificate,
-            format!("no certificate for {src_id} yet"),
-        ));
-    };
     let key = PoolKey {
         src_id,
         dst_ids: vec![dst_id],
@@ -148,16 +141,15 @@ async fn outbound_inner(
         src: src_ip,
     };
     info.state.set(ConnState::Connecting);
-    let connector = shard.clone();
-    let connect_key = key.clone();
-    let checkout = shard.tunnels.checkout(&key, move |promised| {
-        connect_tunnel(connector, cert, connect_key, promised)
+    // Called only when a new tunnel is needed: a pooled one costs no clone here.
+    let checkout = shard.tunnels.checkout(&key, |promised| {
+        connect_tunnel(shard.clone(), key.clone(), promised)
     });
     let (tunnel, slot) = checkout.await.map_err(|e| {
-        let reason = if e.label == "tls" {
-            FailReason::Tls
-        } else {
-            FailReason::UpstreamConnect
+        let reason = match e.label {
+            "tls" => FailReason::Tls,
+            "certificate" => FailReason::NoCertificate,
+            _ => FailReason::UpstreamConnect,
         };
         fail(reason, format!("tunnel to {} failed: {e}", key.dst))
     })?;
@@ -194,7 +186,6 @@ async fn outbound_inner(
 
 async fn connect_tunnel(
     shard: Rc<Shard>,
-    cert: Arc<zpath_crypto::CertifiedTls>,
     key: PoolKey,
     promised: Rc<Cell<u32>>,
 ) -> Result<Tunnel, ConnectFailed> {
@@ -202,12 +193,20 @@ async fn connect_tunnel(
         label,
         message: message.into(),
     };
-    shard.stats.hbone.client_handshakes.add(1);
+    let certs = shard.certs();
+    let Some(cert) = certs.get(&key.src_id) else {
+        return Err(failed(
+            "certificate",
+            format!("no certificate for {} yet", key.src_id),
+        ));
+    };
     let config = shard
         .client_tls
         .borrow_mut()
-        .get(&cert, &key.dst_ids)
+        .get(cert, &key.dst_ids)
         .map_err(|e| failed("tls", format!("cannot build the TLS configuration: {e}")))?;
+    drop(certs);
+    shard.stats.hbone.client_handshakes.add(1);
     let tcp = crate::flow::dial_from(&shard, key.dst, Some(key.src))
         .await
         .map_err(|e| failed("connect", format!("connect to {} failed: {e}", key.dst)))?;

@@ -26,6 +26,16 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local address").port()
 }
 
+/// `n` distinct free TCP ports on 127.0.0.1 (all bound at once, then released).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("local address").port())
+        .collect()
+}
+
 /// Deterministic test data of `len` bytes, different for each `seed`.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     let mut x: u32 = 0x1234_5678 ^ u32::from(seed);

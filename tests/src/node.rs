@@ -6,8 +6,6 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::free_port;
-
 /// The `zpath` binary, built once per test process.
 pub fn zpath_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
@@ -90,11 +88,40 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts a node and waits until it is ready.
+    /// Starts a node and waits until it is ready. Ports are picked free and released
+    /// before zpath binds them, so a parallel test can take one in between: a node
+    /// that could not bind its ports is started again on other ones (three tries).
     pub fn start(opts: NodeOptions) -> Node {
+        for _ in 0..2 {
+            let mut node = Self::spawn(opts.clone());
+            match node.wait_ready_or_exit() {
+                Ok(()) => return node,
+                Err(log) if log.contains("cannot listen") || log.contains("overlaps") => continue,
+                Err(log) => panic!("zpath exited during start-up: {log}"),
+            }
+        }
         let mut node = Self::spawn(opts);
         node.wait_ready();
         node
+    }
+
+    /// Waits for readiness; `Err(log)` if the process exited first.
+    fn wait_ready_or_exit(&mut self) -> Result<(), String> {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((200, _)) = self.get(self.readiness, "/healthz/ready") {
+                return Ok(());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                return Err(format!("({status}) {}", self.stderr()));
+            }
+            assert!(Instant::now() < until, "zpath did not become ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Starts a node without waiting for readiness.
@@ -104,10 +131,12 @@ impl Node {
         std::fs::write(&config_path, &opts.config).expect("write config");
         let ip = &opts.bind_ip;
         let addr = |port: u16| -> SocketAddr { format!("{ip}:{port}").parse().expect("address") };
-        let (socks5, outbound, inbound) = (addr(free_port()), addr(free_port()), addr(free_port()));
+        // Seven distinct ports, held together while picked.
+        let p = crate::free_ports(7);
+        let (socks5, outbound, inbound) = (addr(p[0]), addr(p[1]), addr(p[2]));
         let lo = |port: u16| -> SocketAddr { SocketAddr::from(([127, 0, 0, 1], port)) };
-        let (admin, metrics, readiness) = (lo(free_port()), lo(free_port()), lo(free_port()));
-        let hbone = addr(opts.hbone_port.unwrap_or_else(free_port));
+        let (admin, metrics, readiness) = (lo(p[3]), lo(p[4]), lo(p[5]));
+        let hbone = addr(opts.hbone_port.unwrap_or(p[6]));
         let mut cmd = match &opts.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -163,20 +192,8 @@ impl Node {
 
     /// Waits (up to 30 s) for `GET /healthz/ready` to answer 200.
     pub fn wait_ready(&mut self) {
-        let until = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok((200, _)) = self.get(self.readiness, "/healthz/ready") {
-                return;
-            }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("zpath exited during start-up ({status}): {}", self.stderr());
-            }
-            assert!(Instant::now() < until, "zpath did not become ready");
-            std::thread::sleep(Duration::from_millis(20));
+        if let Err(log) = self.wait_ready_or_exit() {
+            panic!("zpath exited during start-up {log}");
         }
     }
 

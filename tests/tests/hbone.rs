@@ -83,8 +83,11 @@ fn half_close_and_reset_cross_the_tunnel() {
         s.write_all(b"after-fin:").unwrap();
         s.write_all(&got).unwrap();
         drop(s);
-        // Then a reset: linger 0 and close.
-        let (r, _) = listener.accept().unwrap();
+        // Then a reset (linger 0 and close), once the client's first byte arrived so
+        // the stream is established end to end.
+        let (mut r, _) = listener.accept().unwrap();
+        let mut first = [0u8; 1];
+        r.read_exact(&mut first).unwrap();
         let sock = socket2::SockRef::from(&r);
         sock.set_linger(Some(std::time::Duration::ZERO)).unwrap();
         drop(r);
@@ -97,6 +100,7 @@ fn half_close_and_reset_cross_the_tunnel() {
     assert_eq!(got, b"after-fin:hello");
 
     let mut r = m.connect(addr).unwrap();
+    r.write_all(b"x").unwrap();
     let mut b = [0u8; 8];
     let err = r
         .read(&mut b)
@@ -239,11 +243,27 @@ fn the_client_refuses_a_server_presenting_another_identity() {
         m.connect(echo.addr).is_err(),
         "the flow must not be relayed"
     );
+    let diagnose = || {
+        let text = m.a.metrics_text();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                (l.contains("tls_handshakes") || l.contains("failed")) && !l.ends_with(" 0")
+            })
+            .collect();
+        format!(
+            "{}\n{}",
+            lines.join("\n"),
+            std::fs::read_to_string(m.a.dir().join("zpath.log")).unwrap_or_default()
+        )
+    };
     assert_eq!(
         m.a.metric(
             "zpath_tls_handshakes_total{side=\"client\",outcome=\"failed\",reason=\"identity_not_expected\"}"
         ),
-        1
+        1,
+        "{}",
+        diagnose()
     );
     assert_eq!(
         m.a.metric("zpath_connections_failed_total{direction=\"outbound\",reason=\"tls\"}"),

@@ -116,10 +116,22 @@ impl<K: Hash + Eq + Clone + 'static> Pool<K> {
     {
         let (connecting, waiting) = {
             let mut entries = self.entries.borrow_mut();
-            let entry = entries.entry(key.clone()).or_insert_with(|| Entry {
-                tunnels: Vec::new(),
-                pending: Vec::new(),
-            });
+            // The key is cloned only for a new entry, not on every checkout.
+            if !entries.contains_key(key) {
+                entries.insert(
+                    key.clone(),
+                    Entry {
+                        tunnels: Vec::new(),
+                        pending: Vec::new(),
+                    },
+                );
+            }
+            let Some(entry) = entries.get_mut(key) else {
+                return Err(ConnectFailed {
+                    label: "pool",
+                    message: "pool entry missing right after insertion".into(),
+                });
+            };
             entry.tunnels.retain(|t| !t.is_closed());
             if let Some(t) = entry.tunnels.iter().find(|t| t.state.has_room()) {
                 let slot = StreamSlot::take(&t.state);

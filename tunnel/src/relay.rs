@@ -98,9 +98,11 @@ async fn into_tunnel<R: AsyncRead + Unpin>(
                 return Err(RelayError::SocketRead(e));
             }
         };
-        buf.truncate(n);
-        let mut chunk = buf.freeze();
-        recycler.keep(chunk.clone());
+        // h2 gets the filled part; the recycler keeps the whole buffer, so taking it
+        // back clears nothing (its bytes are initialized already).
+        let whole = buf.freeze();
+        let mut chunk = whole.slice(..n);
+        recycler.keep(whole);
         while !chunk.is_empty() {
             send.reserve_capacity(chunk.len());
             let granted = match futures_lite::future::poll_fn(|cx| send.poll_capacity(cx)).await {
@@ -138,7 +140,7 @@ impl Recycler {
     const KEEP: usize = 4;
 
     /// A buffer of `len` initialized bytes: a recycled one when h2 is done with the
-    /// oldest (only the part past its last read is cleared), else a new one.
+    /// oldest (cleared only where it grows), else a new one.
     fn take(&mut self, len: usize) -> BytesMut {
         if let Some(oldest) = self.in_flight.pop_front() {
             match oldest.try_into_mut() {
