@@ -445,6 +445,14 @@ async fn serve_stream(
             ),
         ));
     }
+    let canonical = SocketAddr::new(dst_ip, target.port());
+    if shard.addrs.is_own(canonical, Some(outer.local)) {
+        refuse(&mut respond, StatusCode::BAD_REQUEST);
+        return Err(fail(
+            FailReason::Loop,
+            format!("CONNECT {target} names one of zpath's own ports"),
+        ));
+    }
     let peer = zpath_policy::Peer::parse(&outer.identity).ok();
     let conn = zpath_policy::Conn {
         src_ip: outer.peer.ip().to_canonical(),

@@ -306,19 +306,21 @@ fn malformed_or_misaddressed_requests_get_400() {
             connect_request(&format!("{net}.9:80")),
             // Node A's workload: not on this node.
             connect_request(&format!("{net}.1:80")),
+            // zpath's own HBONE port at the workload's address: a loop.
+            connect_request(&format!("{net}.2:15008")),
             // Well formed: relayed.
             connect_request(&echo.addr.to_string()),
         ],
     );
     assert_eq!(
         answers,
-        vec![Ok(400), Ok(400), Ok(400), Ok(400), Ok(200)],
+        vec![Ok(400), Ok(400), Ok(400), Ok(400), Ok(400), Ok(200)],
         "{}",
         m.b.metrics_text()
     );
     assert_eq!(
         m.b.metric("zpath_hbone_connect_responses_total{side=\"server\",status=\"400\"}"),
-        4
+        5
     );
     m.b.assert_no_open_connections();
     wait_for("the gauge", std::time::Duration::from_secs(10), || {
