@@ -52,6 +52,10 @@ pub type TunnelPool = zpath_tunnel::Pool<PoolKey>;
 
 type Tls = TlsStream<TcpStream>;
 
+/// TLS handshakes a shard runs at once on 15008; more connections are refused until
+/// some finish (each holds its session buffers, 3 x --tls-buffer, meanwhile).
+const MAX_PENDING_HANDSHAKES: u64 = 256;
+
 /// Opens a stream to the HBONE workload `dst_wl` at `target` for the client of `info`,
 /// through a pooled tunnel to the workload's node.
 pub async fn open(
@@ -89,10 +93,27 @@ pub async fn relay_client(
         shard.stats.dir(Direction::Outbound).received_bytes.add(n);
         info.up.set(info.up.get() + n);
     }
+    let _streams = Gauge::up(&shard.stats.hbone.client_streams);
     let result = relay(shard, client, send, recv, info).await;
     drop(slot);
-    shard.update_pool_gauges();
     result
+}
+
+/// Holds one unit of a gauge: added when made, taken back when dropped, also when the
+/// task holding it is cancelled (drain, policy re-check).
+struct Gauge<'a>(&'a crate::stats::Counter);
+
+impl<'a> Gauge<'a> {
+    fn up(counter: &'a crate::stats::Counter) -> Self {
+        counter.add(1);
+        Gauge(counter)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.sub(1);
+    }
 }
 
 async fn outbound_inner(
@@ -141,43 +162,62 @@ async fn outbound_inner(
         src: src_ip,
     };
     info.state.set(ConnState::Connecting);
-    // Called only when a new tunnel is needed: a pooled one costs no clone here.
-    let checkout = shard.tunnels.checkout(&key, |promised| {
-        connect_tunnel(shard.clone(), key.clone(), promised)
-    });
-    let (tunnel, slot) = checkout.await.map_err(|e| {
-        let reason = match e.label {
-            "tls" => FailReason::Tls,
-            "certificate" => FailReason::NoCertificate,
-            _ => FailReason::UpstreamConnect,
-        };
-        fail(reason, format!("tunnel to {} failed: {e}", key.dst))
-    })?;
-    shard.update_pool_gauges();
-    let req = connect::request(
-        target,
-        info.src,
-        &source.baggage(),
-        &connect::traceparent(
-            u128::from(shard.random()) << 64 | u128::from(shard.random()),
-            u64::from(shard.random()) << 32 | u64::from(shard.random()),
-        ),
-    )
-    .map_err(|e| fail(FailReason::Tunnel, format!("cannot build the request: {e}")))?;
-    let stream = match tunnel.open(req, slot).await {
-        Ok(s) => s,
-        Err(OpenError::Status(status)) => {
-            shard.stats.hbone.count_status(false, status.as_u16());
-            return Err(fail(
-                FailReason::Tunnel,
-                format!("{} answered {status} to CONNECT {target}", key.dst),
-            ));
+    let baggage = source.baggage();
+    // A pooled tunnel can turn out to take no new stream (a GOAWAY arrived): it is
+    // then marked closed, and the request goes once more, on another tunnel.
+    let mut attempts = 0;
+    let stream = loop {
+        attempts += 1;
+        // Called only when a new tunnel is needed: a pooled one costs no clone here.
+        let handshakes = shard.tunnels.handshakes();
+        let checkout = shard.tunnels.checkout(&key, |promised| {
+            connect_tunnel(shard.clone(), key.clone(), promised)
+        });
+        let checked_out = checkout.await;
+        if shard.tunnels.handshakes() != handshakes {
+            // A tunnel was made (or tried): the pool gauges change.
+            shard.update_pool_gauges();
         }
-        Err(OpenError::H2(e)) => {
-            return Err(fail(
-                FailReason::Tunnel,
-                format!("tunnel to {} failed: {e}", key.dst),
-            ))
+        let (tunnel, slot) = checked_out.map_err(|e| {
+            let reason = match e.label {
+                "tls" => FailReason::Tls,
+                "certificate" => FailReason::NoCertificate,
+                _ => FailReason::UpstreamConnect,
+            };
+            fail(reason, format!("tunnel to {} failed: {e}", key.dst))
+        })?;
+        let req = connect::request(
+            target,
+            info.src,
+            &baggage,
+            &connect::traceparent(
+                u128::from(shard.random()) << 64 | u128::from(shard.random()),
+                u64::from(shard.random()) << 32 | u64::from(shard.random()),
+            ),
+        )
+        .map_err(|e| fail(FailReason::Tunnel, format!("cannot build the request: {e}")))?;
+        // The answer is bounded like a connect: a peer that never answers does not
+        // hold the flow (and its slot) forever.
+        let limit = shard.cfg.connect_timeout;
+        let opened = glommio::timer::timeout(limit, async { Ok(tunnel.open(req, slot).await) })
+            .await
+            .unwrap_or_else(|_| Err(OpenError::H2(h2::Error::from(h2::Reason::CANCEL))));
+        match opened {
+            Ok(s) => break s,
+            Err(OpenError::Status(status)) => {
+                shard.stats.hbone.count_status(false, status.as_u16());
+                return Err(fail(
+                    FailReason::Tunnel,
+                    format!("{} answered {status} to CONNECT {target}", key.dst),
+                ));
+            }
+            Err(OpenError::H2(_)) if attempts == 1 && tunnel.is_closed() => continue,
+            Err(OpenError::H2(e)) => {
+                return Err(fail(
+                    FailReason::Tunnel,
+                    format!("tunnel to {} failed: {e}", key.dst),
+                ))
+            }
         }
     };
     shard.stats.hbone.count_status(false, 200);
@@ -325,6 +365,15 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         stream.abort();
         return;
     };
+    // Each handshake holds its TLS buffers before the peer proved anything: bounded.
+    if stats.hbone.handshakes_in_flight.get() >= MAX_PENDING_HANDSHAKES {
+        stats.hbone.count_tls(true, Some("overload"));
+        stats.dir(Direction::Inbound).failed[FailReason::Tls as usize].add(1);
+        info!(%peer, %local, "{MAX_PENDING_HANDSHAKES} TLS handshakes already in progress on this shard; connection refused");
+        stream.abort();
+        return;
+    }
+    let pending = Gauge::up(&stats.hbone.handshakes_in_flight);
     let limit = shard.cfg.handshake_timeout;
     let buffers = SessionBuffers::new(shard.cfg.tls_buffer);
     let accepted = glommio::timer::timeout(limit, async {
@@ -346,6 +395,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             return;
         }
     };
+    drop(pending);
     stats.hbone.count_tls(true, None);
     let Some(identity) = tls
         .peer()
@@ -400,12 +450,12 @@ fn spawn_stream(
     *guard.info.peer.borrow_mut() = Some(outer.identity.clone());
     let id = guard.info.id;
     shard.stats.dir(Direction::Inbound).opened.add(1);
-    shard.stats.hbone.server_streams.add(1);
     let s = shard.clone();
     let outer = outer.clone();
     let task = glommio::spawn_local(async move {
+        let streams = Gauge::up(&s.stats.hbone.server_streams);
         let result = serve_stream(&s, &outer, req, respond, &guard).await;
-        s.stats.hbone.server_streams.sub(1);
+        drop(streams);
         crate::shard::finish(&s, Direction::Inbound, &guard, result);
     })
     .detach();

@@ -42,10 +42,15 @@ pub struct BoundAddrs {
 impl BoundAddrs {
     /// Whether `dst` is one of our own listeners (relaying there would loop).
     pub fn is_own(&self, dst: SocketAddr, local: Option<SocketAddr>) -> bool {
+        // IPv4-mapped IPv6 addresses (dual-stack sockets) compare as IPv4.
+        let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+        let dst = canonical(dst);
+        let local = local.map(canonical);
         let ours = [self.outbound, self.inbound, self.socks5, self.hbone]
             .into_iter()
             .flatten()
-            .chain(self.reserved.iter().copied());
+            .chain(self.reserved.iter().copied())
+            .map(canonical);
         let dst_is_local = dst.ip().is_loopback()
             || dst.ip().is_unspecified()
             || local.is_some_and(|l| l.ip() == dst.ip());
@@ -202,12 +207,12 @@ impl Shard {
         cur.clone()
     }
 
-    /// Refreshes the HBONE pool gauges from the pool.
+    /// Refreshes the tunnel and pool-key gauges from the pool (it walks the pool:
+    /// called when a tunnel is made or ends, and by the idle sweep, not per flow).
     pub fn update_pool_gauges(&self) {
         let p = self.tunnels.stats();
         let h = &self.stats.hbone;
         h.tunnels.set(p.tunnels as u64);
-        h.client_streams.set(p.streams);
         h.pool_keys.set(p.keys as u64);
     }
 

@@ -241,8 +241,9 @@ pub fn tls_failure_labels() -> impl Iterator<Item = &'static str> {
         .chain(TLS_SESSION_LABELS.iter().copied())
 }
 
-const TLS_SESSION_LABELS: [&str; 8] = [
+const TLS_SESSION_LABELS: [&str; 9] = [
     "timeout",
+    "overload",
     "alert_received",
     "protocol_error",
     "record_too_large",
@@ -269,6 +270,8 @@ pub struct HboneStats {
     pub server_connections: Counter,
     /// Server streams open now.
     pub server_streams: Counter,
+    /// Server TLS handshakes in progress on 15008.
+    pub handshakes_in_flight: Counter,
     /// CONNECT answers received as client, by [`CONNECT_STATUSES`].
     pub client_status: [Counter; 6],
     /// CONNECT answers sent as server, by [`CONNECT_STATUSES`].

@@ -129,9 +129,21 @@ where
 }
 
 impl Tunnel {
-    /// Whether the connection has ended (GOAWAY, error, or closed by us).
+    /// Whether the connection has ended or can take no new stream (GOAWAY received,
+    /// connection error, or closed by us). A GOAWAY leaves the connection open for
+    /// the streams it carries, but refuses new ones at once: checked here without
+    /// waiting, and remembered.
     pub fn is_closed(&self) -> bool {
-        self.state.closed.get()
+        if self.state.closed.get() {
+            return true;
+        }
+        let mut sender = self.sender.clone();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if let std::task::Poll::Ready(Err(_)) = sender.poll_ready(&mut cx) {
+            self.state.closed.set(true);
+            return true;
+        }
+        false
     }
 
     /// Open streams on this tunnel.
@@ -142,8 +154,18 @@ impl Tunnel {
     /// Sends `req` on a new stream and waits for the answer; a 200 yields the stream.
     pub async fn open(&self, req: Request<()>, slot: StreamSlot) -> Result<OpenStream, OpenError> {
         let mut sender = self.sender.clone();
-        futures_lite::future::poll_fn(|cx| sender.poll_ready(cx)).await?;
-        let (response, send) = sender.send_request(req, false)?;
+        let sent = match futures_lite::future::poll_fn(|cx| sender.poll_ready(cx)).await {
+            Ok(()) => sender.send_request(req, false),
+            Err(e) => Err(e),
+        };
+        let (response, send) = match sent {
+            Ok(s) => s,
+            Err(e) => {
+                // The connection takes no new streams: the pool must not offer it again.
+                self.state.closed.set(true);
+                return Err(e.into());
+            }
+        };
         let response = response.await?;
         if response.status() != StatusCode::OK {
             return Err(OpenError::Status(response.status()));

@@ -136,21 +136,30 @@ struct Recycler {
 }
 
 impl Recycler {
-    /// Buffers remembered at most; older ones are left for h2 to free.
-    const KEEP: usize = 4;
+    /// Buffers remembered at most (h2 queues up to its send buffer of them); older ones
+    /// are left for h2 to free.
+    const KEEP: usize = 32;
 
-    /// A buffer of `len` initialized bytes: a recycled one when h2 is done with the
-    /// oldest (cleared only where it grows), else a new one.
+    /// A buffer of `len` initialized bytes: one h2 is done with (cleared only where it
+    /// grows), else a new one.
     fn take(&mut self, len: usize) -> BytesMut {
-        if let Some(oldest) = self.in_flight.pop_front() {
-            match oldest.try_into_mut() {
+        for i in 0..self.in_flight.len() {
+            if !self.in_flight[i].is_unique() {
+                continue;
+            }
+            let Some(free) = self.in_flight.remove(i) else {
+                break;
+            };
+            match free.try_into_mut() {
                 Ok(mut buf) if buf.capacity() >= len => {
                     buf.resize(len, 0);
                     return buf;
                 }
+                // Too small for the grown read size: let it go.
                 Ok(_) => {}
-                Err(still_used) => self.in_flight.push_front(still_used),
+                Err(still_used) => self.in_flight.push_back(still_used),
             }
+            break;
         }
         BytesMut::zeroed(len)
     }
@@ -171,7 +180,13 @@ async fn out_of_tunnel<W: AsyncWrite + Unpin>(
 ) -> Result<u64, RelayError> {
     let mut total = 0u64;
     while let Some(data) = recv.data().await {
-        let data = data.map_err(RelayError::Stream)?;
+        let data = match data {
+            Ok(d) => d,
+            // A reset with NO_ERROR ends the stream cleanly (the peer is done and needs
+            // nothing more from us): a FIN, not a reset, for the local socket.
+            Err(e) if e.reason() == Some(Reason::NO_ERROR) => break,
+            Err(e) => return Err(RelayError::Stream(e)),
+        };
         writer
             .write_all(&data)
             .await
