@@ -1,0 +1,138 @@
+//! The pool and client over real loopback sockets (plain TCP under HTTP/2: the TLS
+//! layer is tested in zpath-crypto and end to end in zpath-tests).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use futures_lite::io::BufReader;
+use glommio::net::{TcpListener, TcpStream};
+use http::StatusCode;
+use zpath_tunnel::{client, connect, server, ConnectFailed, H2Settings, Pool, Tunnel};
+
+type Conn = BufReader<TcpStream>;
+
+async fn dial(
+    addr: std::net::SocketAddr,
+    promised: Rc<Cell<u32>>,
+) -> Result<Tunnel, ConnectFailed> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| ConnectFailed {
+        label: "connect",
+        message: e.to_string().into(),
+    })?;
+    let (tunnel, driver) =
+        client::handshake(BufReader::new(tcp), &H2Settings::default(), 100, promised)
+            .await
+            .map_err(|e| ConnectFailed {
+                label: "http2",
+                message: e.to_string().into(),
+            })?;
+    glommio::spawn_local(driver).detach();
+    Ok(tunnel)
+}
+
+fn request() -> http::Request<()> {
+    let addr = "10.0.0.2:80".parse().unwrap();
+    connect::request(
+        addr,
+        "10.0.0.1:1".parse().unwrap(),
+        "",
+        &connect::traceparent(1, 1),
+    )
+    .unwrap()
+}
+
+/// Accepts connections; answers every CONNECT with 200 and keeps the streams; with
+/// `goaway_first`, the first connection says GOAWAY after its first stream (the stream
+/// stays open).
+async fn serve(listener: TcpListener, goaway_first: bool) {
+    let mut first = goaway_first;
+    loop {
+        let tcp = listener.accept().await.unwrap();
+        let goaway = std::mem::take(&mut first);
+        glommio::spawn_local(async move {
+            let mut conn: server::ServerConnection<Conn> =
+                server::accept(BufReader::new(tcp), &H2Settings::default())
+                    .await
+                    .unwrap();
+            let mut kept = Vec::new();
+            while let Some(Ok((req, mut respond))) = conn.accept().await {
+                assert_eq!(connect::target(&req).unwrap().port(), 80);
+                let send = server::answer(&mut respond, StatusCode::OK).unwrap();
+                kept.push((req, send));
+                if goaway {
+                    conn.graceful_shutdown();
+                }
+            }
+            let _ = futures_lite::future::poll_fn(|cx| conn.poll_closed(cx)).await;
+        })
+        .detach();
+    }
+}
+
+#[test]
+fn a_tunnel_that_said_goaway_is_not_offered_again() {
+    let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
+    ex.run(async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        glommio::spawn_local(serve(listener, true)).detach();
+        let pool = Pool::<u8>::new(100);
+
+        // First stream: a new tunnel; its server then says GOAWAY.
+        let (t1, slot) = pool.checkout(&0, |p| dial(addr, p)).await.unwrap();
+        let first = t1.open(request(), slot).await.unwrap();
+        assert_eq!(pool.handshakes(), 1);
+        // Let the GOAWAY arrive.
+        glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(
+            t1.is_closed(),
+            "a tunnel that said GOAWAY takes no new stream"
+        );
+
+        // The next checkout makes a new tunnel, and its stream opens.
+        let (t2, slot) = pool.checkout(&0, |p| dial(addr, p)).await.unwrap();
+        assert_eq!(pool.handshakes(), 2);
+        let second = t2.open(request(), slot).await.unwrap();
+        assert!(!t2.is_closed());
+        assert_eq!(pool.stats().tunnels, 1, "the closed tunnel is not counted");
+        drop((first, second));
+    });
+}
+
+#[test]
+fn concurrent_first_requests_share_one_handshake_up_to_the_stream_limit() {
+    let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
+    ex.run(async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        glommio::spawn_local(serve(listener, false)).detach();
+        let pool = Pool::<u8>::new(3);
+        // Seven flows at once, three streams per tunnel: three handshakes, not seven.
+        let flows: Vec<_> = (0..7)
+            .map(|_| {
+                let pool = pool.clone();
+                glommio::spawn_local(async move {
+                    let (t, slot) = pool.checkout(&0, |p| dial(addr, p)).await.unwrap();
+                    (t, slot)
+                })
+            })
+            .collect();
+        let mut held = Vec::new();
+        for f in flows {
+            held.push(f.await);
+        }
+        assert_eq!(pool.handshakes(), 3);
+        assert_eq!(pool.stats().streams, 7);
+        drop(held);
+        assert_eq!(pool.stats().streams, 0);
+        // Idle now: released by the sweep.
+        let later = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        assert_eq!(
+            pool.release_idle(later, std::time::Duration::from_millis(10)),
+            3
+        );
+        assert_eq!(pool.stats(), zpath_tunnel::PoolStats::default());
+    });
+}
