@@ -30,15 +30,20 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Arc;
 
-use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{criterion_group, BatchSize, Criterion, Throughput};
+
+#[path = "../../policy/benches/cpu.rs"]
+mod cpu;
+use cpu::ThreadCpu;
 use prost_types::Any;
 use zpath_control::convert::WorkloadEndpoints;
 use zpath_control::model::{NamespacedHostname, Strng, Workload};
 use zpath_control::proto::istio::workload as xwl;
 use zpath_control::snapshot::{PortMap, SnapshotBuilder};
 use zpath_control::xds::resource::to_any;
-use zpath_control::xds::{SnapshotHandler, XdsHandler, XdsResource, ADDRESS_TYPE_URL};
+use zpath_control::xds::{
+    SnapshotHandler, XdsHandler, XdsResource, ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL,
+};
 use zpath_control::{Snapshot, SnapshotCell};
 
 // ---- counting allocator ----
@@ -269,6 +274,10 @@ fn bench_builder(c: &mut Criterion<ThreadCpu>) {
 
         let cell = Arc::new(SnapshotCell::new(Snapshot::default()));
         let mut handler = SnapshotHandler::new(cell, "node-0");
+        // istiod's (empty) first Authorization answer: without it nothing is published.
+        handler
+            .apply(AUTHORIZATION_TYPE_URL, vec![], vec![])
+            .unwrap();
         handler
             .apply(ADDRESS_TYPE_URL, service_resources(services), vec![])
             .unwrap();
@@ -334,6 +343,10 @@ fn bench_ztunnel_shape(c: &mut Criterion<ThreadCpu>) {
             |(svc, adds, removes)| {
                 let cell = Arc::new(SnapshotCell::new(Snapshot::default()));
                 let mut handler = SnapshotHandler::new(cell, "node-0");
+                // istiod's (empty) first Authorization answer: without it nothing is published.
+                handler
+                    .apply(AUTHORIZATION_TYPE_URL, vec![], vec![])
+                    .unwrap();
                 handler.apply(ADDRESS_TYPE_URL, svc, vec![]).unwrap();
                 handler.apply(ADDRESS_TYPE_URL, adds, vec![]).unwrap();
                 handler.apply(ADDRESS_TYPE_URL, vec![], removes).unwrap();
@@ -361,6 +374,10 @@ fn memory_report() {
     let before = live();
     let cell = Arc::new(SnapshotCell::new(Snapshot::default()));
     let mut handler = SnapshotHandler::new(cell.clone(), "node-0");
+    // istiod's (empty) first Authorization answer: without it nothing is published.
+    handler
+        .apply(AUTHORIZATION_TYPE_URL, vec![], vec![])
+        .unwrap();
     handler
         .apply(ADDRESS_TYPE_URL, service_resources(MEM_SERVICES), vec![])
         .unwrap();
@@ -404,75 +421,6 @@ fn memory_report() {
         per(index),
     );
     black_box((snap, handler, objects));
-}
-
-// ---- CPU-time measurement ----
-
-struct ThreadCpu;
-
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID is supported
-    // on every Linux kernel this project runs on.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-impl Measurement for ThreadCpu {
-    type Intermediate = u64;
-    type Value = u64;
-
-    fn start(&self) -> u64 {
-        thread_cpu_ns()
-    }
-    fn end(&self, start: u64) -> u64 {
-        thread_cpu_ns().saturating_sub(start)
-    }
-    fn add(&self, a: &u64, b: &u64) -> u64 {
-        a + b
-    }
-    fn zero(&self) -> u64 {
-        0
-    }
-    fn to_f64(&self, v: &u64) -> f64 {
-        *v as f64
-    }
-    fn formatter(&self) -> &dyn ValueFormatter {
-        &CpuNs
-    }
-}
-
-struct CpuNs;
-
-impl ValueFormatter for CpuNs {
-    fn scale_values(&self, ns: f64, values: &mut [f64]) -> &'static str {
-        let (factor, unit) = if ns < 1e3 {
-            (1.0, "ns cpu")
-        } else if ns < 1e6 {
-            (1e-3, "µs cpu")
-        } else {
-            (1e-6, "ms cpu")
-        };
-        for v in values {
-            *v *= factor;
-        }
-        unit
-    }
-    fn scale_throughputs(&self, _: f64, _: &Throughput, values: &mut [f64]) -> &'static str {
-        for v in values {
-            *v = 0.0;
-        }
-        "n/a"
-    }
-    fn scale_for_machines(&self, _: &mut [f64]) -> &'static str {
-        "ns"
-    }
 }
 
 criterion_group! {
