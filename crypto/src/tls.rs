@@ -200,6 +200,7 @@ pub(crate) fn server_config(
     let verifier = Arc::new(MeshVerifier {
         trust: cert.trust().clone(),
         expect: expect.clone(),
+        verified: ChainCache::default(),
     });
     let mut config = rustls::ServerConfig::builder_with_provider(provider().clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -234,6 +235,7 @@ pub(crate) fn client_config(
     let verifier = Arc::new(MeshVerifier {
         trust: cert.trust().clone(),
         expect: expect.clone(),
+        verified: ChainCache::default(),
     });
     let mut config = rustls::ClientConfig::builder_with_provider(provider().clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -258,6 +260,73 @@ pub(crate) fn client_config(
 struct MeshVerifier {
     trust: TrustBundle,
     expect: Arc<Expectation>,
+    verified: ChainCache,
+}
+
+/// Chains this verifier has verified, by their exact bytes, with the time window in
+/// which every certificate of the chain stays valid. A peer reconnecting with the same
+/// chain skips the chain's signature checks; its handshake signature (possession of
+/// the key) and the leaf rules are checked on every handshake. Reads are lock-free
+/// (one atomic load); a new chain copies the map (rare: new peers and rotations).
+#[derive(Debug, Default)]
+struct ChainCache {
+    chains: arc_swap::ArcSwap<ChainWindows>,
+}
+
+/// Exact chain bytes (with the role) → the Unix-seconds window it stays valid in.
+type ChainWindows = std::collections::HashMap<Box<[u8]>, (u64, u64)>;
+
+impl ChainCache {
+    /// Chains remembered at most; the map starts over when full.
+    const MAX: usize = 1024;
+
+    fn key(role: PeerRole, end_entity: &[u8], intermediates: &[CertificateDer<'_>]) -> Box<[u8]> {
+        let mut key = Vec::with_capacity(
+            1 + 4 + end_entity.len() + intermediates.iter().map(|c| 4 + c.len()).sum::<usize>(),
+        );
+        key.push(matches!(role, PeerRole::Client) as u8);
+        for part in std::iter::once(end_entity).chain(intermediates.iter().map(|c| c.as_ref())) {
+            key.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            key.extend_from_slice(part);
+        }
+        key.into_boxed_slice()
+    }
+
+    fn contains(&self, key: &[u8], now: u64) -> bool {
+        self.chains
+            .load()
+            .get(key)
+            .is_some_and(|&(from, until)| from <= now && now <= until)
+    }
+
+    fn insert(&self, key: Box<[u8]>, window: (u64, u64)) {
+        self.chains.rcu(|current| {
+            let mut next = if current.len() >= Self::MAX {
+                std::collections::HashMap::new()
+            } else {
+                (**current).clone()
+            };
+            next.insert(key.clone(), window);
+            next
+        });
+    }
+}
+
+/// The time window (Unix seconds, inclusive) in which every certificate of the chain
+/// is valid; `None` if one does not parse.
+fn validity_window(
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+) -> Option<(u64, u64)> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let mut window = (0u64, u64::MAX);
+    for der in std::iter::once(end_entity).chain(intermediates) {
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        let from = u64::try_from(cert.validity().not_before.timestamp()).unwrap_or(0);
+        let until = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+        window = (window.0.max(from), window.1.min(until));
+    }
+    Some(window)
 }
 
 impl MeshVerifier {
@@ -268,7 +337,17 @@ impl MeshVerifier {
         now: UnixTime,
         role: PeerRole,
     ) -> Result<(), rustls::Error> {
-        verify_chain(&self.trust, end_entity, intermediates, now, role)
+        let key = ChainCache::key(role, end_entity, intermediates);
+        let chain = if self.verified.contains(&key, now.as_secs()) {
+            Ok(())
+        } else {
+            verify_chain(&self.trust, end_entity, intermediates, now, role).map(|()| {
+                if let Some(window) = validity_window(end_entity, intermediates) {
+                    self.verified.insert(key, window);
+                }
+            })
+        };
+        chain
             .and_then(|()| verifier::verify_leaf(end_entity, &self.expect).map(|_| ()))
             .map_err(|rejection| {
                 tracing::debug!(
@@ -780,4 +859,60 @@ fn write_traffic<Data>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::LocalCa;
+    use std::time::{Duration, SystemTime};
+
+    fn verifier_and_leaf() -> (MeshVerifier, CertificateDer<'static>, SystemTime) {
+        let ca = LocalCa::generate().unwrap();
+        let id = Identity::new("cluster.local", "default", "client").unwrap();
+        let cert = ca.issue(&id, Duration::from_secs(3600)).unwrap();
+        let verifier = MeshVerifier {
+            trust: cert.trust().clone(),
+            expect: Arc::new(Expectation::TrustDomain("cluster.local".into())),
+            verified: ChainCache::default(),
+        };
+        (verifier, cert.chain()[0].clone(), cert.not_after())
+    }
+
+    fn at(t: SystemTime) -> UnixTime {
+        UnixTime::since_unix_epoch(t.duration_since(SystemTime::UNIX_EPOCH).unwrap())
+    }
+
+    #[test]
+    fn a_verified_chain_is_remembered_but_never_past_its_validity() {
+        let (v, leaf, not_after) = verifier_and_leaf();
+        let now = at(SystemTime::now());
+        v.check(&leaf, &[], now, PeerRole::Client).unwrap();
+        assert_eq!(v.verified.chains.load().len(), 1, "remembered");
+        // Again: answered from the cache.
+        v.check(&leaf, &[], now, PeerRole::Client).unwrap();
+        assert_eq!(v.verified.chains.load().len(), 1);
+        // Past notAfter the cached entry does not count: the chain is verified again
+        // and refused as expired.
+        let later = at(not_after + Duration::from_secs(1));
+        let err = v.check(&leaf, &[], later, PeerRole::Client).unwrap_err();
+        assert!(format!("{err:?}").contains("Expired"), "{err:?}");
+    }
+
+    #[test]
+    fn the_cache_is_per_role_and_per_exact_chain() {
+        let (v, leaf, _) = verifier_and_leaf();
+        let now = at(SystemTime::now());
+        v.check(&leaf, &[], now, PeerRole::Client).unwrap();
+        // The same bytes presented as a server certificate are verified for that role
+        // (and remembered separately).
+        v.check(&leaf, &[], now, PeerRole::Server).unwrap();
+        assert_eq!(v.verified.chains.load().len(), 2);
+        // One byte different is another chain: verified, and refused.
+        let mut tampered = leaf.as_ref().to_vec();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        let tampered = CertificateDer::from(tampered);
+        assert!(v.check(&tampered, &[], now, PeerRole::Client).is_err());
+    }
 }
