@@ -340,6 +340,11 @@ impl ShardStats {
     }
 }
 
+/// Writes the `# HELP` and `# TYPE` lines of a metric family (`kind`: counter or gauge).
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
 /// Renders the Prometheus text exposition of all shards' counters, summed.
 pub fn render_prometheus(shards: &[std::sync::Arc<ShardStats>], extra: &str) -> String {
     let mut out = String::with_capacity(4096);
@@ -368,7 +373,7 @@ pub fn render_prometheus(shards: &[std::sync::Arc<ShardStats>], extra: &str) -> 
         ),
     ];
     for (name, help, get) in families {
-        let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} counter");
+        family(&mut out, name, "counter", &format!("{help}."));
         for d in [Direction::Outbound, Direction::Inbound] {
             let v = sum(&|s| get(s.dir(d)).get());
             let _ = writeln!(
@@ -380,9 +385,11 @@ pub fn render_prometheus(shards: &[std::sync::Arc<ShardStats>], extra: &str) -> 
         }
     }
     let name = "zpath_connections_failed_total";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Connections that failed, by reason.\n# TYPE {name} counter"
+    family(
+        &mut out,
+        name,
+        "counter",
+        "Connections that failed, by reason.",
     );
     for d in [Direction::Outbound, Direction::Inbound] {
         for r in FailReason::ALL {
@@ -396,7 +403,12 @@ pub fn render_prometheus(shards: &[std::sync::Arc<ShardStats>], extra: &str) -> 
         }
     }
     let name = "zpath_policy_decisions_total";
-    let _ = writeln!(out, "# HELP {name} Inbound authorization decisions, by outcome and reason.\n# TYPE {name} counter");
+    family(
+        &mut out,
+        name,
+        "counter",
+        "Inbound authorization decisions, by outcome and reason.",
+    );
     let _ = writeln!(
         out,
         "{name}{{outcome=\"allow\",reason=\"\"}} {}",
@@ -411,10 +423,7 @@ pub fn render_prometheus(shards: &[std::sync::Arc<ShardStats>], extra: &str) -> 
         );
     }
     let name = "zpath_open_connections";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Connections open now, by shard.\n# TYPE {name} gauge"
-    );
+    family(&mut out, name, "gauge", "Connections open now, by shard.");
     for (i, s) in shards.iter().enumerate() {
         let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", s.open.get());
     }
@@ -435,7 +444,12 @@ fn render_by_policy(out: &mut String, shards: &[std::sync::Arc<ShardStats>]) {
         }
     }
     let name = "zpath_policy_decisions_by_policy_total";
-    let _ = writeln!(out, "# HELP {name} Inbound decisions made by each policy (the ALLOW that allowed, the DENY that denied).\n# TYPE {name} counter");
+    family(
+        out,
+        name,
+        "counter",
+        "Inbound decisions made by each policy (the ALLOW that allowed, the DENY that denied).",
+    );
     for (policy, (allow, deny)) in by_name {
         let _ = writeln!(
             out,
@@ -448,7 +462,7 @@ fn render_by_policy(out: &mut String, shards: &[std::sync::Arc<ShardStats>]) {
 fn render_hbone(out: &mut String, shards: &[std::sync::Arc<ShardStats>]) {
     let sum = |f: &dyn Fn(&HboneStats) -> u64| shards.iter().map(|s| f(&s.hbone)).sum::<u64>();
     type Gauge = (&'static str, &'static str, fn(&HboneStats) -> &Counter);
-    let gauges: [Gauge; 5] = [
+    let gauges: [Gauge; 6] = [
         (
             "zpath_hbone_tunnels",
             "Pooled client HBONE connections",
@@ -474,25 +488,21 @@ fn render_hbone(out: &mut String, shards: &[std::sync::Arc<ShardStats>]) {
             "HBONE streams served on 15008",
             |h| &h.server_streams,
         ),
+        (
+            "zpath_hbone_handshakes_in_flight",
+            "TLS handshakes in progress on 15008",
+            |h| &h.handshakes_in_flight,
+        ),
     ];
     for (name, help, get) in gauges {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}.\n# TYPE {name} gauge\n{name} {}",
-            sum(&|h| get(h).get())
-        );
+        family(out, name, "gauge", &format!("{help}."));
+        let _ = writeln!(out, "{name} {}", sum(&|h| get(h).get()));
     }
     let name = "zpath_hbone_client_handshakes_total";
-    let _ = writeln!(
-        out,
-        "# HELP {name} HBONE client connections started.\n# TYPE {name} counter\n{name} {}",
-        sum(&|h| h.client_handshakes.get())
-    );
+    family(out, name, "counter", "HBONE client connections started.");
+    let _ = writeln!(out, "{name} {}", sum(&|h| h.client_handshakes.get()));
     let name = "zpath_hbone_connect_responses_total";
-    let _ = writeln!(
-        out,
-        "# HELP {name} CONNECT answers, by side and status.\n# TYPE {name} counter"
-    );
+    family(out, name, "counter", "CONNECT answers, by side and status.");
     for (side, server) in [("client", false), ("server", true)] {
         for (i, status) in CONNECT_STATUSES.iter().enumerate() {
             let label = if *status == 0 {
@@ -511,7 +521,12 @@ fn render_hbone(out: &mut String, shards: &[std::sync::Arc<ShardStats>]) {
         }
     }
     let name = "zpath_tls_handshakes_total";
-    let _ = writeln!(out, "# HELP {name} TLS handshakes on HBONE connections, by side, outcome and reason.\n# TYPE {name} counter");
+    family(
+        out,
+        name,
+        "counter",
+        "TLS handshakes on HBONE connections, by side, outcome and reason.",
+    );
     for (side, i) in [("client", 0usize), ("server", 1usize)] {
         let _ = writeln!(
             out,
@@ -563,6 +578,29 @@ mod tests {
         assert!(text.contains(
             "zpath_policy_decisions_by_policy_total{policy=\"default/b\",outcome=\"deny\"} 3"
         ));
+    }
+
+    #[test]
+    fn every_family_has_help_and_type_and_samples_are_well_formed() {
+        let text = render_prometheus(&[Arc::new(ShardStats::default())], "");
+        let lines: Vec<&str> = text.lines().collect();
+        let mut families = 0;
+        for (i, line) in lines.iter().enumerate() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                families += 1;
+                let name = rest.split(' ').next().unwrap();
+                let next = lines[i + 1];
+                assert!(
+                    next == format!("# TYPE {name} counter")
+                        || next == format!("# TYPE {name} gauge"),
+                    "{name} has no TYPE line: {next:?}"
+                );
+            } else if !line.starts_with('#') {
+                let (_, value) = line.rsplit_once(' ').unwrap();
+                assert!(value.parse::<u64>().is_ok(), "{line:?}");
+            }
+        }
+        assert!(families >= 15, "{families} families");
     }
 
     #[test]
