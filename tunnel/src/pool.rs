@@ -5,6 +5,8 @@
 //! * Concurrent first requests for one key share one handshake: the first starts it,
 //!   the next ones (up to `max_streams` in all) wait for it; more start another.
 //! * Closed tunnels are dropped on the next checkout; idle ones by [`Pool::release_idle`].
+//! * A handshake every waiter gave up on (all cancelled) is abandoned: the next
+//!   checkout or sweep drops it, which closes its half-made connection.
 //!
 //! Not `Sync`: each shard owns one pool, and nothing in it is shared across cores.
 
@@ -36,6 +38,14 @@ struct Pending {
     connecting: Connecting,
     /// Callers waiting for this handshake; moves into the tunnel as its promised slots.
     waiting: Rc<Cell<u32>>,
+}
+
+impl Pending {
+    /// Whether anyone still waits for this handshake. Nobody polls an abandoned one,
+    /// so it would never finish (nor release its socket) if it were kept.
+    fn wanted(&self) -> bool {
+        self.waiting.get() > 0
+    }
 }
 
 struct Entry {
@@ -133,6 +143,7 @@ impl<K: Hash + Eq + Clone + 'static> Pool<K> {
                 });
             };
             entry.tunnels.retain(|t| !t.is_closed());
+            entry.pending.retain(Pending::wanted);
             if let Some(t) = entry.tunnels.iter().find(|t| t.state.has_room()) {
                 let slot = StreamSlot::take(&t.state);
                 return Ok((t.clone(), slot));
@@ -192,9 +203,9 @@ impl<K: Hash + Eq + Clone + 'static> Pool<K> {
         fut.shared()
     }
 
-    /// Drops tunnels closed or idle (no stream, nobody waiting) for at least `idle`;
-    /// returns how many were dropped. Dropping the last handle of a tunnel ends its
-    /// connection with GOAWAY.
+    /// Drops tunnels closed or idle (no stream, nobody waiting) for at least `idle`,
+    /// and handshakes nobody waits for any more; returns how many tunnels were
+    /// dropped. Dropping the last handle of a tunnel ends its connection with GOAWAY.
     pub fn release_idle(&self, now: Instant, idle: Duration) -> usize {
         let mut released = 0;
         self.entries.borrow_mut().retain(|_, entry| {
@@ -209,6 +220,7 @@ impl<K: Hash + Eq + Clone + 'static> Pool<K> {
                 released += usize::from(drop_it);
                 !drop_it
             });
+            entry.pending.retain(Pending::wanted);
             !entry.tunnels.is_empty() || !entry.pending.is_empty()
         });
         released

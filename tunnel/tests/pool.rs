@@ -136,3 +136,60 @@ fn concurrent_first_requests_share_one_handshake_up_to_the_stream_limit() {
         assert_eq!(pool.stats(), zpath_tunnel::PoolStats::default());
     });
 }
+
+/// Sets its flag when dropped: tells whether an abandoned handshake was let go.
+struct DropFlag(Rc<Cell<bool>>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.set(true);
+    }
+}
+
+#[test]
+fn a_handshake_every_waiter_gave_up_on_is_dropped_not_joined() {
+    let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
+    ex.run(async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        glommio::spawn_local(serve(listener, false)).detach();
+        let pool = Pool::<u8>::new(10);
+        let dropped = Rc::new(Cell::new(false));
+        // A handshake that never finishes (a peer that never answers), and a caller
+        // that gives up on it.
+        let flag = DropFlag(dropped.clone());
+        let stalled = pool.checkout(&0, move |_| async move {
+            let _flag = flag;
+            futures_lite::future::pending::<Result<Tunnel, ConnectFailed>>().await
+        });
+        let gave_up =
+            futures_lite::future::or(async { stalled.await.map(|_| ()) }, async { Ok(()) }).await;
+        assert!(gave_up.is_ok());
+        assert_eq!(pool.stats().connecting, 1, "still counted until swept");
+        assert!(!dropped.get());
+
+        // The sweep drops it, and with it the half-made connection.
+        pool.release_idle(
+            std::time::Instant::now(),
+            std::time::Duration::from_secs(60),
+        );
+        assert_eq!(pool.stats(), zpath_tunnel::PoolStats::default());
+        assert!(dropped.get());
+
+        // Same on checkout: a new caller starts a fresh handshake instead of joining
+        // one nobody drives.
+        let dropped = Rc::new(Cell::new(false));
+        let flag = DropFlag(dropped.clone());
+        let stalled = pool.checkout(&0, move |_| async move {
+            let _flag = flag;
+            futures_lite::future::pending::<Result<Tunnel, ConnectFailed>>().await
+        });
+        let _ =
+            futures_lite::future::or(async { stalled.await.map(|_| ()) }, async { Ok(()) }).await;
+        let (_tunnel, _slot) = pool.checkout(&0, |p| dial(addr, p)).await.unwrap();
+        assert!(dropped.get());
+        assert_eq!(pool.handshakes(), 3);
+        let stats = pool.stats();
+        assert_eq!((stats.connecting, stats.tunnels, stats.streams), (0, 1, 1));
+    });
+}
