@@ -6,6 +6,7 @@
 
 use std::cell::Cell;
 use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -32,8 +33,12 @@ pub(crate) struct TunnelState {
     pub(crate) streams: Cell<u32>,
     /// Streams promised to callers waiting for this tunnel's handshake.
     pub(crate) promised: Rc<Cell<u32>>,
-    /// The most streams this tunnel carries at once.
+    /// The most streams this tunnel carries at once: ours, and the server's limit
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`) as last seen by the driver. The server's
+    /// SETTINGS arrive after the handshake returns, and may change later.
     pub(crate) max_streams: u32,
+    /// The server's stream limit, updated by the driver after every poll.
+    pub(crate) peer_limit: Cell<u32>,
     /// Since when no stream is open.
     pub(crate) idle_since: Cell<Option<Instant>>,
     /// Set when the connection ended.
@@ -42,7 +47,9 @@ pub(crate) struct TunnelState {
 
 impl TunnelState {
     pub(crate) fn has_room(&self) -> bool {
-        !self.closed.get() && self.streams.get() + self.promised.get() < self.max_streams
+        !self.closed.get()
+            && self.streams.get() + self.promised.get()
+                < self.max_streams.min(self.peer_limit.get().max(1))
     }
 }
 
@@ -96,7 +103,7 @@ pub struct OpenStream {
 
 /// Runs the HTTP/2 client handshake over `io`. Returns the tunnel and its driver,
 /// which the caller spawns; the tunnel carries at most `max_streams` streams at once
-/// (fewer if the server allows fewer).
+/// (fewer if the server allows fewer: its limit is followed as its SETTINGS arrive).
 pub async fn handshake<S>(
     io: S,
     settings: &H2Settings,
@@ -106,26 +113,38 @@ pub async fn handshake<S>(
 where
     S: AsyncBufRead + AsyncWrite + Unpin,
 {
-    let (sender, connection) = settings
+    let (sender, mut connection) = settings
         .client()
         .initial_max_send_streams(max_streams as usize)
         .handshake::<_, Bytes>(H2Io::new(io))
         .await?;
-    let allowed = u32::try_from(connection.max_concurrent_send_streams()).unwrap_or(u32::MAX);
     let state = Rc::new(TunnelState {
         streams: Cell::new(0),
         promised,
-        max_streams: max_streams.min(allowed.max(1)),
+        max_streams,
+        peer_limit: Cell::new(peer_limit(&connection)),
         idle_since: Cell::new(Some(Instant::now())),
         closed: Cell::new(false),
     });
     let driver_state = state.clone();
     let driver = async move {
-        let result = connection.await;
+        let result = futures_lite::future::poll_fn(|cx| {
+            let polled = Pin::new(&mut connection).poll(cx);
+            driver_state.peer_limit.set(peer_limit(&connection));
+            polled
+        })
+        .await;
         driver_state.closed.set(true);
         result
     };
     Ok((Tunnel { sender, state }, driver))
+}
+
+fn peer_limit<S>(connection: &h2::client::Connection<S, Bytes>) -> u32
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    u32::try_from(connection.max_concurrent_send_streams()).unwrap_or(u32::MAX)
 }
 
 impl Tunnel {

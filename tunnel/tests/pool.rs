@@ -47,13 +47,17 @@ fn request() -> http::Request<()> {
 /// `goaway_first`, the first connection says GOAWAY after its first stream (the stream
 /// stays open).
 async fn serve(listener: TcpListener, goaway_first: bool) {
+    serve_with(listener, goaway_first, H2Settings::default()).await;
+}
+
+async fn serve_with(listener: TcpListener, goaway_first: bool, settings: H2Settings) {
     let mut first = goaway_first;
     loop {
         let tcp = listener.accept().await.unwrap();
         let goaway = std::mem::take(&mut first);
         glommio::spawn_local(async move {
             let mut conn: server::ServerConnection<Conn> =
-                server::accept(BufReader::new(tcp), &H2Settings::default())
+                server::accept(BufReader::new(tcp), &settings)
                     .await
                     .unwrap();
             let mut kept = Vec::new();
@@ -191,5 +195,40 @@ fn a_handshake_every_waiter_gave_up_on_is_dropped_not_joined() {
         assert_eq!(pool.handshakes(), 3);
         let stats = pool.stats();
         assert_eq!((stats.connecting, stats.tunnels, stats.streams), (0, 1, 1));
+    });
+}
+
+#[test]
+fn the_servers_stream_limit_is_followed_once_its_settings_arrive() {
+    let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
+    ex.run(async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let settings = H2Settings {
+            max_concurrent_streams: 2,
+            ..H2Settings::default()
+        };
+        glommio::spawn_local(serve_with(listener, false, settings)).detach();
+        // We would put 100 streams on a tunnel; this server takes 2.
+        let pool = Pool::<u8>::new(100);
+        let (t1, slot) = pool.checkout(&0, |p| dial(addr, p)).await.unwrap();
+        // An answered stream means the server's SETTINGS were read before it.
+        let s1 = t1.open(request(), slot).await.unwrap();
+        let (t2, slot) = pool.checkout(&0, |p| dial(addr, p)).await.unwrap();
+        let s2 = t2.open(request(), slot).await.unwrap();
+        assert_eq!(pool.handshakes(), 1);
+        // The third stream needs a new tunnel; on the first it would wait in h2's
+        // queue until one of the two closed.
+        let (t3, slot) = pool.checkout(&0, |p| dial(addr, p)).await.unwrap();
+        assert_eq!(pool.handshakes(), 2);
+        let s3 = futures_lite::future::or(async { Some(t3.open(request(), slot).await) }, async {
+            glommio::timer::sleep(std::time::Duration::from_secs(5)).await;
+            None
+        })
+        .await
+        .expect("the third stream opens at once on its own tunnel")
+        .unwrap();
+        assert_eq!(pool.stats().streams, 3);
+        drop((s1, s2, s3));
     });
 }
