@@ -7,6 +7,34 @@ use std::time::Duration;
 
 use crate::buffers::BufferConfig;
 
+/// How the kernel picks the shard of a new connection among the shards' `SO_REUSEPORT`
+/// listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Steering {
+    /// By a hash of the connection's addresses: even spread, whatever CPU it arrived on.
+    #[default]
+    Hash,
+    /// To the shard on the CPU that received the connection (falls back to the hash
+    /// for CPUs without a shard): the client's CPU on loopback and veth, the
+    /// receiving queue's CPU for a NIC. Keeps a flow's wakeups on one CPU; a client
+    /// that opens all its connections from one CPU loads one shard. Needs pinned
+    /// shards on distinct CPUs; otherwise the hash is used.
+    Cpu,
+}
+
+impl Steering {
+    /// Whether `cfg` steers by CPU (pinned shards, each on its own CPU).
+    pub fn by_cpu(cfg: &EngineConfig) -> bool {
+        if cfg.steering != Steering::Cpu || !cfg.pin_shards {
+            return false;
+        }
+        let mut cores = cfg.cores.clone();
+        cores.sort_unstable();
+        cores.dedup();
+        cores.len() == cfg.cores.len()
+    }
+}
+
 /// Everything the engine needs to start.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -32,6 +60,10 @@ pub struct EngineConfig {
     pub node_name: String,
     /// The CPU of each shard (one shard per entry).
     pub cores: Vec<usize>,
+    /// Whether each shard's thread is pinned to its CPU (else the kernel places it).
+    pub pin_shards: bool,
+    /// How new connections are spread over the shards' listeners.
+    pub steering: Steering,
     /// How long in-flight connections may finish after SIGTERM before being aborted.
     pub drain_deadline: Duration,
     /// `SO_MARK` on upstream sockets (0: none).
@@ -104,6 +136,8 @@ impl Default for EngineConfig {
             state_dir: PathBuf::from("/var/lib/zpath"),
             node_name: String::new(),
             cores: vec![0],
+            pin_shards: true,
+            steering: Steering::Hash,
             drain_deadline: Duration::from_secs(5),
             packet_mark: 1337,
             connect_timeout: Duration::from_secs(10),
@@ -299,6 +333,8 @@ mod tests {
     fn duplicate_cores_are_rejected() {
         let cfg = EngineConfig {
             cores: vec![0, 0],
+            pin_shards: true,
+            steering: Steering::Hash,
             ..EngineConfig::default()
         };
         assert!(cfg.validate().is_err());

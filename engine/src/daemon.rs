@@ -14,7 +14,7 @@ use zpath_crypto::LocalCa;
 
 use crate::admin::{self, AdminState, Endpoints};
 use crate::certs::{CertCell, CertManager, Issuer};
-use crate::config::{ConfigInvalid, EngineConfig};
+use crate::config::{ConfigInvalid, EngineConfig, Steering};
 use crate::shard::{self, BoundAddrs, ShardHandle, ShardMsg};
 use crate::sys;
 
@@ -106,6 +106,15 @@ impl Daemon {
             hbone: resolve(cfg.hbone_addr)?,
             reserved,
         });
+        if cfg.steering == Steering::Cpu && !Steering::by_cpu(&cfg) {
+            tracing::warn!(
+                cores = ?cfg.cores,
+                pinned = cfg.pin_shards,
+                "--steering cpu needs pinned shards on distinct CPUs; hashing instead"
+            );
+        }
+        // Shards bind one after another, so listener i of every SO_REUSEPORT group is
+        // shard i's (what steering by CPU relies on).
         let mut shards = Vec::with_capacity(cfg.cores.len());
         for (id, &core) in cfg.cores.iter().enumerate() {
             shards.push(shard::spawn(

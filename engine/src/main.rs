@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use zpath_engine::buffers::BufferConfig;
+use zpath_engine::config::Steering;
 use zpath_engine::{Daemon, EngineConfig};
 
 /// zpath: a node dataplane for Istio ambient mode (drop-in for ztunnel).
@@ -55,6 +56,16 @@ struct Args {
     /// Number of shards, on the first N allowed CPUs (alternative to --cores).
     #[arg(long, env = "ZPATH_SHARDS")]
     shards: Option<usize>,
+    /// Leave shard threads unpinned: the kernel moves them between CPUs. Pinned (the
+    /// default) keeps each shard's memory and caches on one CPU; unpinned lets the
+    /// kernel balance shards against other busy processes.
+    #[arg(long, env = "ZPATH_UNPINNED")]
+    unpinned: bool,
+    /// How new connections are spread over shards: `hash` (of the addresses: even
+    /// spread) or `cpu` (to the shard on the CPU that received the connection: fewer
+    /// cross-CPU wakeups; needs pinned shards on distinct CPUs, else `hash` is used).
+    #[arg(long, env = "ZPATH_STEERING", default_value = "hash", value_parser = steering)]
+    steering: Steering,
     /// After SIGTERM/SIGINT, how long connections may finish before being aborted.
     #[arg(long, env = "ZPATH_DRAIN_DEADLINE", default_value = "5s", value_parser = duration)]
     drain_deadline: Duration,
@@ -232,6 +243,14 @@ fn host_name() -> String {
         .unwrap_or_default()
 }
 
+fn steering(s: &str) -> Result<Steering, String> {
+    match s {
+        "hash" => Ok(Steering::Hash),
+        "cpu" => Ok(Steering::Cpu),
+        other => Err(format!("{other:?} is not a steering: use hash or cpu")),
+    }
+}
+
 impl Args {
     fn into_config(self) -> Result<EngineConfig, String> {
         let allowed = zpath_engine::sys::allowed_cpus();
@@ -258,6 +277,8 @@ impl Args {
             state_dir: self.state_dir.unwrap_or_else(default_state_dir),
             node_name: self.node_name.unwrap_or_else(host_name),
             cores,
+            pin_shards: !self.unpinned,
+            steering: self.steering,
             drain_deadline: self.drain_deadline,
             packet_mark: self.packet_mark,
             connect_timeout: self.connect_timeout,

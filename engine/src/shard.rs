@@ -16,7 +16,7 @@ use zpath_control::{Snapshot, SnapshotCell};
 
 use crate::buffers::BufPool;
 use crate::certs::{CertCell, CertStore};
-use crate::config::EngineConfig;
+use crate::config::{EngineConfig, Steering};
 use crate::flow;
 use crate::hbone::TunnelPool;
 use crate::stats::{Direction, FailReason, PolicyCounts, ShardStats};
@@ -242,7 +242,12 @@ pub fn spawn(
     wake_tx.set_nonblocking(true)?;
     let (started_tx, started_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let shard_stats = stats.clone();
-    let join = LocalExecutorBuilder::new(Placement::Fixed(core))
+    let placement = if cfg.pin_shards {
+        Placement::Fixed(core)
+    } else {
+        Placement::Unbound
+    };
+    let join = LocalExecutorBuilder::new(placement)
         .name(&format!("zpath-shard-{id}"))
         .ring_depth(cfg.ring_depth)
         .io_memory(cfg.io_memory)
@@ -288,10 +293,18 @@ pub fn spawn(
     })
 }
 
-fn bind(addr: SocketAddr, backlog: i32) -> Result<TcpListener, String> {
-    sys::listen_reuseport(addr, backlog)
-        .map(sys::into_glommio_listener)
-        .map_err(|e| format!("cannot listen on {addr}: {e} (is another process using the port?)"))
+/// Listens on `addr` in the shards' `SO_REUSEPORT` group; with `steer` (the CPU of each
+/// shard, in binding order), connections go to the shard on the CPU that received them.
+fn bind(addr: SocketAddr, backlog: i32, steer: Option<&[usize]>) -> Result<TcpListener, String> {
+    let sock = sys::listen_reuseport(addr, backlog).map_err(|e| {
+        format!("cannot listen on {addr}: {e} (is another process using the port?)")
+    })?;
+    if let Some(cores) = steer {
+        if let Err(e) = sys::steer_by_cpu(&sock, cores) {
+            tracing::warn!(%addr, "cannot steer connections by CPU, hashing instead: {e}");
+        }
+    }
+    Ok(sys::into_glommio_listener(sock))
 }
 
 async fn run(
@@ -309,7 +322,8 @@ async fn run(
     ];
     for (addr, kind) in listeners {
         let Some(addr) = addr else { continue };
-        match bind(addr, shard.cfg.accept_backlog) {
+        let steer = Steering::by_cpu(&shard.cfg).then_some(shard.cfg.cores.as_slice());
+        match bind(addr, shard.cfg.accept_backlog, steer) {
             Ok(l) => {
                 accepting.push(glommio::spawn_local(accept_loop(shard.clone(), l, kind)).detach())
             }

@@ -99,7 +99,12 @@ fn half_close_from_server_keeps_client_to_server_open() {
 
 #[test]
 fn thousand_concurrent_connections_spread_over_shards() {
-    let n = node();
+    // Hashing spreads one client's connections; steering by CPU would keep a client
+    // thread's connections on its CPU's shard.
+    let n = Node::start(NodeOptions {
+        args: vec!["--steering".into(), "hash".into()],
+        ..NodeOptions::default()
+    });
     let echo = EchoServer::start("127.0.0.1:0");
     let mut conns = Vec::new();
     for _ in 0..1000 {
@@ -479,4 +484,78 @@ fn socks5_data_pipelined_with_the_request_is_relayed_and_counted() {
         n.metric("istio_tcp_sent_bytes_total{reporter=\"source\""),
         9
     );
+}
+
+/// The CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills at most its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) {
+    // SAFETY: as above; the set holds one CPU this process may use.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+}
+
+#[test]
+fn cpu_steering_puts_each_connection_on_the_shard_of_the_clients_cpu() {
+    let cpus = allowed_cpus();
+    if cpus.len() < 2 {
+        eprintln!("skipped: steering by CPU needs two CPUs, this process has {cpus:?}");
+        return;
+    }
+    let n = Node::start(NodeOptions {
+        args: vec!["--steering".into(), "cpu".into()],
+        ..NodeOptions::default()
+    });
+    let echo = EchoServer::start("127.0.0.1:0");
+    // `--shards 2` runs shard i on the i-th allowed CPU.
+    for (shard, &cpu) in cpus[..2].iter().enumerate() {
+        let target = echo.addr;
+        let socks = n.socks5;
+        let conns = std::thread::spawn(move || {
+            pin_to(cpu);
+            (0..20)
+                .map(|_| {
+                    let mut s = socks5::connect(socks, target).unwrap().unwrap();
+                    s.write_all(b"ping").unwrap();
+                    let mut b = [0u8; 4];
+                    s.read_exact(&mut b).unwrap();
+                    s
+                })
+                .collect::<Vec<_>>()
+        })
+        .join()
+        .unwrap();
+        let text = n.metrics_text();
+        let on = |i: usize| {
+            zpath_tests::node::sum_metric(
+                &text,
+                &format!("zpath_open_connections{{shard=\"{i}\"}}"),
+            )
+        };
+        assert_eq!(
+            (on(shard), on(1 - shard)),
+            (20, 0),
+            "20 connections from CPU {cpu} belong on shard {shard}"
+        );
+        drop(conns);
+        n.assert_no_open_connections();
+    }
 }
