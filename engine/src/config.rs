@@ -12,13 +12,13 @@ use crate::buffers::BufferConfig;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Steering {
     /// By a hash of the connection's addresses: even spread, whatever CPU it arrived on.
-    #[default]
     Hash,
     /// To the shard on the CPU that received the connection (falls back to the hash
     /// for CPUs without a shard): the client's CPU on loopback and veth, the
     /// receiving queue's CPU for a NIC. Keeps a flow's wakeups on one CPU; a client
     /// that opens all its connections from one CPU loads one shard. Needs pinned
     /// shards on distinct CPUs; otherwise the hash is used.
+    #[default]
     Cpu,
 }
 
@@ -137,7 +137,7 @@ impl Default for EngineConfig {
             node_name: String::new(),
             cores: vec![0],
             pin_shards: true,
-            steering: Steering::Hash,
+            steering: Steering::Cpu,
             drain_deadline: Duration::from_secs(5),
             packet_mark: 1337,
             connect_timeout: Duration::from_secs(10),
@@ -334,7 +334,7 @@ mod tests {
         let cfg = EngineConfig {
             cores: vec![0, 0],
             pin_shards: true,
-            steering: Steering::Hash,
+            steering: Steering::Cpu,
             ..EngineConfig::default()
         };
         assert!(cfg.validate().is_err());

@@ -107,10 +107,10 @@ impl Daemon {
             reserved,
         });
         if cfg.steering == Steering::Cpu && !Steering::by_cpu(&cfg) {
-            tracing::warn!(
+            info!(
                 cores = ?cfg.cores,
                 pinned = cfg.pin_shards,
-                "--steering cpu needs pinned shards on distinct CPUs; hashing instead"
+                "connections are spread over shards by hash: steering by CPU needs pinned shards on distinct CPUs"
             );
         }
         // Shards bind one after another, so listener i of every SO_REUSEPORT group is

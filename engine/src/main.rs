@@ -61,10 +61,11 @@ struct Args {
     /// kernel balance shards against other busy processes.
     #[arg(long, env = "ZPATH_UNPINNED")]
     unpinned: bool,
-    /// How new connections are spread over shards: `hash` (of the addresses: even
-    /// spread) or `cpu` (to the shard on the CPU that received the connection: fewer
-    /// cross-CPU wakeups; needs pinned shards on distinct CPUs, else `hash` is used).
-    #[arg(long, env = "ZPATH_STEERING", default_value = "hash", value_parser = steering)]
+    /// How new connections are spread over shards: `cpu` (to the shard on the CPU that
+    /// received the connection, so a flow's wakeups stay on one CPU; needs pinned
+    /// shards on distinct CPUs, else `hash` is used) or `hash` (of the addresses: even
+    /// spread over shards whatever CPU the connections arrive on).
+    #[arg(long, env = "ZPATH_STEERING", default_value = "cpu", value_parser = steering)]
     steering: Steering,
     /// After SIGTERM/SIGINT, how long connections may finish before being aborted.
     #[arg(long, env = "ZPATH_DRAIN_DEADLINE", default_value = "5s", value_parser = duration)]
