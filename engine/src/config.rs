@@ -339,4 +339,19 @@ mod tests {
         };
         assert!(cfg.validate().is_err());
     }
+
+    #[test]
+    fn steering_by_cpu_needs_pinned_shards_on_distinct_cpus() {
+        let cfg = |cores: Vec<usize>, pin_shards, steering| EngineConfig {
+            cores,
+            pin_shards,
+            steering,
+            ..EngineConfig::default()
+        };
+        assert!(Steering::by_cpu(&cfg(vec![1, 0], true, Steering::Cpu)));
+        assert!(!Steering::by_cpu(&cfg(vec![1, 0], false, Steering::Cpu)));
+        assert!(!Steering::by_cpu(&cfg(vec![0, 0], true, Steering::Cpu)));
+        assert!(!Steering::by_cpu(&cfg(vec![1, 0], true, Steering::Hash)));
+        assert_eq!(EngineConfig::default().steering, Steering::Cpu);
+    }
 }
