@@ -13,26 +13,14 @@ use crate::buffers::BufferConfig;
 pub enum Steering {
     /// By a hash of the connection's addresses: even spread, whatever CPU it arrived on.
     Hash,
-    /// To the shard on the CPU that received the connection (falls back to the hash
-    /// for CPUs without a shard): the client's CPU on loopback and veth, the
-    /// receiving queue's CPU for a NIC. Keeps a flow's wakeups on one CPU; a client
-    /// that opens all its connections from one CPU loads one shard. Needs pinned
-    /// shards on distinct CPUs; otherwise the hash is used.
+    /// To the shard on the CPU that received the connection (`SO_INCOMING_CPU`, Linux
+    /// 6.2+; the hash for CPUs without a shard): the client's CPU on loopback and
+    /// veth, the receive queue's CPU for a NIC. Keeps a flow's wakeups on one CPU.
+    /// Its cost: connections received on one CPU all load one shard (one client
+    /// thread opening every connection, a NIC whose interrupts all go to one CPU).
+    /// Needs pinned shards; unpinned, the hash is used.
     #[default]
     Cpu,
-}
-
-impl Steering {
-    /// Whether `cfg` steers by CPU (pinned shards, each on its own CPU).
-    pub fn by_cpu(cfg: &EngineConfig) -> bool {
-        if cfg.steering != Steering::Cpu || !cfg.pin_shards {
-            return false;
-        }
-        let mut cores = cfg.cores.clone();
-        cores.sort_unstable();
-        cores.dedup();
-        cores.len() == cfg.cores.len()
-    }
 }
 
 /// Everything the engine needs to start.
@@ -60,9 +48,10 @@ pub struct EngineConfig {
     pub node_name: String,
     /// The CPU of each shard (one shard per entry).
     pub cores: Vec<usize>,
-    /// Whether each shard's thread is pinned to its CPU (else the kernel places it).
+    /// Whether each shard's thread is pinned to its CPU (else the kernel places it);
+    /// default: pinned.
     pub pin_shards: bool,
-    /// How new connections are spread over the shards' listeners.
+    /// How new connections are spread over the shards' listeners; default: by CPU.
     pub steering: Steering,
     /// How long in-flight connections may finish after SIGTERM before being aborted.
     pub drain_deadline: Duration,
@@ -186,6 +175,12 @@ fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigInvalid {
 }
 
 impl EngineConfig {
+    /// Whether connections are steered to the shard of their CPU: asked for, and the
+    /// shards are pinned (each on its own CPU, as [`EngineConfig::validate`] requires).
+    pub fn steers_by_cpu(&self) -> bool {
+        self.steering == Steering::Cpu && self.pin_shards
+    }
+
     /// Checks that the settings can work together.
     pub fn validate(&self) -> Result<(), ConfigInvalid> {
         if self.cores.is_empty() {
@@ -341,17 +336,16 @@ mod tests {
     }
 
     #[test]
-    fn steering_by_cpu_needs_pinned_shards_on_distinct_cpus() {
-        let cfg = |cores: Vec<usize>, pin_shards, steering| EngineConfig {
-            cores,
+    fn steering_by_cpu_needs_pinned_shards() {
+        let cfg = |pin_shards, steering| EngineConfig {
+            cores: vec![1, 0],
             pin_shards,
             steering,
             ..EngineConfig::default()
         };
-        assert!(Steering::by_cpu(&cfg(vec![1, 0], true, Steering::Cpu)));
-        assert!(!Steering::by_cpu(&cfg(vec![1, 0], false, Steering::Cpu)));
-        assert!(!Steering::by_cpu(&cfg(vec![0, 0], true, Steering::Cpu)));
-        assert!(!Steering::by_cpu(&cfg(vec![1, 0], true, Steering::Hash)));
+        assert!(cfg(true, Steering::Cpu).steers_by_cpu());
+        assert!(!cfg(false, Steering::Cpu).steers_by_cpu());
+        assert!(!cfg(true, Steering::Hash).steers_by_cpu());
         assert_eq!(EngineConfig::default().steering, Steering::Cpu);
     }
 }

@@ -106,15 +106,11 @@ impl Daemon {
             hbone: resolve(cfg.hbone_addr)?,
             reserved,
         });
-        if cfg.steering == Steering::Cpu && !Steering::by_cpu(&cfg) {
+        if cfg.steering == Steering::Cpu && !cfg.steers_by_cpu() {
             info!(
-                cores = ?cfg.cores,
-                pinned = cfg.pin_shards,
-                "connections are spread over shards by hash: steering by CPU needs pinned shards on distinct CPUs"
+                "connections are spread over shards by hash: steering by CPU needs pinned shards"
             );
         }
-        // Shards bind one after another, so listener i of every SO_REUSEPORT group is
-        // shard i's (what steering by CPU relies on).
         let mut shards = Vec::with_capacity(cfg.cores.len());
         for (id, &core) in cfg.cores.iter().enumerate() {
             shards.push(shard::spawn(

@@ -321,11 +321,11 @@ async fn relay(
         }
     };
     let socket = Shared(Rc::new(RefCell::new(socket)));
-    // The first read of a stream uses the smallest buffer class, as passthrough does:
-    // an idle stream holds only that much; bulk doubles it up to the largest class.
+    // The first read of a stream is --buffer-min bytes, as passthrough's: an idle
+    // stream holds only that much; bulk doubles it up to --buffer-max.
     let sizes = ReadSizes {
         min: shard.cfg.buffers.min,
-        max: shard.cfg.buffers.max.max(shard.cfg.buffers.min),
+        max: shard.cfg.buffers.max,
     };
     let result =
         zpath_tunnel::relay::relay(socket.clone(), socket.clone(), send, recv, sizes, &meter).await;

@@ -62,9 +62,10 @@ struct Args {
     #[arg(long, env = "ZPATH_UNPINNED")]
     unpinned: bool,
     /// How new connections are spread over shards: `cpu` (to the shard on the CPU that
-    /// received the connection, so a flow's wakeups stay on one CPU; needs pinned
-    /// shards on distinct CPUs, else `hash` is used) or `hash` (of the addresses: even
-    /// spread over shards whatever CPU the connections arrive on).
+    /// received the connection, so a flow's wakeups stay on one CPU; but connections
+    /// received on one CPU, e.g. from a NIC whose interrupts all go to one CPU, then
+    /// load one shard; needs pinned shards and Linux 6.2+, else `hash` is used) or
+    /// `hash` (of the addresses: even spread whatever CPU connections arrive on).
     #[arg(long, env = "ZPATH_STEERING", default_value = "cpu", value_parser = steering)]
     steering: Steering,
     /// After SIGTERM/SIGINT, how long connections may finish before being aborted.

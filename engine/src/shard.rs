@@ -16,7 +16,7 @@ use zpath_control::{Snapshot, SnapshotCell};
 
 use crate::buffers::BufPool;
 use crate::certs::{CertCell, CertStore};
-use crate::config::{EngineConfig, Steering};
+use crate::config::EngineConfig;
 use crate::flow;
 use crate::hbone::TunnelPool;
 use crate::stats::{Direction, FailReason, PolicyCounts, ShardStats};
@@ -293,15 +293,15 @@ pub fn spawn(
     })
 }
 
-/// Listens on `addr` in the shards' `SO_REUSEPORT` group; with `steer` (the CPU of each
-/// shard, in binding order), connections go to the shard on the CPU that received them.
-fn bind(addr: SocketAddr, backlog: i32, steer: Option<&[usize]>) -> Result<TcpListener, String> {
+/// Listens on `addr` in the shards' `SO_REUSEPORT` group; with `steer` (this shard's
+/// CPU), connections received on that CPU come to this listener.
+fn bind(addr: SocketAddr, backlog: i32, steer: Option<usize>) -> Result<TcpListener, String> {
     let sock = sys::listen_reuseport(addr, backlog).map_err(|e| {
         format!("cannot listen on {addr}: {e} (is another process using the port?)")
     })?;
-    if let Some(cores) = steer {
-        if let Err(e) = sys::steer_by_cpu(&sock, cores) {
-            tracing::warn!(%addr, "cannot steer connections by CPU, hashing instead: {e}");
+    if let Some(cpu) = steer {
+        if let Err(e) = sys::steer_to_cpu(&sock, cpu) {
+            tracing::warn!(%addr, cpu, "cannot steer connections by CPU, hashing instead: {e}");
         }
     }
     Ok(sys::into_glommio_listener(sock))
@@ -322,7 +322,10 @@ async fn run(
     ];
     for (addr, kind) in listeners {
         let Some(addr) = addr else { continue };
-        let steer = Steering::by_cpu(&shard.cfg).then_some(shard.cfg.cores.as_slice());
+        let steer = match shard.cfg.steers_by_cpu() {
+            true => shard.cfg.cores.get(shard.id).copied(),
+            false => None,
+        };
         match bind(addr, shard.cfg.accept_backlog, steer) {
             Ok(l) => {
                 accepting.push(glommio::spawn_local(accept_loop(shard.clone(), l, kind)).detach())

@@ -90,66 +90,12 @@ pub fn listen_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
     Ok(sock)
 }
 
-/// Builds the classic BPF program that picks, for a new connection, the listener of the
-/// shard running on the CPU that received it: `cores[i]` is the CPU of the `i`-th
-/// listener in the `SO_REUSEPORT` group (shards bind in order). A CPU without a shard
-/// yields an index past the group, which makes the kernel fall back to its hash.
-pub fn cpu_steering_program(cores: &[usize]) -> Vec<libc::sock_filter> {
-    let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
-        code: code as u16,
-        jt,
-        jf,
-        k,
-    };
-    let mut prog = Vec::with_capacity(2 * cores.len() + 2);
-    // A = the CPU this packet is processed on.
-    prog.push(op(
-        libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
-        0,
-        0,
-        (libc::SKF_AD_OFF + libc::SKF_AD_CPU) as u32,
-    ));
-    for (index, &cpu) in cores.iter().enumerate() {
-        // if A == cpu: return index (else skip that return).
-        prog.push(op(
-            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
-            0,
-            1,
-            cpu as u32,
-        ));
-        prog.push(op(libc::BPF_RET | libc::BPF_K, 0, 0, index as u32));
-    }
-    prog.push(op(libc::BPF_RET | libc::BPF_K, 0, 0, u32::MAX));
-    prog
-}
-
-/// Attaches [`cpu_steering_program`] to the `SO_REUSEPORT` group of `listener`: each
-/// connection goes to the shard on the CPU that received it, so the shard, the client
-/// (on loopback and veth) and their wakeups stay on one CPU.
-pub fn steer_by_cpu(listener: &impl AsRawFd, cores: &[usize]) -> io::Result<()> {
-    let mut prog = cpu_steering_program(cores);
-    let len = u16::try_from(prog.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many shards to steer"))?;
-    let fprog = libc::sock_fprog {
-        len,
-        filter: prog.as_mut_ptr(),
-    };
-    // SAFETY: `fprog` points at `prog`, alive for the call; the kernel copies the
-    // program and validates it; the size passed is that of the struct given.
-    let rc = unsafe {
-        libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_REUSEPORT_CBPF,
-            (&fprog as *const libc::sock_fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+/// Marks `listener` as the one for connections received on `cpu` (`SO_INCOMING_CPU`):
+/// in its `SO_REUSEPORT` group the kernel (Linux 6.2 and later) hands a new connection
+/// to the listener marked with the CPU that received it, and hashes among the others
+/// when none is. Independent of the order listeners joined or left the group.
+pub fn steer_to_cpu(listener: &Socket, cpu: usize) -> io::Result<()> {
+    listener.set_cpu_affinity(cpu)
 }
 
 /// A bound, not listening, `SO_REUSEPORT` socket: reserves a port (for `:0` addresses)

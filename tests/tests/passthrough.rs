@@ -486,36 +486,9 @@ fn socks5_data_pipelined_with_the_request_is_relayed_and_counted() {
     );
 }
 
-/// The CPUs this process may run on.
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills at most its size.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
-    }
-}
-
-/// Pins the calling thread to `cpu`.
-fn pin_to(cpu: usize) {
-    // SAFETY: as above; the set holds one CPU this process may use.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0
-        );
-    }
-}
-
 #[test]
 fn cpu_steering_puts_each_connection_on_the_shard_of_the_clients_cpu() {
-    let cpus = allowed_cpus();
+    let cpus = zpath_tests::allowed_cpus();
     if cpus.len() < 2 {
         eprintln!("skipped: steering by CPU needs two CPUs, this process has {cpus:?}");
         return;
@@ -530,7 +503,7 @@ fn cpu_steering_puts_each_connection_on_the_shard_of_the_clients_cpu() {
         let target = echo.addr;
         let socks = n.socks5;
         let conns = std::thread::spawn(move || {
-            pin_to(cpu);
+            zpath_tests::pin_thread_to(cpu);
             (0..20)
                 .map(|_| {
                     let mut s = socks5::connect(socks, target).unwrap().unwrap();

@@ -47,6 +47,8 @@ pub(crate) struct TunnelState {
 
 impl TunnelState {
     pub(crate) fn has_room(&self) -> bool {
+        // A server limit of 0 counts as 1: the stream waits in h2's queue (bounded by
+        // the open timeout) rather than every checkout making a new tunnel.
         !self.closed.get()
             && self.streams.get() + self.promised.get()
                 < self.max_streams.min(self.peer_limit.get().max(1))

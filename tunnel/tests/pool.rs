@@ -190,11 +190,15 @@ fn a_handshake_every_waiter_gave_up_on_is_dropped_not_joined() {
         });
         let _ =
             futures_lite::future::or(async { stalled.await.map(|_| ()) }, async { Ok(()) }).await;
-        let (_tunnel, _slot) = pool.checkout(&0, |p| dial(addr, p)).await.unwrap();
+        let (tunnel, slot) = pool.checkout(&0, |p| dial(addr, p)).await.unwrap();
         assert!(dropped.get());
         assert_eq!(pool.handshakes(), 3);
         let stats = pool.stats();
         assert_eq!((stats.connecting, stats.tunnels, stats.streams), (0, 1, 1));
+        drop((tunnel, slot));
+        let later = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        pool.release_idle(later, std::time::Duration::from_millis(10));
+        assert_eq!(pool.stats(), zpath_tunnel::PoolStats::default());
     });
 }
 
@@ -230,5 +234,12 @@ fn the_servers_stream_limit_is_followed_once_its_settings_arrive() {
         .unwrap();
         assert_eq!(pool.stats().streams, 3);
         drop((s1, s2, s3));
+        assert_eq!(pool.stats().streams, 0);
+        let later = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        assert_eq!(
+            pool.release_idle(later, std::time::Duration::from_millis(10)),
+            2
+        );
+        assert_eq!(pool.stats(), zpath_tunnel::PoolStats::default());
     });
 }
