@@ -37,7 +37,7 @@ mod cpu;
 use cpu::ThreadCpu;
 use prost_types::Any;
 use zpath_control::convert::WorkloadEndpoints;
-use zpath_control::model::{NamespacedHostname, Strng, Workload};
+use zpath_control::model::{NamespacedHostname, Strng, Workload, WorkloadProfile};
 use zpath_control::proto::istio::workload as xwl;
 use zpath_control::snapshot::{PortMap, SnapshotBuilder};
 use zpath_control::xds::resource::to_any;
@@ -181,10 +181,11 @@ fn service_resources(services: usize) -> Vec<XdsResource> {
         .collect()
 }
 
-/// A workload with its service port maps, ready for the builder.
-type Converted = (Arc<Workload>, Vec<(NamespacedHostname, PortMap)>);
+/// A workload (its service port maps are in its profile), ready for the builder.
+type Converted = Arc<Workload>;
 
-/// Converted workloads with their strings shared as the xDS handler shares them.
+/// Converted workloads with their strings and profiles shared as the xDS handler
+/// shares them.
 fn domain_workloads(range: std::ops::Range<usize>, services: usize) -> Vec<Converted> {
     let mut strings: HashSet<Strng> = HashSet::new();
     let mut s = |v: &Strng| -> Strng {
@@ -194,34 +195,56 @@ fn domain_workloads(range: std::ops::Range<usize>, services: usize) -> Vec<Conve
         strings.insert(v.clone());
         v.clone()
     };
-    let port: PortMap = Arc::new([(80, 8080)].into());
+    let mut profiles: HashSet<Arc<WorkloadProfile>> = HashSet::new();
+    let mut ports: HashSet<PortMap> = HashSet::new();
+    let mut port = |m: &PortMap| -> PortMap {
+        if let Some(x) = ports.get(m) {
+            return x.clone();
+        }
+        ports.insert(m.clone());
+        m.clone()
+    };
     range
         .map(|i| {
             let we = WorkloadEndpoints::try_from(xds_workload(i, services)).unwrap();
-            let w = we.workload;
-            let services: Vec<NamespacedHostname> = w
-                .services
-                .iter()
-                .map(|k| NamespacedHostname {
-                    namespace: s(&k.namespace),
-                    hostname: s(&k.hostname),
-                })
-                .collect();
-            let ports = services.iter().map(|k| (k.clone(), port.clone())).collect();
-            let w = Workload {
-                namespace: s(&w.namespace),
-                trust_domain: s(&w.trust_domain),
-                service_account: s(&w.service_account),
-                node: s(&w.node),
-                network: s(&w.network),
-                canonical_name: s(&w.canonical_name),
-                canonical_revision: s(&w.canonical_revision),
-                workload_name: s(&w.workload_name),
-                cluster_id: s(&w.cluster_id),
-                services,
-                ..w
+            let mut w = we.workload;
+            let profile = match profiles.get(&*w.profile) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = &w.profile;
+                    let services: Vec<NamespacedHostname> = p
+                        .services
+                        .iter()
+                        .map(|k| NamespacedHostname {
+                            namespace: s(&k.namespace),
+                            hostname: s(&k.hostname),
+                        })
+                        .collect();
+                    let service_ports: Vec<Option<PortMap>> = p
+                        .service_ports
+                        .iter()
+                        .map(|m| m.as_ref().map(&mut port))
+                        .collect();
+                    let shared = Arc::new(WorkloadProfile {
+                        namespace: s(&p.namespace),
+                        trust_domain: s(&p.trust_domain),
+                        service_account: s(&p.service_account),
+                        network: s(&p.network),
+                        canonical_name: s(&p.canonical_name),
+                        canonical_revision: s(&p.canonical_revision),
+                        workload_name: s(&p.workload_name),
+                        cluster_id: s(&p.cluster_id),
+                        services,
+                        service_ports,
+                        ..(**p).clone()
+                    });
+                    profiles.insert(shared.clone());
+                    shared
+                }
             };
-            (Arc::new(w), ports)
+            w.profile = profile;
+            w.node = s(&w.node);
+            Arc::new(w)
         })
         .collect()
 }
@@ -232,8 +255,8 @@ fn base_snapshot(workloads: usize, services: usize) -> Snapshot {
         let svc = zpath_control::model::Service::try_from(xds_service(s)).unwrap();
         b.upsert_service(Arc::new(svc));
     }
-    for (w, ports) in domain_workloads(0..workloads, services) {
-        b.upsert_workload(w, ports);
+    for w in domain_workloads(0..workloads, services) {
+        b.upsert_workload(w);
     }
     b.finish()
 }
@@ -256,9 +279,9 @@ fn bench_builder(c: &mut Criterion<ThreadCpu>) {
                     || new.clone(),
                     |new| {
                         let mut add = base.builder();
-                        let uids: Vec<Strng> = new.iter().map(|(w, _)| w.uid.clone()).collect();
-                        for (w, ports) in new {
-                            add.upsert_workload(w, ports);
+                        let uids: Vec<Strng> = new.iter().map(|w| w.uid.clone()).collect();
+                        for w in new {
+                            add.upsert_workload(w);
                         }
                         let added = add.finish();
                         let mut remove = added.builder();
@@ -316,9 +339,9 @@ fn bench_single(c: &mut Criterion<ThreadCpu>) {
                 || new.clone(),
                 |new| {
                     let mut add = base.builder();
-                    let uid = new[0].0.uid.clone();
-                    for (w, ports) in new {
-                        add.upsert_workload(w, ports);
+                    let uid = new[0].uid.clone();
+                    for w in new {
+                        add.upsert_workload(w);
                     }
                     let added = add.finish();
                     let mut remove = added.builder();
@@ -392,21 +415,15 @@ fn memory_report() {
     let before_objects = live();
     let objects = domain_workloads(0..MEM_WORKLOADS, MEM_SERVICES);
     let vec_itself = (objects.capacity() * std::mem::size_of::<Converted>()) as isize;
-    let ports_vecs: isize = objects
-        .iter()
-        .map(|(_, p)| {
-            (p.capacity() * std::mem::size_of::<(NamespacedHostname, PortMap)>()) as isize
-        })
-        .sum();
-    let workload_objects = live() - before_objects - vec_itself - ports_vecs;
+    let workload_objects = live() - before_objects - vec_itself;
     let mut b = SnapshotBuilder::new("node-0");
     for s in 0..MEM_SERVICES {
         let svc = zpath_control::model::Service::try_from(xds_service(s)).unwrap();
         b.upsert_service(Arc::new(svc));
     }
     let before_index = live();
-    for (w, ports) in objects.iter().cloned() {
-        b.upsert_workload(w, ports);
+    for w in objects.iter().cloned() {
+        b.upsert_workload(w);
     }
     let snap = b.finish();
     let index = live() - before_index;
@@ -414,7 +431,7 @@ fn memory_report() {
     println!(
         "memory at {MEM_WORKLOADS} workloads in {MEM_SERVICES} services:\n  \
          snapshot built through xDS (workloads + indexes + services + interned strings): {:.0} B/workload\n  \
-         workload objects alone (Arc<Workload> {dict} B struct + 16 B Arc header, uid, name, address and service vectors): {:.0} B/workload\n  \
+         workload objects alone (Arc<Workload> {dict} B struct + 16 B Arc header, uid, name, shared profiles): {:.0} B/workload\n  \
          snapshot indexes (by uid, by IP, service endpoints and endpoint vectors, local targets): {:.0} B/workload",
         per(total),
         per(workload_objects),

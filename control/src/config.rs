@@ -31,6 +31,7 @@ use serde::Deserialize;
 
 use crate::model::{
     Endpoint, HealthStatus, NamespacedHostname, Service, Strng, TunnelProtocol, Workload,
+    WorkloadProfile,
 };
 use crate::ConfigError;
 
@@ -358,27 +359,35 @@ fn convert_workload(
         ));
     }
     services.sort();
-    let wl = Workload {
-        uid,
-        name: fw.name.into(),
+    let profile = WorkloadProfile {
         namespace,
         trust_domain,
         service_account,
-        workload_ips: ips,
         protocol: match fw.protocol {
             FileProtocol::Tcp => TunnelProtocol::Tcp,
             FileProtocol::Hbone => TunnelProtocol::Hbone,
         },
-        node: fw.node.into(),
         network: fw.network.into(),
-        status,
         authorization_policies: policies,
+        service_ports: services
+            .iter()
+            .map(|k| {
+                endpoints
+                    .iter()
+                    .find(|(e, _)| e == k)
+                    .map(|(_, ep)| Arc::new(ep.port.clone()))
+            })
+            .collect(),
         services,
         canonical_name: fw.canonical_name.into(),
         canonical_revision: fw.canonical_revision.into(),
         workload_name: fw.workload_name.into(),
         cluster_id: or_default(&fw.cluster_id, "Kubernetes"),
     };
+    let mut wl = Workload::new(uid, &fw.name, Arc::new(profile));
+    wl.node = fw.node.into();
+    wl.workload_ips = ips.into();
+    wl.status = status;
     Ok((wl, endpoints))
 }
 

@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use zpath_policy::model::{
@@ -23,6 +24,7 @@ use zpath_policy::model::{
 
 use crate::model::{
     Endpoint, HealthStatus, NamespacedHostname, Service, Strng, TunnelProtocol, Workload,
+    WorkloadProfile,
 };
 use crate::proto::istio::security as xsec;
 use crate::proto::istio::workload as xwl;
@@ -99,17 +101,19 @@ impl TryFrom<&xwl::Workload> for WorkloadEndpoints {
     type Error = ConvertError;
 
     fn try_from(w: &xwl::Workload) -> Result<Self, ConvertError> {
-        workload_with(w, &mut |v| Strng::from(v))
+        workload_with(w, &mut |v| Strng::from(v), &mut Arc::new)
     }
 }
 
 /// Converts a workload, making every shared-looking string (namespace, identity,
 /// node, network, telemetry names, service keys, policy keys) with `intern`, so a
 /// caller can share one copy between many workloads without allocating duplicates.
-/// The uid and name are unique per workload and always allocated.
+/// The uid and name are unique per workload and always allocated. `share` turns the
+/// profile into the `Arc` the workload holds (the xDS source reuses an equal one).
 pub(crate) fn workload_with(
     w: &xwl::Workload,
     intern: &mut dyn FnMut(&str) -> Strng,
+    share: &mut dyn FnMut(WorkloadProfile) -> Arc<WorkloadProfile>,
 ) -> Result<WorkloadEndpoints, ConvertError> {
     let err = |field: &str, message: String| ConvertError {
         kind: "workload",
@@ -140,13 +144,13 @@ pub(crate) fn workload_with(
     let uid = Strng::from(w.uid.as_str());
     let mut endpoints = Vec::with_capacity(w.services.len());
     for (key, list) in &w.services {
-        let field = format!("services[{key:?}]");
-        let svc = service_key(key).map_err(|m| err(&field, m))?;
+        let field = || format!("services[{key:?}]");
+        let svc = service_key(key).map_err(|m| err(&field(), m))?;
         let svc = NamespacedHostname {
             namespace: intern(svc.0),
             hostname: intern(svc.1),
         };
-        let port = port_map(&list.ports).map_err(|m| err(&field, m))?;
+        let port = port_map(&list.ports).map_err(|m| err(&field(), m))?;
         let endpoint = Endpoint {
             workload_uid: uid.clone(),
             port,
@@ -156,28 +160,128 @@ pub(crate) fn workload_with(
     }
     // The proto map has no order; sort so equal input gives equal output.
     endpoints.sort_by(|a, b| a.0.cmp(&b.0));
-    let workload = Workload {
-        uid,
-        name: w.name.as_str().into(),
+    let profile = WorkloadProfile {
         namespace,
         trust_domain,
         service_account,
-        workload_ips,
         protocol,
-        node: intern(&w.node),
         network: intern(&w.network),
-        status,
         authorization_policies,
         services: endpoints.iter().map(|(k, _)| k.clone()).collect(),
+        service_ports: endpoints
+            .iter()
+            .map(|(_, e)| Some(Arc::new(e.port.clone())))
+            .collect(),
         canonical_name: intern(&w.canonical_name),
         canonical_revision: intern(&w.canonical_revision),
         workload_name: intern(&w.workload_name),
         cluster_id: intern(or_default(&w.cluster_id, DEFAULT_CLUSTER_ID)),
     };
+    let mut workload = Workload::new(uid, &w.name, share(profile));
+    workload.node = intern(&w.node);
+    workload.workload_ips = workload_ips.into();
+    workload.status = status;
     Ok(WorkloadEndpoints {
         workload,
         endpoints,
     })
+}
+
+/// Converts `w` on a `profile` already known to be what its shared fields convert to
+/// (see [`profile_matches`]): only the per-workload fields (uid, name, node,
+/// addresses, health) are converted and checked.
+pub(crate) fn workload_on_profile(
+    w: &xwl::Workload,
+    profile: Arc<WorkloadProfile>,
+    intern: &mut dyn FnMut(&str) -> Strng,
+) -> Result<Workload, ConvertError> {
+    let err = |field: &str, message: String| ConvertError {
+        kind: "workload",
+        resource: w.uid.clone(),
+        field: field.to_string(),
+        message,
+    };
+    if w.uid.is_empty() {
+        return Err(err("uid", "must not be empty".into()));
+    }
+    let workload_ips = list("addresses", &w.addresses, |b| ip_from_bytes(b))
+        .map_err(|(field, message)| err(&field, message))?;
+    let status = health(w.status).map_err(|m| err("status", m))?;
+    let mut workload = Workload::new(w.uid.as_str().into(), &w.name, profile);
+    workload.node = intern(&w.node);
+    workload.workload_ips = workload_ips.into();
+    workload.status = status;
+    Ok(workload)
+}
+
+/// Whether the shared fields of `w` convert to exactly `p` (and so pass every check
+/// of [`workload_with`], as they did when `p` was made).
+pub(crate) fn profile_matches(p: &WorkloadProfile, w: &xwl::Workload) -> bool {
+    // The comparison below is quadratic in services and ports: beyond a few, the
+    // full conversion (n log n) decides instead.
+    const FAST_MAX: usize = 16;
+    if w.services.len() > FAST_MAX || w.services.values().any(|l| l.ports.len() > FAST_MAX) {
+        return false;
+    }
+    *p.namespace == *w.namespace
+        && *p.trust_domain == *or_default(&w.trust_domain, DEFAULT_TRUST_DOMAIN)
+        && *p.service_account == *or_default(&w.service_account, DEFAULT_SERVICE_ACCOUNT)
+        && tunnel_protocol(w.tunnel_protocol).ok() == Some(p.protocol)
+        && *p.network == *w.network
+        && *p.canonical_name == *w.canonical_name
+        && *p.canonical_revision == *w.canonical_revision
+        && *p.workload_name == *w.workload_name
+        && *p.cluster_id == *or_default(&w.cluster_id, DEFAULT_CLUSTER_ID)
+        && p.authorization_policies.len() == w.authorization_policies.len()
+        && p.authorization_policies
+            .iter()
+            .zip(&w.authorization_policies)
+            .all(|(a, b)| **a == **b)
+        && p.services.len() == w.services.len()
+        && w.services.iter().all(|(key, list)| {
+            let Ok((ns, host)) = service_key(key) else {
+                return false;
+            };
+            p.services
+                .iter()
+                .position(|k| *k.namespace == *ns && *k.hostname == *host)
+                .and_then(|i| p.service_ports.get(i)?.as_ref())
+                .is_some_and(|m| same_ports(m, &list.ports))
+        })
+}
+
+/// Whether `ports` converts (without error) to exactly `map`.
+fn same_ports(map: &BTreeMap<u16, u16>, ports: &[xwl::Port]) -> bool {
+    map.len() == ports.len()
+        && ports.iter().enumerate().all(|(i, p)| {
+            let found = u16::try_from(p.service_port).ok().and_then(|s| map.get(&s));
+            let unique = ports[..i].iter().all(|q| q.service_port != p.service_port);
+            unique && found.is_some_and(|t| u32::from(*t) == p.target_port)
+        })
+}
+
+/// A hash of the fields of `w` its profile is made of: equal for every `w` that
+/// [`profile_matches`] the same profile (given the same `state`).
+pub(crate) fn profile_wire_hash(w: &xwl::Workload, state: &impl std::hash::BuildHasher) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = state.build_hasher();
+    w.namespace.hash(&mut h);
+    or_default(&w.trust_domain, DEFAULT_TRUST_DOMAIN).hash(&mut h);
+    or_default(&w.service_account, DEFAULT_SERVICE_ACCOUNT).hash(&mut h);
+    w.tunnel_protocol.hash(&mut h);
+    w.network.hash(&mut h);
+    w.canonical_name.hash(&mut h);
+    w.canonical_revision.hash(&mut h);
+    w.workload_name.hash(&mut h);
+    or_default(&w.cluster_id, DEFAULT_CLUSTER_ID).hash(&mut h);
+    w.authorization_policies.hash(&mut h);
+    // The services map has no order: combine its keys' hashes commutatively.
+    let services = w
+        .services
+        .keys()
+        .fold(0u64, |acc, k| acc.wrapping_add(state.hash_one(k)));
+    h.write_u64(services);
+    h.finish()
 }
 
 impl TryFrom<xwl::Workload> for WorkloadEndpoints {
@@ -404,7 +508,9 @@ fn ip_from_bytes(bytes: &[u8]) -> Result<IpAddr, String> {
         return Ok(IpAddr::V4(Ipv4Addr::from(b)));
     }
     if let Ok(b) = <[u8; 16]>::try_from(bytes) {
-        return Ok(IpAddr::V6(Ipv6Addr::from(b)));
+        // An IPv4-mapped address is the IPv4 address: the data path looks addresses
+        // up in canonical form, so a mapped one would never be found.
+        return Ok(IpAddr::V6(Ipv6Addr::from(b)).to_canonical());
     }
     Err(format!(
         "an address must be 4 (IPv4) or 16 (IPv6) bytes, got {}",

@@ -1,6 +1,7 @@
 //! The domain model of workloads and services, shared by every configuration source
 //! (the local file and xDS). Values are immutable once built; strings are `Arc<str>`
-//! so snapshots share them instead of copying.
+//! so snapshots share them instead of copying, and the replicas of a deployment share
+//! one [`WorkloadProfile`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -11,6 +12,9 @@ use serde::Serialize;
 
 /// A shared, immutable string (cheap to clone into many snapshots).
 pub type Strng = Arc<str>;
+
+/// Service port → target port of one endpoint (a target of 0 keeps the service port).
+pub type PortMap = Arc<BTreeMap<u16, u16>>;
 
 /// How a workload receives mesh traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
@@ -55,52 +59,162 @@ impl Serialize for NamespacedHostname {
     }
 }
 
+/// A borrowed service key, to look up a [`NamespacedHostname`] without allocating.
+/// Orders exactly as the owned key does (namespace, then hostname).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NamespacedHostnameRef<'a> {
+    /// Namespace of the service.
+    pub namespace: &'a str,
+    /// Fully qualified host name of the service.
+    pub hostname: &'a str,
+}
+
+impl<'a> NamespacedHostnameRef<'a> {
+    /// Splits `namespace/hostname`, with the checks of [`NamespacedHostname`]'s parser;
+    /// `None` when `value` is not of that form.
+    pub fn parse(value: &'a str) -> Option<Self> {
+        match value.split_once('/') {
+            Some((ns, host)) if !ns.is_empty() && !host.is_empty() && !host.contains('/') => {
+                Some(Self {
+                    namespace: ns,
+                    hostname: host,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+impl equivalent::Equivalent<NamespacedHostname> for NamespacedHostnameRef<'_> {
+    fn equivalent(&self, key: &NamespacedHostname) -> bool {
+        self.namespace == &*key.namespace && self.hostname == &*key.hostname
+    }
+}
+
+impl equivalent::Comparable<NamespacedHostname> for NamespacedHostnameRef<'_> {
+    fn compare(&self, key: &NamespacedHostname) -> std::cmp::Ordering {
+        self.namespace
+            .cmp(&*key.namespace)
+            .then_with(|| self.hostname.cmp(&*key.hostname))
+    }
+}
+
 impl std::str::FromStr for NamespacedHostname {
     type Err = String;
 
     fn from_str(value: &str) -> Result<Self, Self::Err> {
-        match value.split_once('/') {
-            Some((ns, host)) if !ns.is_empty() && !host.is_empty() && !host.contains('/') => {
-                Ok(Self {
-                    namespace: ns.into(),
-                    hostname: host.into(),
-                })
-            }
-            _ => Err(format!(
+        match NamespacedHostnameRef::parse(value) {
+            Some(r) => Ok(Self {
+                namespace: r.namespace.into(),
+                hostname: r.hostname.into(),
+            }),
+            None => Err(format!(
                 "{value:?} is not a service key of the form namespace/hostname"
             )),
         }
     }
 }
 
-/// A workload: a pod or VM with one or more addresses and one identity.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Workload {
-    /// Unique id (xDS resource name); derived from namespace/name when a file omits it.
-    pub uid: Strng,
-    /// Pod (or VM) name.
-    pub name: Strng,
+/// A workload's addresses. Almost every workload has exactly one, which is stored
+/// inline (no allocation); reads see a slice.
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct Addresses(AddressesRepr);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum AddressesRepr {
+    One(IpAddr),
+    /// None or several (an empty box does not allocate).
+    Other(Box<[IpAddr]>),
+}
+
+impl Default for AddressesRepr {
+    fn default() -> Self {
+        AddressesRepr::Other(Box::default())
+    }
+}
+
+impl std::ops::Deref for Addresses {
+    type Target = [IpAddr];
+
+    fn deref(&self) -> &[IpAddr] {
+        match &self.0 {
+            AddressesRepr::One(ip) => std::slice::from_ref(ip),
+            AddressesRepr::Other(ips) => ips,
+        }
+    }
+}
+
+impl From<Vec<IpAddr>> for Addresses {
+    fn from(ips: Vec<IpAddr>) -> Self {
+        match *ips {
+            [ip] => Addresses(AddressesRepr::One(ip)),
+            _ => Addresses(AddressesRepr::Other(ips.into_boxed_slice())),
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Addresses {
+    type Item = &'a IpAddr;
+    type IntoIter = std::slice::Iter<'a, IpAddr>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl FromIterator<IpAddr> for Addresses {
+    fn from_iter<I: IntoIterator<Item = IpAddr>>(iter: I) -> Self {
+        iter.into_iter().collect::<Vec<_>>().into()
+    }
+}
+
+impl PartialEq<Vec<IpAddr>> for Addresses {
+    fn eq(&self, other: &Vec<IpAddr>) -> bool {
+        **self == **other
+    }
+}
+
+impl PartialEq<[IpAddr]> for Addresses {
+    fn eq(&self, other: &[IpAddr]) -> bool {
+        **self == *other
+    }
+}
+
+impl fmt::Debug for Addresses {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for Addresses {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+/// What the workloads of one deployment have in common: identity, telemetry names,
+/// services and policies. Workloads hold it behind an `Arc`, so the xDS source shares
+/// one copy between every replica instead of repeating a dozen strings per workload.
+/// [`Workload`] dereferences to it: `workload.namespace` reads the profile's field.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct WorkloadProfile {
     /// Namespace.
     pub namespace: Strng,
     /// SPIFFE trust domain of its identity.
     pub trust_domain: Strng,
     /// Service account of its identity.
     pub service_account: Strng,
-    /// Addresses the workload answers on.
-    pub workload_ips: Vec<IpAddr>,
     /// How it receives mesh traffic.
     pub protocol: TunnelProtocol,
-    /// Node the workload runs on (the node whose zpath serves it).
-    pub node: Strng,
     /// Network the addresses belong to (empty: the default network).
     pub network: Strng,
-    /// Health.
-    pub status: HealthStatus,
     /// Selector-scoped authorization policies that apply to it, as `namespace/name`.
     pub authorization_policies: Vec<Strng>,
-    /// Services it is an endpoint of.
+    /// Services it lists (no duplicates).
     pub services: Vec<NamespacedHostname>,
+    /// For each of `services` (same order): the port map of its endpoint in that
+    /// service, or `None` when it is listed there but is not an endpoint.
+    pub service_ports: Vec<Option<PortMap>>,
     /// Canonical (app) name, for telemetry.
     pub canonical_name: Strng,
     /// Canonical revision, for telemetry.
@@ -111,13 +225,117 @@ pub struct Workload {
     pub cluster_id: Strng,
 }
 
+impl WorkloadProfile {
+    /// The port map of the endpoint in service `namespace/hostname`, if it is one.
+    pub fn endpoint_ports(&self, namespace: &str, hostname: &str) -> Option<&PortMap> {
+        let i = self
+            .services
+            .iter()
+            .position(|k| *k.namespace == *namespace && *k.hostname == *hostname)?;
+        self.service_ports.get(i)?.as_ref()
+    }
+}
+
+/// A workload: a pod or VM with one or more addresses and one identity.
+///
+/// Only what differs between replicas is stored here (uid, name, node, addresses,
+/// health); the rest is the shared [`WorkloadProfile`], reachable through `Deref`
+/// (`workload.namespace`, `workload.protocol`, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// Unique id (xDS resource name); derived from namespace/name when a file omits it.
+    pub uid: Strng,
+    /// The pod (or VM) name, or `None` when it is the part of `uid` after its last
+    /// `/` (as in istiod's uids `cluster/group/kind/namespace/name`): no second copy.
+    name: Option<Strng>,
+    /// Node the workload runs on (the node whose zpath serves it).
+    pub node: Strng,
+    /// Addresses the workload answers on.
+    pub workload_ips: Addresses,
+    /// Health.
+    pub status: HealthStatus,
+    /// Everything it shares with the other replicas of its deployment.
+    pub profile: Arc<WorkloadProfile>,
+}
+
+impl std::ops::Deref for Workload {
+    type Target = WorkloadProfile;
+
+    fn deref(&self) -> &WorkloadProfile {
+        &self.profile
+    }
+}
+
+/// The part of `uid` after its last `/` (all of it when there is none).
+fn uid_tail(uid: &str) -> &str {
+    uid.rsplit_once('/').map_or(uid, |(_, tail)| tail)
+}
+
 impl Workload {
+    /// A healthy workload `uid` named `name`, with no address and no node yet.
+    pub fn new(uid: Strng, name: &str, profile: Arc<WorkloadProfile>) -> Self {
+        let mut w = Workload {
+            uid,
+            name: None,
+            node: Strng::from(""),
+            workload_ips: Addresses::default(),
+            status: HealthStatus::Healthy,
+            profile,
+        };
+        w.set_name(name);
+        w
+    }
+
+    /// Pod (or VM) name.
+    pub fn name(&self) -> &str {
+        match &self.name {
+            Some(n) => n,
+            None => uid_tail(&self.uid),
+        }
+    }
+
+    /// Sets the pod (or VM) name.
+    pub fn set_name(&mut self, name: &str) {
+        self.name = (uid_tail(&self.uid) != name).then(|| Strng::from(name));
+    }
+
+    /// The shared profile, for changing it (copied first if other workloads share it).
+    pub fn profile_mut(&mut self) -> &mut WorkloadProfile {
+        Arc::make_mut(&mut self.profile)
+    }
+
     /// The workload's SPIFFE identity, `spiffe://td/ns/NS/sa/SA`.
     pub fn spiffe_id(&self) -> String {
         format!(
             "spiffe://{}/ns/{}/sa/{}",
             self.trust_domain, self.namespace, self.service_account
         )
+    }
+}
+
+/// The same JSON as when every field lived in the workload itself.
+impl Serialize for Workload {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let p = &*self.profile;
+        let mut st = s.serialize_struct("Workload", 16)?;
+        st.serialize_field("uid", &*self.uid)?;
+        st.serialize_field("name", self.name())?;
+        st.serialize_field("namespace", &*p.namespace)?;
+        st.serialize_field("trustDomain", &*p.trust_domain)?;
+        st.serialize_field("serviceAccount", &*p.service_account)?;
+        st.serialize_field("workloadIps", &self.workload_ips)?;
+        st.serialize_field("protocol", &p.protocol)?;
+        st.serialize_field("node", &*self.node)?;
+        st.serialize_field("network", &*p.network)?;
+        st.serialize_field("status", &self.status)?;
+        st.serialize_field("authorizationPolicies", &p.authorization_policies)?;
+        st.serialize_field("services", &p.services)?;
+        st.serialize_field("canonicalName", &*p.canonical_name)?;
+        st.serialize_field("canonicalRevision", &*p.canonical_revision)?;
+        st.serialize_field("workloadName", &*p.workload_name)?;
+        st.serialize_field("clusterId", &*p.cluster_id)?;
+        st.end()
     }
 }
 
@@ -159,6 +377,107 @@ impl Service {
         NamespacedHostname {
             namespace: self.namespace.clone(),
             hostname: self.hostname.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn addresses_hold_none_one_or_many_and_read_as_a_slice() {
+        let none = Addresses::from(vec![]);
+        assert!(none.is_empty());
+        let one = Addresses::from(vec![ip("10.0.0.1")]);
+        assert_eq!(*one, [ip("10.0.0.1")]);
+        let two: Addresses = [ip("fd00::1"), ip("10.0.0.1")].into_iter().collect();
+        assert_eq!(two, vec![ip("fd00::1"), ip("10.0.0.1")]);
+        assert_ne!(one, two);
+        assert_eq!(format!("{two:?}"), "[fd00::1, 10.0.0.1]");
+        assert_eq!(serde_json::to_string(&one).unwrap(), r#"["10.0.0.1"]"#);
+        assert_eq!(Addresses::default(), none);
+        // One address lives inline: the whole list is three words.
+        assert_eq!(std::mem::size_of::<Addresses>(), 24);
+    }
+
+    #[test]
+    fn a_name_that_ends_the_uid_is_not_stored_twice() {
+        let p = Arc::new(WorkloadProfile::default());
+        let w = Workload::new("c//v1/Pod/ns/web-0".into(), "web-0", p.clone());
+        assert_eq!(w.name(), "web-0");
+        assert!(w.name.is_none());
+        let other = Workload::new("c//v1/Pod/ns/web-0".into(), "web", p.clone());
+        assert_eq!(other.name(), "web");
+        let bare = Workload::new("web-0".into(), "web-0", p.clone());
+        assert_eq!(bare.name(), "web-0");
+        let empty = Workload::new("c//v1/Pod/ns/web-0".into(), "", p);
+        assert_eq!(empty.name(), "");
+        assert_ne!(w, other);
+    }
+
+    #[test]
+    fn a_workload_serializes_as_one_flat_object_in_the_established_order() {
+        let profile = WorkloadProfile {
+            namespace: "shop".into(),
+            trust_domain: "cluster.local".into(),
+            service_account: "web".into(),
+            protocol: TunnelProtocol::Hbone,
+            network: "".into(),
+            authorization_policies: vec!["shop/allow".into()],
+            services: vec!["shop/web.shop.svc.cluster.local".parse().unwrap()],
+            service_ports: vec![Some(Arc::new([(80, 8080)].into()))],
+            canonical_name: "web".into(),
+            canonical_revision: "v1".into(),
+            workload_name: "web".into(),
+            cluster_id: "Kubernetes".into(),
+        };
+        let mut w = Workload::new("K//Pod/shop/web-0".into(), "web-0", Arc::new(profile));
+        w.node = "node-1".into();
+        w.workload_ips = vec![ip("10.0.0.2")].into();
+        w.status = HealthStatus::Unhealthy;
+        assert_eq!(
+            serde_json::to_string(&w).unwrap(),
+            concat!(
+                r#"{"uid":"K//Pod/shop/web-0","name":"web-0","namespace":"shop","#,
+                r#""trustDomain":"cluster.local","serviceAccount":"web","#,
+                r#""workloadIps":["10.0.0.2"],"protocol":"HBONE","node":"node-1","#,
+                r#""network":"","status":"Unhealthy","authorizationPolicies":["shop/allow"],"#,
+                r#""services":["shop/web.shop.svc.cluster.local"],"canonicalName":"web","#,
+                r#""canonicalRevision":"v1","workloadName":"web","clusterId":"Kubernetes"}"#
+            )
+        );
+        // Profile fields read through the workload.
+        assert_eq!(&*w.namespace, "shop");
+        assert_eq!(w.spiffe_id(), "spiffe://cluster.local/ns/shop/sa/web");
+        let ports = w
+            .endpoint_ports("shop", "web.shop.svc.cluster.local")
+            .unwrap();
+        assert_eq!(ports.get(&80), Some(&8080));
+        assert!(w.endpoint_ports("shop", "other").is_none());
+    }
+
+    #[test]
+    fn borrowed_service_keys_parse_and_order_like_owned_ones() {
+        use equivalent::Comparable;
+        let keys: Vec<NamespacedHostname> = ["a/x", "a/y", "b/a", "ab/a"]
+            .iter()
+            .map(|k| k.parse().unwrap())
+            .collect();
+        for k in &keys {
+            let text = k.to_string();
+            let r = NamespacedHostnameRef::parse(&text).unwrap();
+            for other in &keys {
+                assert_eq!(r.compare(other), k.cmp(other), "{k} vs {other}");
+            }
+        }
+        for bad in ["", "a", "/x", "a/", "a/b/c"] {
+            assert!(NamespacedHostnameRef::parse(bad).is_none(), "{bad:?}");
+            assert!(bad.parse::<NamespacedHostname>().is_err(), "{bad:?}");
         }
     }
 }

@@ -9,11 +9,18 @@
 //! proportional to the change (O(log n) per changed workload or service), sharing
 //! everything else with the previous one. Every source (the local file, xDS) feeds
 //! the same builder.
+//!
+//! Memory is kept near 300 bytes per workload at 10^5 workloads: the workload objects
+//! hold only what differs between replicas (uid, name, node, addresses, health) and
+//! share a profile per deployment; the index by uid has 8-byte keys
+//! ([`Workloads`]), the index by address 4-byte keys for IPv4, and a service's
+//! endpoint vector holds one pointer per endpoint.
 
 mod builder;
+mod index;
 mod key;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -21,7 +28,9 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 pub use builder::SnapshotBuilder;
+pub use index::Workloads;
 use key::IpKey;
+pub(crate) use key::{FastMap, FastSet, FastState};
 pub use key::{Uid, UidRef};
 
 use crate::config::LocalConfig;
@@ -30,28 +39,48 @@ use crate::model::{HealthStatus, NamespacedHostname, Service, Strng, TunnelProto
 /// The port a destination node's zpath (or ztunnel) listens on for HBONE.
 pub const HBONE_PORT: u16 = 15008;
 
-/// Service port → target port of one endpoint.
-pub type PortMap = Arc<BTreeMap<u16, u16>>;
+pub use crate::model::PortMap;
 
 /// A persistent map: O(1) clone, O(log n) lookup, insert and remove. A B-tree
 /// rather than a hash trie: at 10^5 entries its nodes are well filled (a hash trie's
 /// leaves are mostly empty there), and iteration order is stable for config dumps.
 pub type PMap<K, V> = imbl::OrdMap<K, V>;
 
-/// No position in a route's healthy vector.
-const NO_SLOT: u32 = u32::MAX;
-
-/// A workload's membership in one service: its port map and its position in the
-/// service route's `healthy` vector (`NO_SLOT` when it is not there: unhealthy, or the
-/// service is not defined). Two words: copying a map node of members stays cheap.
-#[derive(Debug, Clone)]
-struct Member {
-    ports: PortMap,
-    slot: u32,
+/// Workloads by address: IPv4 keys are 4 bytes, so the common case costs 16 bytes
+/// per entry instead of 32.
+#[derive(Debug, Clone, Default)]
+struct ByIp {
+    v4: PMap<u32, Arc<Workload>>,
+    v6: PMap<u128, Arc<Workload>>,
 }
 
-/// One healthy endpoint of a service: the workload and its target port map.
-pub type HealthyEndpoint = (Arc<Workload>, PortMap);
+impl ByIp {
+    fn get(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
+        match ip {
+            IpAddr::V4(v4) => self.v4.get(&v4.to_bits()),
+            IpAddr::V6(v6) => self.v6.get(&v6.to_bits()),
+        }
+    }
+
+    fn insert(&mut self, ip: IpAddr, w: Arc<Workload>) -> Option<Arc<Workload>> {
+        match ip {
+            IpAddr::V4(v4) => self.v4.insert(v4.to_bits(), w),
+            IpAddr::V6(v6) => self.v6.insert(v6.to_bits(), w),
+        }
+    }
+
+    fn remove(&mut self, ip: IpAddr) -> Option<Arc<Workload>> {
+        match ip {
+            IpAddr::V4(v4) => self.v4.remove(&v4.to_bits()),
+            IpAddr::V6(v6) => self.v6.remove(&v6.to_bits()),
+        }
+    }
+}
+
+/// One healthy endpoint of a service: the workload (its port map for the service is
+/// in its profile, [`crate::model::WorkloadProfile::endpoint_ports`]). One pointer,
+/// so that endpoint vectors stay small.
+pub type HealthyEndpoint = Arc<Workload>;
 
 /// A service as the data path needs it: its definition and its healthy endpoints in a
 /// persistent vector, so that choosing one uniformly is O(log n) and an endpoint
@@ -60,7 +89,7 @@ pub type HealthyEndpoint = (Arc<Workload>, PortMap);
 pub struct ServiceRoute {
     /// The service.
     pub service: Arc<Service>,
-    /// Healthy endpoints: the workload and its target port map.
+    /// Healthy endpoints.
     #[serde(skip)]
     pub healthy: imbl::Vector<HealthyEndpoint>,
 }
@@ -98,18 +127,18 @@ pub struct Snapshot {
     /// The node this daemon runs on; workloads with this `node` are served locally.
     pub node_name: Strng,
     /// Workloads by uid (look one up with [`Snapshot::workload`]).
-    pub workloads: PMap<Uid, Arc<Workload>>,
+    pub workloads: Workloads,
     /// Services by `namespace/hostname`.
     pub services: PMap<NamespacedHostname, Arc<ServiceRoute>>,
     #[serde(skip)]
-    by_ip: PMap<IpKey, Arc<Workload>>,
+    by_ip: ByIp,
     #[serde(skip)]
     by_vip: PMap<IpKey, Arc<ServiceRoute>>,
-    /// Service memberships: service key → workload uid → member (healthy or not).
-    /// Kept apart from the services so that a workload arriving before (or
-    /// outliving) its service keeps its membership.
+    /// The healthy endpoints of every service some workload lists, defined or not:
+    /// a workload arriving before (or outliving) its service keeps its place, and a
+    /// service defined later takes this vector as it is. Its route shares it.
     #[serde(skip)]
-    members: PMap<NamespacedHostname, PMap<Uid, Member>>,
+    endpoints: PMap<NamespacedHostname, imbl::Vector<HealthyEndpoint>>,
     /// Authorization policies by `namespace/name`, as configured.
     #[serde(serialize_with = "serialize_policies")]
     pub policies: PMap<String, Arc<zpath_policy::model::Authorization>>,
@@ -160,23 +189,30 @@ impl Snapshot {
         }
         for wl in &config.workloads {
             let ports = memberships.remove(&*wl.uid).unwrap_or_default();
-            let missing: Vec<NamespacedHostname> = ports
+            // A service that lists the workload makes it an endpoint there, as if the
+            // workload listed the service itself; one that does not (or lists it
+            // unhealthy) does not.
+            let mut services = wl.services.clone();
+            for (k, _) in &ports {
+                if !services.contains(k) {
+                    services.push(k.clone());
+                }
+            }
+            services.sort();
+            let service_ports: Vec<Option<PortMap>> = services
                 .iter()
-                .map(|(k, _)| k)
-                .filter(|k| !wl.services.contains(k))
-                .cloned()
+                .map(|k| ports.iter().find(|(s, _)| s == k).map(|(_, p)| p.clone()))
                 .collect();
-            let wl = if missing.is_empty() {
+            let wl = if services == wl.services && service_ports == wl.service_ports {
                 wl.clone()
             } else {
-                // A service that lists the workload makes it a member, as if the
-                // workload listed the service itself.
                 let mut with = (**wl).clone();
-                with.services.extend(missing);
-                with.services.sort();
+                let profile = with.profile_mut();
+                profile.services = services;
+                profile.service_ports = service_ports;
                 Arc::new(with)
             };
-            b.upsert_workload(wl, ports);
+            b.upsert_workload(wl);
         }
         for p in &config.policies {
             b.upsert_policy(p.clone());
@@ -201,7 +237,7 @@ impl Snapshot {
 
     /// The workload with this uid.
     pub fn workload(&self, uid: &str) -> Option<&Arc<Workload>> {
-        self.workloads.get(&UidRef::new(uid))
+        self.workloads.get(uid)
     }
 
     /// The compiled policies (ids index per-policy counters).
@@ -211,7 +247,7 @@ impl Snapshot {
 
     /// The workload that owns `ip`, if any.
     pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
-        self.by_ip.get(&IpKey::from(ip))
+        self.by_ip.get(ip)
     }
 
     /// Whether `wl` runs on this node (so this daemon serves it).
@@ -228,7 +264,7 @@ impl Snapshot {
     pub fn local_workloads(&self) -> impl Iterator<Item = &Arc<Workload>> + '_ {
         self.targets
             .keys()
-            .filter_map(|uid| self.workloads.get(uid))
+            .filter_map(|uid| self.workloads.get(uid.as_str()))
     }
 
     /// The service with this key, with its healthy endpoints.
@@ -244,7 +280,7 @@ impl Snapshot {
     /// Decides where a connection to `dst` goes. `pick` chooses among a service's
     /// healthy endpoints (any value; the caller supplies a cheap random number).
     pub fn route(&self, dst: SocketAddr, pick: u32) -> Route {
-        if let Some(wl) = self.by_ip.get(&IpKey::from(dst.ip())) {
+        if let Some(wl) = self.by_ip.get(dst.ip()) {
             return Route::Workload {
                 workload: wl.clone(),
                 addr: dst,
@@ -259,11 +295,13 @@ impl Snapshot {
         if route.healthy.is_empty() {
             return Route::NoEndpoint(route.service.key());
         }
-        let Some((wl, ports)) = route.healthy.get(pick as usize % route.healthy.len()) else {
+        let Some(wl) = route.healthy.get(pick as usize % route.healthy.len()) else {
             return Route::NoEndpoint(route.service.key());
         };
+        let svc = &route.service;
+        let ports = wl.endpoint_ports(&svc.namespace, &svc.hostname);
         // The endpoint's own mapping wins, then the service's, then the service port.
-        let port = match ports.get(&dst.port()) {
+        let port = match ports.and_then(|p| p.get(&dst.port())) {
             Some(&p) if p != 0 => p,
             _ if target != 0 => target,
             _ => dst.port(),

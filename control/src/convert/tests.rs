@@ -146,6 +146,13 @@ fn workload_address_not_4_or_16_bytes_is_rejected_naming_the_field() {
     })
     .unwrap();
     assert_eq!(v6.workload_ips, vec![ip("fd00::2"), ip("10.0.0.2")]);
+    // An IPv4-mapped address is kept as the IPv4 address the data path looks up.
+    let mapped = Workload::try_from(xwl::Workload {
+        addresses: vec![ip_bytes("::ffff:10.0.0.3")],
+        ..wl()
+    })
+    .unwrap();
+    assert_eq!(mapped.workload_ips, vec![ip("10.0.0.3")]);
 }
 
 #[test]
@@ -696,4 +703,255 @@ policies:
     .unwrap();
     assert!(got.is_valid(), "{:?}", got.invalid);
     assert_eq!(got, local.policies[0]);
+}
+
+// ---- shared profiles matched on the wire ----
+
+fn rich_wl() -> xwl::Workload {
+    xwl::Workload {
+        service_account: "web".into(),
+        node: "node-1".into(),
+        tunnel_protocol: xwl::TunnelProtocol::Hbone as i32,
+        canonical_name: "web".into(),
+        canonical_revision: "v1".into(),
+        workload_name: "web".into(),
+        authorization_policies: vec!["shop/allow-web".into()],
+        services: [
+            (
+                "shop/web.shop.svc.cluster.local".to_string(),
+                port_list(&[(80, 8080), (443, 0)]),
+            ),
+            (
+                "shop/api.shop.svc.cluster.local".to_string(),
+                port_list(&[(81, 0)]),
+            ),
+        ]
+        .into(),
+        ..wl()
+    }
+}
+
+#[test]
+fn a_replica_matches_the_profile_of_its_deployment_and_converts_the_same() {
+    let s = std::collections::hash_map::RandomState::new();
+    let first = rich_wl();
+    let profile = Arc::new(
+        WorkloadEndpoints::try_from(&first)
+            .unwrap()
+            .workload
+            .profile
+            .as_ref()
+            .clone(),
+    );
+    assert!(profile_matches(&profile, &first));
+    // Another pod of the same deployment: only its own fields differ.
+    let replica = xwl::Workload {
+        uid: "Kubernetes//Pod/shop/web-1".into(),
+        name: "web-1".into(),
+        node: "node-2".into(),
+        addresses: vec![ip_bytes("10.0.0.3")],
+        status: xwl::WorkloadStatus::Unhealthy as i32,
+        ..first.clone()
+    };
+    assert!(profile_matches(&profile, &replica));
+    assert_eq!(
+        profile_wire_hash(&first, &s),
+        profile_wire_hash(&replica, &s)
+    );
+    let fast = workload_on_profile(&replica, profile.clone(), &mut |v| Strng::from(v)).unwrap();
+    let slow = WorkloadEndpoints::try_from(&replica).unwrap().workload;
+    assert_eq!(fast, slow);
+    assert!(Arc::ptr_eq(&fast.profile, &profile));
+    // Empty identity fields match the defaults they convert to.
+    let defaults = xwl::Workload {
+        trust_domain: String::new(),
+        cluster_id: String::new(),
+        ..wl()
+    };
+    let p = WorkloadEndpoints::try_from(&defaults)
+        .unwrap()
+        .workload
+        .profile;
+    let explicit = xwl::Workload {
+        trust_domain: DEFAULT_TRUST_DOMAIN.into(),
+        cluster_id: DEFAULT_CLUSTER_ID.into(),
+        service_account: DEFAULT_SERVICE_ACCOUNT.into(),
+        ..wl()
+    };
+    assert!(profile_matches(&p, &explicit));
+    assert_eq!(
+        profile_wire_hash(&defaults, &s),
+        profile_wire_hash(&explicit, &s)
+    );
+}
+
+#[test]
+fn any_shared_field_that_differs_breaks_the_match() {
+    let base = rich_wl();
+    let profile = WorkloadEndpoints::try_from(&base).unwrap().workload.profile;
+    let changes: Vec<(&str, xwl::Workload)> = vec![
+        (
+            "namespace",
+            xwl::Workload {
+                namespace: "other".into(),
+                ..base.clone()
+            },
+        ),
+        (
+            "trust_domain",
+            xwl::Workload {
+                trust_domain: "td".into(),
+                ..base.clone()
+            },
+        ),
+        (
+            "service_account",
+            xwl::Workload {
+                service_account: "sa".into(),
+                ..base.clone()
+            },
+        ),
+        (
+            "protocol",
+            xwl::Workload {
+                tunnel_protocol: 0,
+                ..base.clone()
+            },
+        ),
+        (
+            "bad protocol",
+            xwl::Workload {
+                tunnel_protocol: 7,
+                ..base.clone()
+            },
+        ),
+        (
+            "network",
+            xwl::Workload {
+                network: "n".into(),
+                ..base.clone()
+            },
+        ),
+        (
+            "canonical_name",
+            xwl::Workload {
+                canonical_name: "x".into(),
+                ..base.clone()
+            },
+        ),
+        (
+            "canonical_revision",
+            xwl::Workload {
+                canonical_revision: "x".into(),
+                ..base.clone()
+            },
+        ),
+        (
+            "workload_name",
+            xwl::Workload {
+                workload_name: "x".into(),
+                ..base.clone()
+            },
+        ),
+        (
+            "cluster_id",
+            xwl::Workload {
+                cluster_id: "c2".into(),
+                ..base.clone()
+            },
+        ),
+        (
+            "policies",
+            xwl::Workload {
+                authorization_policies: vec![],
+                ..base.clone()
+            },
+        ),
+        (
+            "bad policy",
+            xwl::Workload {
+                authorization_policies: vec!["nope".into()],
+                ..base.clone()
+            },
+        ),
+    ];
+    for (what, w) in changes {
+        assert!(!profile_matches(&profile, &w), "{what} still matches");
+    }
+    let mut services = base.clone();
+    services.services.remove("shop/api.shop.svc.cluster.local");
+    assert!(!profile_matches(&profile, &services), "a service fewer");
+    let mut ports = base.clone();
+    ports.services.insert(
+        "shop/api.shop.svc.cluster.local".into(),
+        port_list(&[(81, 1)]),
+    );
+    assert!(!profile_matches(&profile, &ports), "another target port");
+    let mut key = base.clone();
+    let l = key
+        .services
+        .remove("shop/api.shop.svc.cluster.local")
+        .unwrap();
+    key.services
+        .insert("shop/api2.shop.svc.cluster.local".into(), l);
+    assert!(!profile_matches(&profile, &key), "another service key");
+    let mut bad_key = base.clone();
+    let l = bad_key
+        .services
+        .remove("shop/api.shop.svc.cluster.local")
+        .unwrap();
+    bad_key
+        .services
+        .insert("api.shop.svc.cluster.local".into(), l);
+    assert!(
+        !profile_matches(&profile, &bad_key),
+        "a malformed service key"
+    );
+}
+
+#[test]
+fn port_lists_match_only_what_converts_without_error() {
+    let map: BTreeMap<u16, u16> = [(80, 8080), (81, 0)].into();
+    assert!(same_ports(&map, &port_list(&[(81, 0), (80, 8080)]).ports));
+    // Listed twice: the conversion rejects it, so it must not match.
+    let dup: BTreeMap<u16, u16> = [(80, 8080), (81, 0)].into();
+    assert!(!same_ports(
+        &dup,
+        &port_list(&[(80, 8080), (80, 8080)]).ports
+    ));
+    assert!(!same_ports(&map, &port_list(&[(80, 8080)]).ports));
+    assert!(!same_ports(
+        &map,
+        &port_list(&[(80, 8080), (65617, 0)]).ports
+    ));
+    assert!(!same_ports(
+        &map,
+        &port_list(&[(80, 8080), (81, 65536)]).ports
+    ));
+}
+
+#[test]
+fn per_workload_fields_are_still_checked_on_a_known_profile() {
+    let profile = WorkloadEndpoints::try_from(&rich_wl())
+        .unwrap()
+        .workload
+        .profile;
+    let bad_ip = xwl::Workload {
+        addresses: vec![vec![1, 2, 3]],
+        ..rich_wl()
+    };
+    let e = workload_on_profile(&bad_ip, profile.clone(), &mut |v| Strng::from(v)).unwrap_err();
+    assert_eq!(e, WorkloadEndpoints::try_from(&bad_ip).unwrap_err());
+    let bad_status = xwl::Workload {
+        status: 9,
+        ..rich_wl()
+    };
+    let e = workload_on_profile(&bad_status, profile.clone(), &mut |v| Strng::from(v)).unwrap_err();
+    assert_eq!(e.field, "status");
+    let no_uid = xwl::Workload {
+        uid: String::new(),
+        ..rich_wl()
+    };
+    let e = workload_on_profile(&no_uid, profile, &mut |v| Strng::from(v)).unwrap_err();
+    assert_eq!(e.field, "uid");
 }

@@ -2,33 +2,40 @@
 //!
 //! Cost model (n workloads, s services, p policies; every map is persistent):
 //! * upsert/remove of a workload: O(log n) for the indexes, plus O(log n) per service
-//!   it is (or was) an endpoint of, to update that service's healthy vector in place;
-//!   if it is local, its policy target is re-resolved;
-//! * upsert/remove of an existing service: O(log s) plus its VIPs; a service seen for
-//!   the first time builds its healthy vector from its members once (O(members));
+//!   it is (or was) a healthy endpoint of, to update that service's endpoint vector in
+//!   place (and the position of the endpoint moved into a vacated place); if it is
+//!   local, its policy target is re-resolved;
+//! * upsert/remove of a service: O(log s) plus its VIPs; endpoint vectors exist for
+//!   every listed service whether or not it is defined, so defining one costs nothing
+//!   more;
 //! * policies are recompiled only when a policy changed, and then every local
 //!   workload's target is re-resolved (local workloads are the few this node serves).
 //!
 //! Nothing costs time proportional to all workloads.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use zpath_policy::model::Authorization;
 
-use super::{IpKey, Member, PMap, PortMap, ServiceRoute, Snapshot, Uid, UidRef, NO_SLOT};
-use crate::model::{HealthStatus, NamespacedHostname, Service, Strng, Workload};
+use super::index::{Entry, Slots, NO_SLOT};
+use super::key::{FastMap, FastSet};
+use super::{HealthyEndpoint, IpKey, ServiceRoute, Snapshot, Uid};
+use crate::model::{HealthStatus, NamespacedHostname, Service, Workload};
+
+/// An endpoint vector.
+type Endpoints = imbl::Vector<HealthyEndpoint>;
 
 /// Accumulates changes on a copy of a snapshot; [`SnapshotBuilder::finish`] returns
 /// the next snapshot. The base snapshot is never modified.
 #[derive(Debug)]
 pub struct SnapshotBuilder {
     next: Snapshot,
-    /// Routes being edited in place (copies of the published ones, O(1) each).
-    editing: HashMap<NamespacedHostname, ServiceRoute>,
-    /// Services defined in this delta for the first time: their healthy vector is
-    /// built from their members by `finish`.
-    fresh: HashSet<NamespacedHostname>,
+    /// Endpoint vectors being edited in place (O(1) copies of the snapshot's).
+    editing: FastMap<NamespacedHostname, Endpoints>,
+    /// Services (re)defined in this delta: their routes are rebuilt by `finish`.
+    defined: FastSet<NamespacedHostname>,
     dirty_targets: HashSet<Uid>,
     policies_changed: bool,
 }
@@ -36,6 +43,16 @@ pub struct SnapshotBuilder {
 /// Whether a member can receive traffic.
 fn usable(w: &Workload) -> bool {
     w.status == HealthStatus::Healthy && !w.workload_ips.is_empty()
+}
+
+/// The position of `workload` in the endpoint vector of `svc`, from its entry.
+fn slot_of(entry: &Entry, svc: &NamespacedHostname) -> u32 {
+    entry
+        .workload
+        .services
+        .iter()
+        .position(|k| k == svc)
+        .map_or(NO_SLOT, |i| entry.slots.get(i))
 }
 
 impl SnapshotBuilder {
@@ -56,8 +73,8 @@ impl SnapshotBuilder {
         SnapshotBuilder {
             policies_changed: !next.resolved,
             next,
-            editing: HashMap::new(),
-            fresh: HashSet::new(),
+            editing: FastMap::default(),
+            defined: FastSet::default(),
             dirty_targets: HashSet::new(),
         }
     }
@@ -74,69 +91,72 @@ impl SnapshotBuilder {
         &self.next
     }
 
-    /// Adds or replaces the workload with `workload.uid`. `ports` gives, for each
-    /// service the workload is an endpoint of, its service port → target port map;
-    /// entries for services that `workload.services` does not list are ignored. The
-    /// endpoint is healthy when the workload is.
-    pub fn upsert_workload(
-        &mut self,
-        workload: Arc<Workload>,
-        ports: Vec<(NamespacedHostname, PortMap)>,
-    ) {
-        let uid = workload.uid.clone();
-        let key = Uid::new(uid.clone());
-        let old = self.next.workloads.insert(key.clone(), workload.clone());
+    /// Adds or replaces the workload with `workload.uid`. It is an endpoint of each
+    /// service its profile gives a port map for, while it is healthy and has an
+    /// address.
+    pub fn upsert_workload(&mut self, workload: Arc<Workload>) {
+        let old = self.next.workloads.entry(&workload.uid);
         if let Some(old) = &old {
-            for ip in &old.workload_ips {
+            for ip in old.workload.workload_ips.iter() {
                 if !workload.workload_ips.contains(ip) {
-                    self.unindex_ip(*ip, &uid);
+                    self.unindex_ip(*ip, &workload.uid);
                 }
             }
         }
-        for ip in &workload.workload_ips {
-            if let Some(prev) = self.next.by_ip.insert(IpKey::from(*ip), workload.clone()) {
-                if prev.uid != uid {
-                    tracing::debug!(%ip, new = %uid, old = %prev.uid, "address moved to another workload");
+        for ip in workload.workload_ips.iter() {
+            if let Some(prev) = self.next.by_ip.insert(*ip, workload.clone()) {
+                if prev.uid != workload.uid {
+                    tracing::debug!(%ip, new = %workload.uid, old = %prev.uid, "address moved to another workload");
                 }
             }
         }
-        let mut kept: Vec<&NamespacedHostname> = Vec::with_capacity(ports.len());
-        for (svc, port) in ports {
-            if !workload.services.contains(&svc) {
-                tracing::debug!(workload = %uid, service = %svc, "port map for a service the workload does not list; ignored");
-                continue;
+        let healthy = usable(&workload);
+        let mut slots = Slots::none(workload.services.len());
+        for (i, svc) in workload.services.iter().enumerate() {
+            if workload.services[..i].contains(svc) {
+                continue; // Listed twice: one endpoint only.
             }
-            if let Some(k) = workload.services.iter().find(|k| **k == svc) {
-                kept.push(k);
-            }
-            self.set_member(&svc, &key, workload.clone(), port);
+            let old_slot = old.as_ref().map_or(NO_SLOT, |o| slot_of(o, svc));
+            let member = healthy && matches!(workload.service_ports.get(i), Some(Some(_)));
+            let slot = if member {
+                self.place(svc, old_slot, workload.clone())
+            } else {
+                self.vacate(svc, old_slot);
+                NO_SLOT
+            };
+            slots.set(i, slot);
         }
         if let Some(old) = &old {
-            for svc in &old.services {
-                if !kept.contains(&svc) {
-                    self.remove_member(svc, &key);
+            for (i, svc) in old.workload.services.iter().enumerate() {
+                if !workload.services.contains(svc) && !old.workload.services[..i].contains(svc) {
+                    self.vacate(svc, old.slots.get(i));
                 }
             }
         }
-        let was_local = old.as_deref().is_some_and(|o| self.next.is_local(o));
+        let was_local = old
+            .as_ref()
+            .is_some_and(|o| self.next.is_local(&o.workload));
         if was_local || self.next.is_local(&workload) {
-            self.dirty_targets.insert(key);
+            self.dirty_targets.insert(Uid::new(workload.uid.clone()));
         }
+        self.next.workloads.insert(Entry { workload, slots });
     }
 
     /// Removes the workload with this uid; returns it if it was present.
     pub fn remove_workload(&mut self, uid: &str) -> Option<Arc<Workload>> {
-        let (key, old) = self.next.workloads.remove_with_key(&UidRef::new(uid))?;
-        for ip in &old.workload_ips {
-            self.unindex_ip(*ip, &old.uid);
+        let Entry { workload, slots } = self.next.workloads.remove(uid)?;
+        for ip in workload.workload_ips.iter() {
+            self.unindex_ip(*ip, &workload.uid);
         }
-        for svc in &old.services {
-            self.remove_member(svc, &key);
+        for (i, svc) in workload.services.iter().enumerate() {
+            if !workload.services[..i].contains(svc) {
+                self.vacate(svc, slots.get(i));
+            }
         }
-        if self.next.is_local(&old) {
-            self.dirty_targets.insert(key);
+        if self.next.is_local(&workload) {
+            self.dirty_targets.insert(Uid::new(workload.uid.clone()));
         }
-        Some(old)
+        Some(workload)
     }
 
     /// Adds or replaces the service with `service.key()`. Endpoints listed in the
@@ -144,42 +164,30 @@ impl SnapshotBuilder {
     /// [`Snapshot::from_local`] for the local file's form).
     pub fn upsert_service(&mut self, service: Arc<Service>) {
         let key = service.key();
-        let old = match self.route_mut(&key) {
-            Some(route) => Some(std::mem::replace(&mut route.service, service.clone())),
-            None => {
-                self.fresh.insert(key.clone());
-                let placeholder = Arc::new(ServiceRoute {
-                    service: service.clone(),
-                    healthy: imbl::Vector::new(),
-                });
-                self.next
-                    .services
-                    .insert(key.clone(), placeholder)
-                    .map(|r| r.service.clone())
-            }
-        };
-        if let Some(old) = old {
-            for vip in &old.vips {
+        // The route's endpoints are filled in by `finish`.
+        let route = Arc::new(ServiceRoute {
+            service: service.clone(),
+            healthy: Endpoints::new(),
+        });
+        if let Some(old) = self.next.services.insert(key.clone(), route) {
+            for vip in &old.service.vips {
                 if !service.vips.contains(vip) {
                     self.unindex_vip(*vip, &key);
                 }
             }
         }
+        self.defined.insert(key);
     }
 
-    /// Removes the service with this key; returns it if it was present. Memberships
-    /// are kept: the endpoints return with the service.
+    /// Removes the service with this key; returns it if it was present. Its
+    /// endpoints are kept: they return with the service.
     pub fn remove_service(&mut self, key: &NamespacedHostname) -> Option<Arc<Service>> {
-        let published = self.next.services.remove(key)?;
-        let service = match self.editing.remove(key) {
-            Some(route) => route.service,
-            None => published.service.clone(),
-        };
-        self.fresh.remove(key);
-        for vip in &service.vips {
+        let route = self.next.services.remove(key)?;
+        self.defined.remove(key);
+        for vip in &route.service.vips {
             self.unindex_vip(*vip, key);
         }
-        Some(service)
+        Some(route.service.clone())
     }
 
     /// Adds or replaces the policy with `policy.key()` (`namespace/name`).
@@ -197,15 +205,19 @@ impl SnapshotBuilder {
 
     /// Brings routes and policy targets up to date and returns the snapshot.
     pub fn finish(mut self) -> Snapshot {
-        for key in std::mem::take(&mut self.fresh) {
-            self.build_route(&key);
-        }
-        for (key, route) in std::mem::take(&mut self.editing) {
-            let route = Arc::new(route);
-            for vip in &route.service.vips {
-                self.next.by_vip.insert(IpKey::from(*vip), route.clone());
+        let editing = std::mem::take(&mut self.editing);
+        for (key, endpoints) in &editing {
+            if endpoints.is_empty() {
+                self.next.endpoints.remove(key);
+            } else {
+                self.next.endpoints.insert(key.clone(), endpoints.clone());
             }
-            self.next.services.insert(key, route);
+            self.refresh_route(key);
+        }
+        for key in std::mem::take(&mut self.defined) {
+            if !editing.contains_key(&key) {
+                self.refresh_route(&key);
+            }
         }
         if self.policies_changed {
             self.compile_policies();
@@ -217,147 +229,89 @@ impl SnapshotBuilder {
         self.next
     }
 
-    /// The route of `key` being edited, copied from the snapshot on first use; `None`
-    /// when the service is not defined or its route is built by `finish`.
-    fn route_mut(&mut self, key: &NamespacedHostname) -> Option<&mut ServiceRoute> {
-        if self.fresh.contains(key) {
-            return None;
-        }
-        match self.editing.entry(key.clone()) {
-            std::collections::hash_map::Entry::Occupied(e) => Some(e.into_mut()),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let route = self.next.services.get(key)?;
-                Some(e.insert((**route).clone()))
-            }
-        }
-    }
-
-    /// Records `uid` as a member of `svc` and puts it in (or takes it out of) the
-    /// service's healthy vector, in place.
-    fn set_member(
-        &mut self,
-        svc: &NamespacedHostname,
-        uid: &Uid,
-        wl: Arc<Workload>,
-        ports: PortMap,
-    ) {
-        let old_slot = self
-            .next
-            .members
-            .get(svc)
-            .and_then(|m| m.get(uid))
-            .map_or(NO_SLOT, |m| m.slot);
-        let healthy = usable(&wl);
-        let entry = (wl.clone(), ports.clone());
-        let mut slot = NO_SLOT;
-        let mut vacate = None;
-        if let Some(route) = self.route_mut(svc) {
-            match (healthy, old_slot) {
-                (true, NO_SLOT) => {
-                    slot = route.healthy.len() as u32;
-                    route.healthy.push_back(entry);
-                }
-                (true, s) if (s as usize) < route.healthy.len() => {
-                    route.healthy.set(s as usize, entry);
-                    slot = s;
-                }
-                (true, _) => {
-                    // A position that is not there: never expected; append rather than panic.
-                    tracing::warn!(service = %svc, workload = %uid, "endpoint position out of range; re-adding it");
-                    slot = route.healthy.len() as u32;
-                    route.healthy.push_back(entry);
-                }
-                (false, NO_SLOT) => {}
-                (false, s) => vacate = Some(s),
-            }
-        }
-        if let Some(s) = vacate {
-            self.vacate(svc, s);
-        }
-        self.next
-            .members
-            .entry(svc.clone())
-            .or_default()
-            .insert(uid.clone(), Member { ports, slot });
-    }
-
-    /// Drops `uid`'s membership of `svc`, taking it out of the healthy vector.
-    fn remove_member(&mut self, svc: &NamespacedHostname, uid: &Uid) {
-        let (old, now_empty) = match self.next.members.get_mut(svc) {
-            Some(m) => {
-                let old = m.remove(uid);
-                (old, m.is_empty())
-            }
-            None => (None, false),
-        };
-        if now_empty {
-            self.next.members.remove(svc);
-        }
-        if let Some(old) = old.filter(|o| o.slot != NO_SLOT) {
-            self.vacate(svc, old.slot);
-        }
-    }
-
-    /// Empties position `slot` of `svc`'s healthy vector by moving the last entry
-    /// there (and recording that member's new position).
-    fn vacate(&mut self, svc: &NamespacedHostname, slot: u32) {
-        let Some(route) = self.route_mut(svc) else {
-            return;
-        };
-        if slot as usize >= route.healthy.len() {
-            return;
-        }
-        let Some(last) = route.healthy.pop_back() else {
-            return;
-        };
-        if slot as usize == route.healthy.len() {
-            return; // `slot` was the last position.
-        }
-        let moved = last.0.clone();
-        route.healthy.set(slot as usize, last);
-        if let Some(m) = self
-            .next
-            .members
-            .get_mut(svc)
-            .and_then(|m| m.get_mut(&UidRef::new(&moved.uid)))
-        {
-            m.slot = slot;
-        }
-    }
-
-    /// Builds the healthy vector of a service defined in this delta from its members.
-    fn build_route(&mut self, key: &NamespacedHostname) {
+    /// Rebuilds the route of `key`, if the service is defined, with its current
+    /// endpoint vector, and points its VIPs at it.
+    fn refresh_route(&mut self, key: &NamespacedHostname) {
         let Some(service) = self.next.services.get(key).map(|r| r.service.clone()) else {
             return;
         };
-        let mut healthy = imbl::Vector::new();
-        if let Some(members) = self.next.members.get(key) {
-            let mut renumbered = PMap::new();
-            for (uid, m) in members {
-                let wl = self.next.workloads.get(uid).filter(|w| usable(w));
-                let slot = match wl {
-                    Some(wl) => {
-                        healthy.push_back((wl.clone(), m.ports.clone()));
-                        healthy.len() as u32 - 1
-                    }
-                    None => NO_SLOT,
-                };
-                renumbered.insert(uid.clone(), Member { slot, ..m.clone() });
+        let healthy = self.next.endpoints.get(key).cloned().unwrap_or_default();
+        let route = Arc::new(ServiceRoute { service, healthy });
+        for vip in &route.service.vips {
+            self.next.by_vip.insert(IpKey::from(*vip), route.clone());
+        }
+        self.next.services.insert(key.clone(), route);
+    }
+
+    /// Runs `f` on the endpoint vector of `svc`, copied from the snapshot on first use.
+    fn with_endpoints<R>(
+        &mut self,
+        svc: &NamespacedHostname,
+        f: impl FnOnce(&mut Endpoints) -> R,
+    ) -> R {
+        if let Some(v) = self.editing.get_mut(svc) {
+            return f(v);
+        }
+        let mut v = self.next.endpoints.get(svc).cloned().unwrap_or_default();
+        let r = f(&mut v);
+        self.editing.insert(svc.clone(), v);
+        r
+    }
+
+    /// Puts `entry` in `svc`'s endpoint vector, at `slot` if it holds one there
+    /// already, else at the end; returns its position.
+    fn place(&mut self, svc: &NamespacedHostname, slot: u32, entry: HealthyEndpoint) -> u32 {
+        self.with_endpoints(svc, |v| {
+            if (slot as usize) < v.len() {
+                v.set(slot as usize, entry);
+                slot
+            } else {
+                if slot != NO_SLOT {
+                    // A position that is not there: never expected; append rather than panic.
+                    tracing::warn!(service = %svc, workload = %entry.uid, "endpoint position out of range; re-adding it");
+                }
+                v.push_back(entry);
+                v.len() as u32 - 1
             }
-            self.next.members.insert(key.clone(), renumbered);
-        }
-        self.editing
-            .insert(key.clone(), ServiceRoute { service, healthy });
+        })
     }
 
-    fn unindex_ip(&mut self, ip: std::net::IpAddr, uid: &Strng) {
-        let ip = IpKey::from(ip);
-        if self.next.by_ip.get(&ip).is_some_and(|w| w.uid == *uid) {
-            self.next.by_ip.remove(&ip);
+    /// Empties position `slot` of `svc`'s endpoint vector by moving the last entry
+    /// there (and recording that workload's new position). `NO_SLOT` does nothing.
+    fn vacate(&mut self, svc: &NamespacedHostname, slot: u32) {
+        if slot == NO_SLOT {
+            return;
+        }
+        let moved = self.with_endpoints(svc, |v| {
+            if slot as usize >= v.len() {
+                return None;
+            }
+            let last = v.pop_back()?;
+            if slot as usize == v.len() {
+                return None; // `slot` was the last position.
+            }
+            let moved = last.clone();
+            v.set(slot as usize, last);
+            Some(moved)
+        });
+        if let Some(moved) = moved {
+            if let Some(i) = moved.services.iter().position(|k| k == svc) {
+                self.next.workloads.set_slot(&moved.uid, i, slot);
+            }
         }
     }
 
-    fn unindex_vip(&mut self, vip: std::net::IpAddr, key: &NamespacedHostname) {
+    /// Drops `ip` from the address index if `uid` owns it there.
+    fn unindex_ip(&mut self, ip: IpAddr, uid: &str) {
+        // Remove first and check: one descent in the usual case.
+        if let Some(w) = self.next.by_ip.remove(ip) {
+            if *w.uid != *uid {
+                self.next.by_ip.insert(ip, w);
+            }
+        }
+    }
+
+    fn unindex_vip(&mut self, vip: IpAddr, key: &NamespacedHostname) {
         let vip = IpKey::from(vip);
         let owned = self.next.by_vip.get(&vip).is_some_and(|r| {
             r.service.namespace == key.namespace && r.service.hostname == key.hostname
@@ -393,7 +347,11 @@ impl SnapshotBuilder {
     /// current compilation.
     fn resolve_target(&mut self, uid: &Uid) {
         let snap = &self.next;
-        let Some(wl) = snap.workloads.get(uid).filter(|wl| snap.is_local(wl)) else {
+        let Some(wl) = snap
+            .workloads
+            .get(uid.as_str())
+            .filter(|wl| snap.is_local(wl))
+        else {
             self.next.targets.remove(uid);
             return;
         };

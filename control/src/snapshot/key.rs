@@ -3,8 +3,9 @@
 //! Uids share long prefixes (`cluster//v1/Pod/namespace/...`), so ordering maps by
 //! the string alone makes every B-tree step a long `memcmp`. [`Uid`] orders by a hash
 //! of the string first and by the string only on a tie: lookups compare integers.
-//! The order is arbitrary but fixed (the hash has no per-process seed), so every
-//! snapshot agrees on it.
+//! The order is arbitrary but fixed within a process (the hash is seeded once per
+//! process), so every snapshot agrees on it, while uids chosen by a tenant (pod
+//! names) cannot be crafted to land on chosen hashes.
 
 use std::cmp::Ordering;
 use std::hash::{Hash, Hasher};
@@ -28,15 +29,16 @@ pub struct UidRef<'a> {
     uid: &'a str,
 }
 
-/// A fixed, fast string hash (multiply-xorshift over 8-byte words). Collisions only
-/// cost a string comparison; they never change a result.
-fn uid_hash(s: &str) -> u64 {
+/// A fast string hash (multiply-xorshift over 8-byte words), seeded once per process.
+/// Collisions never change a result; in the by-uid index they cost a probe step each,
+/// which is why the seed keeps them out of a tenant's control.
+pub(crate) fn uid_hash(s: &str) -> u64 {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
     let mix = |h: u64, w: u64| {
         let h = (h ^ w).wrapping_mul(K);
         h ^ (h >> 29)
     };
-    let mut h = 0x243f_6a88_85a3_08d3 ^ s.len() as u64;
+    let mut h = process_seed() ^ 0x243f_6a88_85a3_08d3 ^ s.len() as u64;
     let mut words = s.as_bytes().chunks_exact(8);
     for w in &mut words {
         let mut b = [0u8; 8];
@@ -212,5 +214,116 @@ mod ip_tests {
         let c: IpKey = "fe80::2".parse::<std::net::IpAddr>().unwrap().into();
         let d: IpKey = "fe80::1:0".parse::<std::net::IpAddr>().unwrap().into();
         assert!(c < d);
+    }
+}
+
+/// A fast hasher for the control plane's short-lived tables (the builder's working
+/// sets, the xDS interner): multiply-xorshift over 8-byte words, seeded once per
+/// process so that keys chosen by a tenant (namespace or service names) cannot be
+/// crafted to collide everywhere.
+#[derive(Debug, Clone, Copy)]
+pub struct FastState {
+    seed: u64,
+}
+
+/// A random number chosen once per process: the seed of [`uid_hash`] and [`FastState`].
+fn process_seed() -> u64 {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SEED.get_or_init(|| {
+        use std::hash::BuildHasher;
+        std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64)
+    })
+}
+
+impl Default for FastState {
+    fn default() -> Self {
+        FastState {
+            seed: process_seed(),
+        }
+    }
+}
+
+impl std::hash::BuildHasher for FastState {
+    type Hasher = FastHasher;
+
+    fn build_hasher(&self) -> FastHasher {
+        FastHasher { h: self.seed }
+    }
+}
+
+/// The hasher of [`FastState`].
+#[derive(Debug, Clone, Copy)]
+pub struct FastHasher {
+    h: u64,
+}
+
+impl FastHasher {
+    #[inline]
+    fn mix(&mut self, w: u64) {
+        let h = (self.h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.h = h ^ (h >> 29);
+    }
+}
+
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            self.mix(u64::from_le_bytes(b));
+        }
+        let rest = words.remainder();
+        let mut b = [0u8; 8];
+        b[..rest.len()].copy_from_slice(rest);
+        // The length byte keeps "ab" + "" apart from "a" + "b".
+        self.mix(u64::from_le_bytes(b) ^ ((rest.len() as u64 + 1) << 59));
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.mix(u64::from(i) | 1 << 63);
+    }
+
+    fn write_u32(&mut self, i: u32) {
+        self.mix(u64::from(i));
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        self.mix(i);
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.mix(i as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        let h = self.h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^ (h >> 32)
+    }
+}
+
+/// A `HashMap` with [`FastState`].
+pub type FastMap<K, V> = std::collections::HashMap<K, V, FastState>;
+/// A `HashSet` with [`FastState`].
+pub type FastSet<T> = std::collections::HashSet<T, FastState>;
+
+#[cfg(test)]
+mod fast_tests {
+    use super::*;
+    use std::hash::BuildHasher;
+
+    #[test]
+    fn equal_values_hash_equal_and_neighbours_differ() {
+        let s = FastState::default();
+        assert_eq!(
+            s.hash_one("svc-1/ns"),
+            FastState::default().hash_one("svc-1/ns")
+        );
+        assert_ne!(s.hash_one("svc-1/ns"), s.hash_one("svc-2/ns"));
+        assert_ne!(s.hash_one(("ab", "")), s.hash_one(("a", "b")));
+        assert_ne!(s.hash_one("abcdefgh"), s.hash_one("abcdefgh\0"));
+        let set: FastSet<String> = (0..1000).map(|i| format!("ns-{i}")).collect();
+        assert_eq!(set.len(), 1000);
+        assert!(set.contains("ns-999"));
     }
 }

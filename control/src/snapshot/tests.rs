@@ -44,7 +44,7 @@ fn direct_workload_address_routes_to_that_workload() {
     assert!(r.is_hbone());
     match r {
         Route::Workload { workload, addr } => {
-            assert_eq!(&*workload.name, "a");
+            assert_eq!(workload.name(), "a");
             assert_eq!(addr, "10.0.0.1:5000".parse().unwrap());
         }
         other => panic!("unexpected {other:?}"),
@@ -106,35 +106,32 @@ fn publish_replaces_what_new_loads_see() {
 
 use std::collections::BTreeSet;
 
-use crate::model::{HealthStatus, Service};
+use crate::model::{HealthStatus, Service, WorkloadProfile};
 use zpath_policy::model::{Action, Authorization, Scope};
 
 fn wl(uid: &str, ip: &str, node: &str, services: &[&str]) -> Arc<Workload> {
-    Arc::new(Workload {
-        uid: uid.into(),
-        name: uid.into(),
+    let profile = WorkloadProfile {
         namespace: "default".into(),
         trust_domain: "cluster.local".into(),
         service_account: "default".into(),
-        workload_ips: vec![ip.parse().unwrap()],
         protocol: TunnelProtocol::Hbone,
-        node: node.into(),
-        network: "".into(),
-        status: HealthStatus::Healthy,
-        authorization_policies: vec![],
         services: services.iter().map(|s| s.parse().unwrap()).collect(),
-        canonical_name: "".into(),
-        canonical_revision: "".into(),
-        workload_name: "".into(),
         cluster_id: "Kubernetes".into(),
-    })
+        ..Default::default()
+    };
+    let mut w = Workload::new(uid.into(), uid, Arc::new(profile));
+    w.workload_ips = vec![ip.parse().unwrap()].into();
+    w.node = node.into();
+    Arc::new(w)
 }
 
-fn ports_of(w: &Workload, target: u16) -> Vec<(NamespacedHostname, PortMap)> {
-    w.services
-        .iter()
-        .map(|k| (k.clone(), Arc::new([(80u16, target)].into())))
-        .collect()
+/// `w`, an endpoint of every service it lists with port 80 → `target`.
+fn with_ports(w: &Workload, target: u16) -> Arc<Workload> {
+    let mut w = w.clone();
+    let port: PortMap = Arc::new([(80u16, target)].into());
+    let p = w.profile_mut();
+    p.service_ports = vec![Some(port); p.services.len()];
+    Arc::new(w)
 }
 
 fn svc(host: &str, vip: &str) -> Arc<Service> {
@@ -169,7 +166,7 @@ fn endpoint_uids(s: &Snapshot, host: &str) -> BTreeSet<String> {
     s.services[&key(host)]
         .healthy
         .iter()
-        .map(|(w, _)| w.uid.to_string())
+        .map(|w| w.uid.to_string())
         .collect()
 }
 
@@ -185,11 +182,11 @@ fn conn(dst: &str) -> zpath_policy::Conn<'static> {
 #[test]
 fn builder_leaves_the_base_snapshot_untouched() {
     let mut b = SnapshotBuilder::new("n1");
-    b.upsert_workload(wl("a", "10.0.0.1", "n1", &[]), vec![]);
+    b.upsert_workload(wl("a", "10.0.0.1", "n1", &[]));
     let base = b.finish();
     let mut b = base.builder();
     b.remove_workload("a");
-    b.upsert_workload(wl("b", "10.0.0.2", "n1", &[]), vec![]);
+    b.upsert_workload(wl("b", "10.0.0.2", "n1", &[]));
     let next = b.finish();
     assert_eq!(next.generation, base.generation + 1);
     assert!(base.workload_by_ip("10.0.0.1".parse().unwrap()).is_some());
@@ -204,8 +201,7 @@ fn workload_endpoints_follow_workload_changes() {
     b.upsert_service(svc("echo", "10.96.0.1"));
     for (uid, ip) in [("a", "10.0.0.1"), ("b", "10.0.0.2")] {
         let w = wl(uid, ip, "n2", &["default/echo"]);
-        let p = ports_of(&w, 8080);
-        b.upsert_workload(w, p);
+        b.upsert_workload(with_ports(&w, 8080));
     }
     let s1 = b.finish();
     assert_eq!(
@@ -219,15 +215,13 @@ fn workload_endpoints_follow_workload_changes() {
 
     // b leaves the service, a becomes unhealthy, c joins.
     let mut b2 = s1.builder();
-    b2.upsert_workload(wl("b", "10.0.0.2", "n2", &[]), vec![]);
+    b2.upsert_workload(wl("b", "10.0.0.2", "n2", &[]));
     let mut a = (*wl("a", "10.0.0.1", "n2", &["default/echo"])).clone();
     a.status = HealthStatus::Unhealthy;
     let a = Arc::new(a);
-    let p = ports_of(&a, 8080);
-    b2.upsert_workload(a, p);
+    b2.upsert_workload(with_ports(&a, 8080));
     let c = wl("c", "10.0.0.3", "n2", &["default/echo"]);
-    let p = ports_of(&c, 9090);
-    b2.upsert_workload(c, p);
+    b2.upsert_workload(with_ports(&c, 9090));
     let s2 = b2.finish();
     assert_eq!(endpoint_uids(&s2, "echo"), BTreeSet::from(["c".into()]));
     match s2.route("10.96.0.1:80".parse().unwrap(), 7) {
@@ -248,8 +242,7 @@ fn workload_endpoints_follow_workload_changes() {
 fn endpoints_outlive_their_service_and_return_with_it() {
     let mut b = SnapshotBuilder::new("n1");
     let w = wl("a", "10.0.0.1", "n2", &["default/echo"]);
-    let p = ports_of(&w, 0);
-    b.upsert_workload(w, p);
+    b.upsert_workload(with_ports(&w, 0));
     let s = b.finish();
     let vip: SocketAddr = "10.96.0.1:80".parse().unwrap();
     assert_eq!(s.route(vip, 0), Route::Passthrough(vip), "no service yet");
@@ -276,8 +269,8 @@ fn endpoints_outlive_their_service_and_return_with_it() {
 #[test]
 fn a_moved_address_is_not_lost_when_its_old_owner_goes() {
     let mut b = SnapshotBuilder::new("n1");
-    b.upsert_workload(wl("old", "10.0.0.1", "n2", &[]), vec![]);
-    b.upsert_workload(wl("new", "10.0.0.1", "n2", &[]), vec![]);
+    b.upsert_workload(wl("old", "10.0.0.1", "n2", &[]));
+    b.upsert_workload(wl("new", "10.0.0.1", "n2", &[]));
     b.remove_workload("old");
     let s = b.finish();
     assert_eq!(
@@ -289,7 +282,7 @@ fn a_moved_address_is_not_lost_when_its_old_owner_goes() {
 #[test]
 fn policy_push_denies_then_removal_allows_again() {
     let mut b = SnapshotBuilder::new("n1");
-    b.upsert_workload(wl("a", "10.0.0.1", "n1", &[]), vec![]);
+    b.upsert_workload(wl("a", "10.0.0.1", "n1", &[]));
     let s = b.finish();
     assert!(s.authorize(&conn("10.0.0.1")).decision.is_allow());
 
@@ -300,7 +293,7 @@ fn policy_push_denies_then_removal_allows_again() {
 
     // A workload change after the push keeps the compiled policies.
     let mut b = s.builder();
-    b.upsert_workload(wl("b", "10.0.0.2", "n1", &[]), vec![]);
+    b.upsert_workload(wl("b", "10.0.0.2", "n1", &[]));
     let s = b.finish();
     assert!(!s.authorize(&conn("10.0.0.2")).decision.is_allow());
 
@@ -315,15 +308,15 @@ fn policy_push_denies_then_removal_allows_again() {
 #[test]
 fn local_workloads_track_node_moves() {
     let mut b = SnapshotBuilder::new("n1");
-    b.upsert_workload(wl("a", "10.0.0.1", "n1", &[]), vec![]);
-    b.upsert_workload(wl("b", "10.0.0.2", "n2", &[]), vec![]);
+    b.upsert_workload(wl("a", "10.0.0.1", "n1", &[]));
+    b.upsert_workload(wl("b", "10.0.0.2", "n2", &[]));
     let s = b.finish();
     let local: Vec<_> = s.local_workloads().map(|w| w.uid.to_string()).collect();
     assert_eq!(local, ["a"]);
 
     let mut b = s.builder();
-    b.upsert_workload(wl("a", "10.0.0.1", "n2", &[]), vec![]);
-    b.upsert_workload(wl("b", "10.0.0.2", "n1", &[]), vec![]);
+    b.upsert_workload(wl("a", "10.0.0.1", "n2", &[]));
+    b.upsert_workload(wl("b", "10.0.0.2", "n1", &[]));
     let s = b.finish();
     let local: Vec<_> = s.local_workloads().map(|w| w.uid.to_string()).collect();
     assert_eq!(local, ["b"]);
@@ -389,8 +382,7 @@ fn healthy_vector_stays_consistent_through_swaps() {
             "n2",
             &["default/echo"],
         );
-        let p = ports_of(&w, 8000 + i);
-        b.upsert_workload(w, p);
+        b.upsert_workload(with_ports(&w, 8000 + i));
     }
     let s = b.finish();
     let mut b = s.builder();
@@ -398,23 +390,22 @@ fn healthy_vector_stays_consistent_through_swaps() {
     let mut w5 = (*wl("w5", "10.0.0.6", "n2", &["default/echo"])).clone();
     w5.status = HealthStatus::Unhealthy;
     let w5 = Arc::new(w5);
-    let p = ports_of(&w5, 8005);
-    b.upsert_workload(w5, p);
+    b.upsert_workload(with_ports(&w5, 8005));
     b.remove_workload("w0");
     let s = b.finish();
     let want: BTreeSet<String> = ["w1", "w3", "w4", "w6", "w7"].map(String::from).into();
     assert_eq!(endpoint_uids(&s, "echo"), want);
     let mut b = s.builder();
     let w5 = wl("w5", "10.0.0.6", "n2", &["default/echo"]);
-    let p = ports_of(&w5, 8005);
-    b.upsert_workload(w5, p);
+    b.upsert_workload(with_ports(&w5, 8005));
     b.remove_workload("w7");
     let s = b.finish();
     let want: BTreeSet<String> = ["w1", "w3", "w4", "w5", "w6"].map(String::from).into();
     assert_eq!(endpoint_uids(&s, "echo"), want);
     // Each endpoint carries its own workload's port.
-    for (w, p) in s.services[&key("echo")].healthy.iter() {
+    for w in s.services[&key("echo")].healthy.iter() {
         let i: u16 = w.uid[1..].parse().unwrap();
+        let p = w.endpoint_ports("default", "echo").unwrap();
         assert_eq!(p.get(&80), Some(&(8000 + i)));
     }
 }
@@ -442,8 +433,15 @@ fn observable(s: &Snapshot) -> String {
     out.extend(wls);
     let mut ips: Vec<_> = s
         .by_ip
+        .v4
         .iter()
         .map(|(ip, w)| format!("ip {ip:?}->{}", w.uid))
+        .chain(
+            s.by_ip
+                .v6
+                .iter()
+                .map(|(ip, w)| format!("ip6 {ip:?}->{}", w.uid)),
+        )
         .collect();
     ips.sort();
     out.extend(ips);
@@ -454,7 +452,7 @@ fn observable(s: &Snapshot) -> String {
             let mut eps: Vec<_> = r
                 .healthy
                 .iter()
-                .map(|(w, p)| format!("{}{:?}{:?}", w.uid, w.workload_ips, p))
+                .map(|w| format!("{}{:?}{:?}", w.uid, w.workload_ips, w.service_ports))
                 .collect();
             eps.sort(); // duplicates stay visible
             format!("vip {ip:?}->{} {eps:?}", r.service.key())
@@ -466,11 +464,7 @@ fn observable(s: &Snapshot) -> String {
         .services
         .iter()
         .map(|(k, r)| {
-            let mut eps: Vec<_> = r
-                .healthy
-                .iter()
-                .map(|(w, p)| format!("{w:?}{p:?}"))
-                .collect();
+            let mut eps: Vec<_> = r.healthy.iter().map(|w| format!("{w:?}")).collect();
             eps.sort();
             format!("svc {k} {eps:?}")
         })
@@ -521,7 +515,7 @@ fn incremental_deltas_equal_a_build_from_scratch() {
                     }
                     let w = Arc::new(w);
                     let port = 8000 + rng.next(3) as u16;
-                    b.upsert_workload(w.clone(), ports_of(&w, port));
+                    b.upsert_workload(with_ports(&w, port));
                     // Keep the model free of address conflicts: drop older owners.
                     workloads.retain(|k, (o, _)| *k == uid || o.workload_ips != w.workload_ips);
                     let stale: Vec<String> = b
@@ -572,7 +566,7 @@ fn incremental_deltas_equal_a_build_from_scratch() {
 
         let mut fresh = SnapshotBuilder::new("n1");
         for (w, port) in workloads.values() {
-            fresh.upsert_workload(w.clone(), ports_of(w, *port));
+            fresh.upsert_workload(with_ports(w, *port));
         }
         for s in services.values() {
             fresh.upsert_service(s.clone());

@@ -7,11 +7,12 @@
 //! same response still apply. While istiod is away nothing changes, so the data path
 //! keeps serving the last published snapshot.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use prost::Message;
 use tokio::sync::watch;
 
 use super::client::{XdsClient, XdsClientConfig};
@@ -20,10 +21,15 @@ use super::state::{
     RejectedResource, XdsHandler, XdsResource, ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL,
 };
 use super::XdsError;
-use crate::convert::{workload_with, AddressResource, WorkloadEndpoints};
-use crate::model::{NamespacedHostname, Service, Strng};
+use crate::convert::{
+    profile_matches, profile_wire_hash, workload_on_profile, workload_with, AddressResource,
+    ConvertError,
+};
+use crate::model::{
+    NamespacedHostname, NamespacedHostnameRef, Service, Strng, Workload, WorkloadProfile,
+};
 use crate::proto::istio::workload as xwl;
-use crate::snapshot::{PortMap, Snapshot, SnapshotBuilder, SnapshotCell};
+use crate::snapshot::{FastMap, FastSet, FastState, Snapshot, SnapshotBuilder, SnapshotCell};
 
 /// Counters of the xDS source, read by the metrics endpoint.
 #[derive(Debug, Default)]
@@ -65,6 +71,12 @@ impl XdsStats {
     }
 }
 
+/// A converted Address resource.
+enum Converted {
+    Workload(Workload),
+    Service(Service),
+}
+
 /// What an xDS resource name stands for in the snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Held {
@@ -73,49 +85,161 @@ enum Held {
     Policy(String),
 }
 
-/// Shares the strings and port maps that many workloads repeat (namespace, trust
-/// domain, service account, node, service keys...), so that a snapshot of 100k
-/// workloads does not hold 100k copies of each.
+/// Shares the strings and workload profiles (with their port maps) that many
+/// workloads repeat (namespace, identity, telemetry names, service keys...), so that a
+/// snapshot of 100k workloads holds one copy of each per deployment, not per workload.
+///
+/// Profiles are found from the wire message itself (by a hash of the fields they are
+/// made of, then a field-by-field comparison), so a workload of a known deployment
+/// converts only its own few fields.
 #[derive(Debug, Default)]
 struct Interner {
-    strings: HashSet<Strng>,
-    ports: HashSet<PortMap>,
+    strings: FastSet<Strng>,
+    profiles: FastMap<u64, Vec<Arc<WorkloadProfile>>>,
+    /// How many profiles `profiles` holds.
+    profile_count: usize,
+    hasher: FastState,
     pruned_at: usize,
 }
 
 /// Below this many entries the interner is never pruned.
 const INTERNER_PRUNE_FLOOR: usize = 4096;
 
+/// The shared copy of `s` in `strings`, added if new.
+fn intern_str(strings: &mut FastSet<Strng>, s: &str) -> Strng {
+    if let Some(shared) = strings.get(s) {
+        return shared.clone();
+    }
+    let s = Strng::from(s);
+    strings.insert(s.clone());
+    s
+}
+
 impl Interner {
     fn str(&mut self, s: &str) -> Strng {
-        if let Some(shared) = self.strings.get(s) {
-            return shared.clone();
-        }
-        let s = Strng::from(s);
-        self.strings.insert(s.clone());
-        s
+        intern_str(&mut self.strings, s)
     }
 
-    fn ports(&mut self, p: std::collections::BTreeMap<u16, u16>) -> PortMap {
-        if let Some(shared) = self.ports.get(&p) {
-            return shared.clone();
+    /// Converts a workload, sharing its profile with earlier workloads of the same
+    /// deployment.
+    fn workload(&mut self, w: &xwl::Workload) -> Result<Workload, ConvertError> {
+        let key = profile_wire_hash(w, &self.hasher);
+        let Interner {
+            strings,
+            profiles,
+            profile_count,
+            ..
+        } = self;
+        let bucket = profiles.entry(key).or_default();
+        if let Some(p) = bucket.iter().find(|p| profile_matches(p, w)) {
+            return workload_on_profile(w, p.clone(), &mut |v| intern_str(strings, v));
         }
-        let p = Arc::new(p);
-        self.ports.insert(p.clone());
-        p
+        let converted = workload_with(w, &mut |v| intern_str(strings, v), &mut |p| {
+            let p = Arc::new(p);
+            bucket.push(p.clone());
+            *profile_count += 1;
+            p
+        });
+        if bucket.is_empty() {
+            profiles.remove(&key);
+        }
+        converted.map(|we| we.workload)
+    }
+
+    fn len(&self) -> usize {
+        self.strings.len() + self.profile_count
     }
 
     /// Drops entries nothing else holds any more, once the table has doubled since the
-    /// last pass (amortised O(1) per insertion).
+    /// last pass (amortised O(1) per insertion). Profiles go first: they hold strings.
     fn prune(&mut self) {
-        let len = self.strings.len() + self.ports.len();
-        if len < INTERNER_PRUNE_FLOOR.max(2 * self.pruned_at) {
+        if self.len() < INTERNER_PRUNE_FLOOR.max(2 * self.pruned_at) {
             return;
         }
+        self.profiles.retain(|_, bucket| {
+            bucket.retain(|p| Arc::strong_count(p) > 1);
+            !bucket.is_empty()
+        });
+        self.profile_count = self.profiles.values().map(Vec::len).sum();
         self.strings.retain(|s| Arc::strong_count(s) > 1);
-        self.ports.retain(|p| Arc::strong_count(p) > 1);
-        self.pruned_at = self.strings.len() + self.ports.len();
+        self.pruned_at = self.len();
     }
+}
+
+/// The payload of an encoded `istio.workload.Address` that holds a workload and
+/// nothing else (field 1, once, spanning the whole message: what istiod sends), or
+/// `None` for any other shape. Decoding that payload as a `Workload` gives exactly
+/// what decoding the whole `Address` gives.
+fn lone_workload(bytes: &[u8]) -> Option<&[u8]> {
+    // Tag of field 1 (`workload`), wire type 2 (length-delimited).
+    let mut rest = bytes.strip_prefix(&[0x0a])?;
+    let len = prost::encoding::decode_varint(&mut rest).ok()?;
+    (u64::try_from(rest.len()).ok()? == len).then_some(rest)
+}
+
+/// Resets `w` to the default message while keeping the capacity of its strings and
+/// collections, so that merging the next payload into it equals decoding that
+/// payload afresh. Every field is named, so a field added to the proto does not
+/// compile until it is reset here.
+fn reset_workload(w: &mut xwl::Workload) {
+    let xwl::Workload {
+        uid,
+        name,
+        namespace,
+        addresses,
+        hostname,
+        network,
+        tunnel_protocol,
+        trust_domain,
+        service_account,
+        waypoint,
+        network_gateway,
+        node,
+        canonical_name,
+        canonical_revision,
+        workload_type,
+        workload_name,
+        native_tunnel,
+        application_tunnel,
+        services,
+        authorization_policies,
+        status,
+        cluster_id,
+        locality,
+        network_mode,
+        extensions,
+        capacity,
+    } = w;
+    for s in [
+        uid,
+        name,
+        namespace,
+        hostname,
+        network,
+        trust_domain,
+        service_account,
+        node,
+        canonical_name,
+        canonical_revision,
+        workload_name,
+        cluster_id,
+    ] {
+        s.clear();
+    }
+    addresses.clear();
+    services.clear();
+    authorization_policies.clear();
+    extensions.clear();
+    *tunnel_protocol = 0;
+    *workload_type = 0;
+    *native_tunnel = false;
+    *status = 0;
+    *network_mode = 0;
+    *waypoint = None;
+    *network_gateway = None;
+    *application_tunnel = None;
+    *locality = None;
+    *capacity = None;
 }
 
 /// The [`XdsHandler`] that applies Address and Authorization resources to the
@@ -129,6 +253,8 @@ pub struct SnapshotHandler {
     /// `namespace/name`). istiod always uses the natural keys, so this stays empty.
     aliases: HashMap<String, Held>,
     interner: Interner,
+    /// Reused to decode workloads: its strings keep their capacity between resources.
+    scratch: xwl::Workload,
     stats: Arc<XdsStats>,
     /// Types answered at least once: nothing is published before both Address and
     /// Authorization have been, so the data path never runs on workloads without
@@ -149,6 +275,7 @@ impl SnapshotHandler {
             current: Arc::new(empty.finish()),
             aliases: HashMap::new(),
             interner: Interner::default(),
+            scratch: xwl::Workload::default(),
             stats: Arc::default(),
             answered: [false; 2],
             published: false,
@@ -167,8 +294,11 @@ impl SnapshotHandler {
 
     /// What `name` currently stands for in the snapshot being built.
     fn held(&self, b: &SnapshotBuilder, name: &str, type_url: &str) -> Option<Held> {
-        if let Some(h) = self.aliases.get(name) {
-            return Some(h.clone());
+        // Almost always empty: skip hashing the name then.
+        if !self.aliases.is_empty() {
+            if let Some(h) = self.aliases.get(name) {
+                return Some(h.clone());
+            }
         }
         let snap = b.current();
         if type_url == AUTHORIZATION_TYPE_URL {
@@ -180,10 +310,10 @@ impl SnapshotHandler {
         if let Some(wl) = snap.workload(name) {
             return Some(Held::Workload(wl.uid.clone()));
         }
-        let key: NamespacedHostname = name.parse().ok()?;
-        snap.services
-            .contains_key(&key)
-            .then_some(Held::Service(key))
+        // Parsed borrowed first: most names are workload uids, not service keys.
+        let key = NamespacedHostnameRef::parse(name)?;
+        let (key, _) = snap.services.get_key_value(&key)?;
+        Some(Held::Service(key.clone()))
     }
 
     fn remove(b: &mut SnapshotBuilder, held: &Held) {
@@ -203,6 +333,24 @@ impl SnapshotHandler {
     /// Records `name` → `now`, first removing what the name stood for before if that
     /// was something else (a name that changed kind or key).
     fn rebind(&mut self, b: &mut SnapshotBuilder, name: &str, type_url: &str, now: Held) {
+        // istiod's case, without a workload lookup: no aliases and a workload named by
+        // its uid. The name then stood for this same workload, for a service, or for
+        // nothing.
+        if self.aliases.is_empty() {
+            if let Held::Workload(uid) = &now {
+                if **uid == *name {
+                    let snap = b.current();
+                    let service = NamespacedHostnameRef::parse(name)
+                        .and_then(|k| snap.services.get_key_value(&k))
+                        .filter(|_| snap.workload(name).is_none())
+                        .map(|(k, _)| k.clone());
+                    if let Some(key) = service {
+                        b.remove_service(&key);
+                    }
+                    return;
+                }
+            }
+        }
         if let Some(before) = self.held(b, name, type_url) {
             if before != now {
                 Self::remove(b, &before);
@@ -214,35 +362,53 @@ impl SnapshotHandler {
             Held::Policy(key) => key == name,
         };
         if natural {
-            self.aliases.remove(name);
+            if !self.aliases.is_empty() {
+                self.aliases.remove(name);
+            }
         } else {
             self.aliases.insert(name.to_string(), now);
         }
     }
 
-    fn apply_address(&mut self, b: &mut SnapshotBuilder, r: XdsResource) -> Result<(), String> {
+    fn apply_address(&mut self, b: &mut SnapshotBuilder, r: &XdsResource) -> Result<(), String> {
+        if let Some(payload) = lone_workload(&r.resource.value) {
+            // istiod's shape: decoded into the reused message, without allocating
+            // its strings again.
+            reset_workload(&mut self.scratch);
+            self.scratch.merge(payload).map_err(|source| {
+                XdsError::Decode {
+                    type_url: ADDRESS_TYPE_URL,
+                    source,
+                }
+                .to_string()
+            })?;
+            let workload = self
+                .interner
+                .workload(&self.scratch)
+                .map_err(|e| e.to_string())?;
+            let uid = workload.uid.clone();
+            self.rebind(b, &r.name, ADDRESS_TYPE_URL, Held::Workload(uid));
+            b.upsert_workload(Arc::new(workload));
+            return Ok(());
+        }
         let wire = decode_address(&r.resource.value).map_err(|e| e.to_string())?;
         let converted = match &wire.r#type {
             Some(xwl::address::Type::Workload(w)) => {
-                let interner = &mut self.interner;
-                workload_with(w, &mut |v| interner.str(v)).map(AddressResource::Workload)
+                self.interner.workload(w).map(Converted::Workload)
             }
-            _ => AddressResource::try_from(&wire),
+            _ => AddressResource::try_from(&wire).map(|a| match a {
+                AddressResource::Workload(we) => Converted::Workload(we.workload),
+                AddressResource::Service(s) => Converted::Service(s),
+            }),
         };
         match converted.map_err(|e| e.to_string())? {
-            AddressResource::Workload(WorkloadEndpoints {
-                workload,
-                endpoints,
-            }) => {
-                let ports = endpoints
-                    .into_iter()
-                    .map(|(svc, ep)| (svc, self.interner.ports(ep.port)))
-                    .collect();
+            // The endpoints' port maps are in the (shared) profile.
+            Converted::Workload(workload) => {
                 let uid = workload.uid.clone();
                 self.rebind(b, &r.name, ADDRESS_TYPE_URL, Held::Workload(uid));
-                b.upsert_workload(Arc::new(workload), ports);
+                b.upsert_workload(Arc::new(workload));
             }
-            AddressResource::Service(svc) => {
+            Converted::Service(svc) => {
                 let svc = Service {
                     namespace: self.interner.str(&svc.namespace),
                     hostname: self.interner.str(&svc.hostname),
@@ -258,7 +424,7 @@ impl SnapshotHandler {
     fn apply_authorization(
         &mut self,
         b: &mut SnapshotBuilder,
-        r: XdsResource,
+        r: &XdsResource,
     ) -> Result<(), String> {
         let wire = decode_authorization(&r.resource.value).map_err(|e| e.to_string())?;
         // Never fails: a policy that cannot be understood denies its whole scope.
@@ -302,23 +468,32 @@ impl XdsHandler for SnapshotHandler {
         let mut rejected = Vec::new();
         let mut applied = 0u64;
         for r in added {
-            let name = r.name.clone();
             let result = if type_url == ADDRESS_TYPE_URL {
-                self.apply_address(&mut b, r)
+                self.apply_address(&mut b, &r)
             } else {
-                self.apply_authorization(&mut b, r)
+                self.apply_authorization(&mut b, &r)
             };
             match result {
                 Ok(()) => applied += 1,
-                Err(reason) => rejected.push(RejectedResource::new(name, reason)),
+                Err(reason) => rejected.push(RejectedResource::new(r.name, reason)),
             }
         }
         for name in removed {
+            // Without aliases a workload's name is its uid: one lookup, not two.
+            if self.aliases.is_empty()
+                && type_url == ADDRESS_TYPE_URL
+                && b.remove_workload(&name).is_some()
+            {
+                applied += 1;
+                continue;
+            }
             if let Some(held) = self.held(&b, &name, type_url) {
                 Self::remove(&mut b, &held);
                 applied += 1;
             }
-            self.aliases.remove(&name);
+            if !self.aliases.is_empty() {
+                self.aliases.remove(&name);
+            }
         }
         self.answered[usize::from(type_url == AUTHORIZATION_TYPE_URL)] = true;
         let complete = self.answered.iter().all(|a| *a);

@@ -261,6 +261,28 @@ fn repeated_strings_are_shared_between_workloads() {
         &a.services[0].hostname,
         &b.services[0].hostname
     ));
+    // Replicas of one deployment share one profile (with its port maps).
+    assert!(Arc::ptr_eq(&a.profile, &b.profile));
+}
+
+#[test]
+fn a_workload_of_another_deployment_gets_its_own_profile_sharing_strings() {
+    let (mut h, cell) = handler();
+    h.apply(
+        ADDRESS_TYPE_URL,
+        vec![
+            workload("w1", [10, 0, 0, 1], "n1", &["default/echo"]),
+            workload("w2", [10, 0, 0, 2], "n2", &["default/other"]),
+        ],
+        vec![],
+    )
+    .unwrap();
+    let s = cell.load();
+    let (a, b) = (s.workload("w1").unwrap(), s.workload("w2").unwrap());
+    assert!(!Arc::ptr_eq(&a.profile, &b.profile));
+    assert_eq!(&*b.services[0].hostname, "other");
+    assert_eq!(&*b.node, "n2");
+    assert!(Arc::ptr_eq(&a.namespace, &b.namespace));
 }
 
 #[test]
@@ -332,7 +354,7 @@ fn corrupted_payloads_never_panic_and_never_publish_garbage() {
         }
     }
     for route in s.services.values() {
-        for (w, _) in route.healthy.iter() {
+        for w in route.healthy.iter() {
             assert!(
                 Arc::ptr_eq(w, s.workload(&w.uid).unwrap()),
                 "stale endpoint {}",
@@ -340,4 +362,226 @@ fn corrupted_payloads_never_panic_and_never_publish_garbage() {
             );
         }
     }
+}
+
+/// The shortcut that reuses a known profile must convert exactly as the full
+/// conversion does, whatever the message: every single-bit corruption of a workload
+/// of a known deployment either converts to the same workload both ways or is
+/// rejected both ways with the same error.
+#[test]
+fn known_profile_shortcut_agrees_with_full_conversion_on_corrupted_workloads() {
+    use crate::convert::WorkloadEndpoints;
+    use prost::Message;
+    let base = xwl::Workload {
+        uid: "Kubernetes//Pod/shop/web-0".into(),
+        name: "web-0".into(),
+        namespace: "shop".into(),
+        addresses: vec![vec![10, 0, 0, 2]],
+        service_account: "web".into(),
+        node: "n1".into(),
+        tunnel_protocol: xwl::TunnelProtocol::Hbone as i32,
+        canonical_name: "web".into(),
+        canonical_revision: "v1".into(),
+        workload_name: "web".into(),
+        cluster_id: "c1".into(),
+        authorization_policies: vec!["shop/allow".into()],
+        services: [(
+            "shop/web.shop.svc.cluster.local".to_string(),
+            xwl::PortList {
+                ports: vec![
+                    xwl::Port {
+                        service_port: 80,
+                        target_port: 8080,
+                    },
+                    xwl::Port {
+                        service_port: 443,
+                        target_port: 0,
+                    },
+                ],
+            },
+        )]
+        .into(),
+        ..Default::default()
+    };
+    let bytes = base.encode_to_vec();
+    let mut interner = Interner::default();
+    interner.workload(&base).unwrap();
+    let (mut same, mut rejected) = (0, 0);
+    for i in 0..bytes.len() {
+        for bit in 0..8 {
+            let mut m = bytes.clone();
+            m[i] ^= 1 << bit;
+            let Ok(w) = xwl::Workload::decode(&m[..]) else {
+                continue;
+            };
+            let fast = interner.workload(&w);
+            let slow = WorkloadEndpoints::try_from(&w).map(|we| we.workload);
+            match (fast, slow) {
+                (Ok(f), Ok(s)) => {
+                    assert_eq!(f, s, "byte {i} bit {bit}");
+                    same += 1;
+                }
+                (Err(f), Err(s)) => {
+                    assert_eq!(f, s, "byte {i} bit {bit}");
+                    rejected += 1;
+                }
+                (f, s) => panic!("byte {i} bit {bit}: shortcut {f:?} but full {s:?}"),
+            }
+        }
+    }
+    assert!(
+        same > 100 && rejected > 10,
+        "{same} converted, {rejected} rejected"
+    );
+}
+
+#[test]
+fn profiles_and_strings_of_departed_workloads_are_pruned() {
+    let (mut h, cell) = handler();
+    // Many deployments (one workload each, distinct service accounts), then all gone.
+    let n = INTERNER_PRUNE_FLOOR;
+    let mk = |i: usize| {
+        let ip = [10, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+        let mut r = workload(&format!("w{i}"), ip, "n1", &[]);
+        let mut a = crate::xds::decode_address(&r.resource.value).unwrap();
+        if let Some(xwl::address::Type::Workload(w)) = &mut a.r#type {
+            w.service_account = format!("sa-{i}");
+        }
+        r.resource = to_any(ADDRESS_TYPE_URL, &a);
+        r
+    };
+    h.apply(ADDRESS_TYPE_URL, (0..n).map(mk).collect(), vec![])
+        .unwrap();
+    assert_eq!(cell.load().workloads.len(), n);
+    assert_eq!(h.interner.profile_count, n);
+    let gone: Vec<String> = (0..n).map(|i| format!("w{i}")).collect();
+    h.apply(ADDRESS_TYPE_URL, vec![], gone).unwrap();
+    assert!(cell.load().workloads.is_empty());
+    // Pruning is amortised: it runs once the tables have doubled since the last pass.
+    // Twice as many new deployments later, only those remain.
+    h.apply(ADDRESS_TYPE_URL, (n..3 * n).map(mk).collect(), vec![])
+        .unwrap();
+    assert_eq!(h.interner.profile_count, 2 * n);
+    assert_eq!(
+        h.interner.profile_count,
+        h.interner.profiles.values().map(Vec::len).sum::<usize>()
+    );
+    assert!(!h.interner.strings.contains("sa-0"));
+    assert!(h.interner.strings.contains(format!("sa-{n}").as_str()));
+}
+
+/// A workload with every field set, to check that nothing survives a reset.
+fn full_workload(i: u8) -> xwl::Workload {
+    xwl::Workload {
+        uid: format!("Kubernetes//Pod/shop/web-{i}"),
+        name: format!("web-{i}"),
+        namespace: "shop".into(),
+        addresses: vec![vec![10, 0, 0, i], vec![0xfd; 16]],
+        hostname: "web.example".into(),
+        network: "net-1".into(),
+        tunnel_protocol: xwl::TunnelProtocol::Hbone as i32,
+        trust_domain: "td".into(),
+        service_account: "web".into(),
+        waypoint: Some(xwl::GatewayAddress {
+            hbone_mtls_port: 15008,
+            destination: Some(xwl::gateway_address::Destination::Address(
+                xwl::NetworkAddress {
+                    network: "net-1".into(),
+                    address: vec![10, 0, 9, 9],
+                },
+            )),
+        }),
+        network_gateway: Some(xwl::GatewayAddress::default()),
+        node: "n1".into(),
+        canonical_name: "web".into(),
+        canonical_revision: "v1".into(),
+        workload_type: 1,
+        workload_name: "web".into(),
+        native_tunnel: true,
+        application_tunnel: Some(xwl::ApplicationTunnel {
+            protocol: 1,
+            port: 15088,
+        }),
+        services: [(
+            "shop/web.shop.svc.cluster.local".to_string(),
+            xwl::PortList {
+                ports: vec![xwl::Port {
+                    service_port: 80,
+                    target_port: 8080,
+                }],
+            },
+        )]
+        .into(),
+        authorization_policies: vec!["shop/allow".into()],
+        status: xwl::WorkloadStatus::Unhealthy as i32,
+        cluster_id: "c1".into(),
+        locality: Some(xwl::Locality {
+            region: "r".into(),
+            zone: "z".into(),
+            subzone: "s".into(),
+        }),
+        network_mode: 1,
+        extensions: vec![xwl::Extension {
+            name: "x".into(),
+            config: None,
+        }],
+        capacity: Some(3),
+    }
+}
+
+#[test]
+fn a_reset_workload_equals_a_default_one() {
+    let mut w = full_workload(1);
+    reset_workload(&mut w);
+    assert_eq!(w, xwl::Workload::default());
+}
+
+/// Decoding into the reused message must give what a fresh decode of the whole
+/// Address gives, for istiod's shape and for every single-bit corruption of it.
+#[test]
+fn reused_decoding_equals_a_fresh_decode_of_the_address() {
+    use prost::Message;
+    let mut scratch = full_workload(7);
+    let mut lone = 0;
+    for i in 0..4u8 {
+        let mut w = full_workload(i);
+        if i % 2 == 1 {
+            // Sparse messages after full ones: leftovers would show.
+            w = xwl::Workload {
+                uid: w.uid,
+                ..Default::default()
+            };
+        }
+        let bytes = xwl::Address {
+            r#type: Some(xwl::address::Type::Workload(w)),
+        }
+        .encode_to_vec();
+        for flip in std::iter::once(None).chain((0..bytes.len() * 8).map(Some)) {
+            let mut m = bytes.clone();
+            if let Some(bit) = flip {
+                m[bit / 8] ^= 1 << (bit % 8);
+            }
+            let Some(payload) = lone_workload(&m) else {
+                continue;
+            };
+            lone += 1;
+            reset_workload(&mut scratch);
+            let reused = scratch.merge(payload).map(|()| scratch.clone());
+            let fresh = xwl::Address::decode(&m[..]);
+            match (reused, fresh) {
+                (Ok(r), Ok(f)) => {
+                    assert_eq!(f.r#type, Some(xwl::address::Type::Workload(r)), "{flip:?}")
+                }
+                (Err(_), Err(_)) => {}
+                (r, f) => panic!("{flip:?}: reused {r:?}, fresh {f:?}"),
+            }
+        }
+    }
+    assert!(lone > 1000, "{lone}");
+    // Other shapes take the general path.
+    assert!(lone_workload(&[]).is_none());
+    assert!(lone_workload(&[0x12, 0x00]).is_none());
+    assert!(lone_workload(&[0x0a, 0x02, 0x08]).is_none());
+    assert!(lone_workload(&[0x0a, 0x00, 0x0a, 0x00]).is_none());
+    assert_eq!(lone_workload(&[0x0a, 0x00]), Some(&[][..]));
 }
