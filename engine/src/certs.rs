@@ -140,11 +140,8 @@ impl CertManager {
     /// it changed. Returns how many certificates were issued.
     pub fn sync(&mut self, snapshot: &Snapshot, now: SystemTime) -> usize {
         let mut wanted: Vec<Identity> = Vec::new();
-        for wl in snapshot
-            .workloads
-            .values()
-            .filter(|wl| snapshot.is_local(wl))
-        {
+        // Only the workloads this node serves: not a walk over the whole mesh.
+        for wl in snapshot.local_workloads() {
             match workload_identity(wl) {
                 Some(id) => wanted.push(id),
                 None => {
