@@ -12,6 +12,7 @@ use crate::buffers::BufferConfig;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Steering {
     /// By a hash of the connection's addresses: even spread, whatever CPU it arrived on.
+    #[default]
     Hash,
     /// To the shard on the CPU that received the connection (`SO_INCOMING_CPU`, Linux
     /// 6.2+; the hash for CPUs without a shard): the client's CPU on loopback and
@@ -19,7 +20,6 @@ pub enum Steering {
     /// Its cost: connections received on one CPU all load one shard (one client
     /// thread opening every connection, a NIC whose interrupts all go to one CPU).
     /// Needs pinned shards; unpinned, the hash is used.
-    #[default]
     Cpu,
 }
 
@@ -51,7 +51,7 @@ pub struct EngineConfig {
     /// Whether each shard's thread is pinned to its CPU (else the kernel places it);
     /// default: pinned.
     pub pin_shards: bool,
-    /// How new connections are spread over the shards' listeners; default: by CPU.
+    /// How new connections are spread over the shards' listeners; default: by hash.
     pub steering: Steering,
     /// How long in-flight connections may finish after SIGTERM before being aborted.
     pub drain_deadline: Duration,
@@ -126,7 +126,7 @@ impl Default for EngineConfig {
             node_name: String::new(),
             cores: vec![0],
             pin_shards: true,
-            steering: Steering::Cpu,
+            steering: Steering::Hash,
             drain_deadline: Duration::from_secs(5),
             packet_mark: 1337,
             connect_timeout: Duration::from_secs(10),
@@ -346,6 +346,6 @@ mod tests {
         assert!(cfg(true, Steering::Cpu).steers_by_cpu());
         assert!(!cfg(false, Steering::Cpu).steers_by_cpu());
         assert!(!cfg(true, Steering::Hash).steers_by_cpu());
-        assert_eq!(EngineConfig::default().steering, Steering::Cpu);
+        assert_eq!(EngineConfig::default().steering, Steering::Hash);
     }
 }

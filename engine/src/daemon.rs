@@ -107,9 +107,7 @@ impl Daemon {
             reserved,
         });
         if cfg.steering == Steering::Cpu && !cfg.steers_by_cpu() {
-            info!(
-                "connections are spread over shards by hash: steering by CPU needs pinned shards"
-            );
+            tracing::warn!("--steering cpu needs pinned shards: spreading by hash instead");
         }
         let mut shards = Vec::with_capacity(cfg.cores.len());
         for (id, &core) in cfg.cores.iter().enumerate() {

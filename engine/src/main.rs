@@ -61,12 +61,13 @@ struct Args {
     /// kernel balance shards against other busy processes.
     #[arg(long, env = "ZPATH_UNPINNED")]
     unpinned: bool,
-    /// How new connections are spread over shards: `cpu` (to the shard on the CPU that
-    /// received the connection, so a flow's wakeups stay on one CPU; but connections
-    /// received on one CPU, e.g. from a NIC whose interrupts all go to one CPU, then
-    /// load one shard; needs pinned shards and Linux 6.2+, else `hash` is used) or
-    /// `hash` (of the addresses: even spread whatever CPU connections arrive on).
-    #[arg(long, env = "ZPATH_STEERING", default_value = "cpu", value_parser = steering)]
+    /// How new connections are spread over shards: `hash` (of the addresses: even
+    /// spread whatever CPU connections arrive on) or `cpu` (to the shard on the CPU that
+    /// received the connection, so a flow's wakeups stay on one CPU: more connections
+    /// per second, and lower latency when CPUs are busy; but connections received on
+    /// one CPU, e.g. from a NIC whose interrupts all go to one CPU, load one shard;
+    /// needs pinned shards and Linux 6.2+).
+    #[arg(long, env = "ZPATH_STEERING", default_value = "hash", value_parser = steering)]
     steering: Steering,
     /// After SIGTERM/SIGINT, how long connections may finish before being aborted.
     #[arg(long, env = "ZPATH_DRAIN_DEADLINE", default_value = "5s", value_parser = duration)]
