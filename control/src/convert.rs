@@ -105,6 +105,16 @@ impl TryFrom<&xwl::Workload> for WorkloadEndpoints {
     }
 }
 
+/// The error of `w`'s conversion naming `field`.
+fn workload_error(w: &xwl::Workload) -> impl Fn(&str, String) -> ConvertError + '_ {
+    |field: &str, message: String| ConvertError {
+        kind: "workload",
+        resource: w.uid.clone(),
+        field: field.to_string(),
+        message,
+    }
+}
+
 /// Converts a workload, making every shared-looking string (namespace, identity,
 /// node, network, telemetry names, service keys, policy keys) with `intern`, so a
 /// caller can share one copy between many workloads without allocating duplicates.
@@ -115,12 +125,7 @@ pub(crate) fn workload_with(
     intern: &mut dyn FnMut(&str) -> Strng,
     share: &mut dyn FnMut(WorkloadProfile) -> Arc<WorkloadProfile>,
 ) -> Result<WorkloadEndpoints, ConvertError> {
-    let err = |field: &str, message: String| ConvertError {
-        kind: "workload",
-        resource: w.uid.clone(),
-        field: field.to_string(),
-        message,
-    };
+    let err = workload_error(w);
     if w.uid.is_empty() {
         return Err(err("uid", "must not be empty".into()));
     }
@@ -195,12 +200,7 @@ pub(crate) fn workload_on_profile(
     profile: Arc<WorkloadProfile>,
     intern: &mut dyn FnMut(&str) -> Strng,
 ) -> Result<Workload, ConvertError> {
-    let err = |field: &str, message: String| ConvertError {
-        kind: "workload",
-        resource: w.uid.clone(),
-        field: field.to_string(),
-        message,
-    };
+    let err = workload_error(w);
     if w.uid.is_empty() {
         return Err(err("uid", "must not be empty".into()));
     }

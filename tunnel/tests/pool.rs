@@ -150,6 +150,21 @@ impl Drop for DropFlag {
     }
 }
 
+/// Starts a handshake for key 0 that never finishes and gives up waiting for it; the
+/// flag tells when the pool has dropped that handshake.
+async fn give_up_on_a_stalled_handshake(pool: &Rc<Pool<u8>>) -> Rc<Cell<bool>> {
+    let dropped = Rc::new(Cell::new(false));
+    let flag = DropFlag(dropped.clone());
+    let stalled = pool.checkout(&0, move |_| async move {
+        let _flag = flag;
+        futures_lite::future::pending::<Result<Tunnel, ConnectFailed>>().await
+    });
+    let gave_up =
+        futures_lite::future::or(async { stalled.await.map(|_| ()) }, async { Ok(()) }).await;
+    assert!(gave_up.is_ok());
+    dropped
+}
+
 #[test]
 fn a_handshake_every_waiter_gave_up_on_is_dropped_not_joined() {
     let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
@@ -158,17 +173,9 @@ fn a_handshake_every_waiter_gave_up_on_is_dropped_not_joined() {
         let addr = listener.local_addr().unwrap();
         glommio::spawn_local(serve(listener, false)).detach();
         let pool = Pool::<u8>::new(10);
-        let dropped = Rc::new(Cell::new(false));
         // A handshake that never finishes (a peer that never answers), and a caller
         // that gives up on it.
-        let flag = DropFlag(dropped.clone());
-        let stalled = pool.checkout(&0, move |_| async move {
-            let _flag = flag;
-            futures_lite::future::pending::<Result<Tunnel, ConnectFailed>>().await
-        });
-        let gave_up =
-            futures_lite::future::or(async { stalled.await.map(|_| ()) }, async { Ok(()) }).await;
-        assert!(gave_up.is_ok());
+        let dropped = give_up_on_a_stalled_handshake(&pool).await;
         assert_eq!(pool.stats().connecting, 1, "still counted until swept");
         assert!(!dropped.get());
 
@@ -182,14 +189,7 @@ fn a_handshake_every_waiter_gave_up_on_is_dropped_not_joined() {
 
         // Same on checkout: a new caller starts a fresh handshake instead of joining
         // one nobody drives.
-        let dropped = Rc::new(Cell::new(false));
-        let flag = DropFlag(dropped.clone());
-        let stalled = pool.checkout(&0, move |_| async move {
-            let _flag = flag;
-            futures_lite::future::pending::<Result<Tunnel, ConnectFailed>>().await
-        });
-        let _ =
-            futures_lite::future::or(async { stalled.await.map(|_| ()) }, async { Ok(()) }).await;
+        let dropped = give_up_on_a_stalled_handshake(&pool).await;
         let (tunnel, slot) = pool.checkout(&0, |p| dial(addr, p)).await.unwrap();
         assert!(dropped.get());
         assert_eq!(pool.handshakes(), 3);
