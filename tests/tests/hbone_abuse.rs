@@ -117,6 +117,14 @@ impl Target {
         );
     }
 
+    /// After an attack: node B's memory stayed bounded, it still serves a normal
+    /// CONNECT, and every gauge of both nodes is back to zero.
+    fn assert_unharmed(&mut self, baseline: u64, what: &str) {
+        self.assert_memory_bounded(baseline, what);
+        self.assert_serves(2);
+        self.assert_released();
+    }
+
     /// A normal CONNECT through node A still round-trips through node B.
     fn assert_serves(&self, seed: u8) {
         let data = pattern(64 << 10, seed);
@@ -256,9 +264,7 @@ fn rapid_reset_gets_enhance_your_calm_and_the_node_keeps_serving() {
         "rapid reset (flood {flood:?}): {}",
         seen.summary()
     );
-    t.assert_memory_bounded(baseline, "rapid reset");
-    t.assert_serves(2);
-    t.assert_released();
+    t.assert_unharmed(baseline, "rapid reset");
 
     // The same 1000 streams in batches of 50 with a round trip between batches, so
     // the server may accept (and start serving) streams before their resets arrive:
@@ -435,9 +441,7 @@ fn continuation_floods_are_cut_off_and_oversized_headers_refused() {
         seen.summary()
     );
 
-    t.assert_memory_bounded(baseline, "CONTINUATION floods");
-    t.assert_serves(2);
-    t.assert_released();
+    t.assert_unharmed(baseline, "CONTINUATION floods");
 }
 
 /// Floods `frames` copies of `one` without reading (over a socket with small kernel
@@ -643,9 +647,7 @@ fn window_overflow_is_a_flow_control_error() {
         seen.summary()
     );
 
-    t.assert_memory_bounded(baseline, "window overflows");
-    t.assert_serves(2);
-    t.assert_released();
+    t.assert_unharmed(baseline, "window overflows");
 }
 
 #[test]
@@ -783,9 +785,7 @@ fn reused_lower_or_even_stream_ids_are_protocol_errors() {
         seen.summary()
     );
 
-    t.assert_memory_bounded(baseline, "stream id misuse");
-    t.assert_serves(2);
-    t.assert_released();
+    t.assert_unharmed(baseline, "stream id misuse");
 }
 
 #[test]
@@ -831,7 +831,5 @@ fn streams_reset_for_the_peers_errors_are_limited() {
         "{} resets before the GOAWAY",
         resets.len()
     );
-    t.assert_memory_bounded(baseline, "error resets");
-    t.assert_serves(2);
-    t.assert_released();
+    t.assert_unharmed(baseline, "error resets");
 }
