@@ -351,6 +351,11 @@ impl Seen {
         false
     }
 
+    /// Asserts the server said GOAWAY with `code`; `what` names the attack.
+    pub fn assert_goaway(&self, code: u32, what: &str) {
+        assert_eq!(self.goaway(), Some(code), "{what}: {}", self.summary());
+    }
+
     /// The GOAWAY error code, if one arrived.
     pub fn goaway(&self) -> Option<u32> {
         match self.end {

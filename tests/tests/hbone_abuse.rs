@@ -258,11 +258,9 @@ fn rapid_reset_gets_enhance_your_calm_and_the_node_keeps_serving() {
     });
     // More resets of not-yet-accepted streams than --h2-max-pending-resets (100) is a
     // connection error: GOAWAY ENHANCE_YOUR_CALM, and the rest of the burst is ignored.
-    assert_eq!(
-        seen.goaway(),
-        Some(code::ENHANCE_YOUR_CALM),
-        "rapid reset (flood {flood:?}): {}",
-        seen.summary()
+    seen.assert_goaway(
+        code::ENHANCE_YOUR_CALM,
+        &format!("rapid reset (flood {flood:?})"),
     );
     t.assert_unharmed(baseline, "rapid reset");
 
@@ -382,12 +380,7 @@ fn continuation_floods_are_cut_off_and_oversized_headers_refused() {
         "the server took the whole CONTINUATION flood ({flood:?}): {}",
         seen.summary()
     );
-    assert_eq!(
-        seen.goaway(),
-        Some(code::ENHANCE_YOUR_CALM),
-        "endless CONTINUATION: {}",
-        seen.summary()
-    );
+    seen.assert_goaway(code::ENHANCE_YOUR_CALM, "endless CONTINUATION");
 
     // 2. A header list over the 64 KiB limit (but not abusive): refused with 431 on
     // its stream; the connection stays usable.
@@ -434,12 +427,7 @@ fn continuation_floods_are_cut_off_and_oversized_headers_refused() {
         }
         seen
     });
-    assert_eq!(
-        seen.goaway(),
-        Some(code::ENHANCE_YOUR_CALM),
-        "huge header list: {}",
-        seen.summary()
-    );
+    seen.assert_goaway(code::ENHANCE_YOUR_CALM, "huge header list");
 
     t.assert_unharmed(baseline, "CONTINUATION floods");
 }
@@ -585,12 +573,7 @@ fn window_overflow_is_a_flow_control_error() {
         [Some(200), Some(16 << 20), Some(1 << 20), Some(64 << 10)],
         "SETTINGS of node B's HBONE server"
     );
-    assert_eq!(
-        seen.goaway(),
-        Some(code::FLOW_CONTROL_ERROR),
-        "connection window overflow: {}",
-        seen.summary()
-    );
+    seen.assert_goaway(code::FLOW_CONTROL_ERROR, "connection window overflow");
 
     // A stream's window overflows → RST_STREAM FLOW_CONTROL_ERROR on that stream only;
     // the connection keeps working.
@@ -640,12 +623,7 @@ fn window_overflow_is_a_flow_control_error() {
             .expect("send WINDOW_UPDATE");
         c.watch(ANSWER).await
     });
-    assert_eq!(
-        seen.goaway(),
-        Some(code::PROTOCOL_ERROR),
-        "zero connection window increment: {}",
-        seen.summary()
-    );
+    seen.assert_goaway(code::PROTOCOL_ERROR, "zero connection window increment");
 
     t.assert_unharmed(baseline, "window overflows");
 }
@@ -714,12 +692,7 @@ fn reused_lower_or_even_stream_ids_are_protocol_errors() {
         (refused, seen)
     });
     assert_eq!(refused, Some(400), "{}", seen.summary());
-    assert_eq!(
-        seen.goaway(),
-        Some(code::PROTOCOL_ERROR),
-        "reused stream id: {}",
-        seen.summary()
-    );
+    seen.assert_goaway(code::PROTOCOL_ERROR, "reused stream id");
 
     // The id of a stream the server reset (answered 400 while the request was still
     // open: RST_STREAM NO_ERROR). RFC 9113 §5.1: after sending RST_STREAM an endpoint
@@ -778,12 +751,7 @@ fn reused_lower_or_even_stream_ids_are_protocol_errors() {
         .expect("send HEADERS");
         c.watch(ANSWER).await
     });
-    assert_eq!(
-        seen.goaway(),
-        Some(code::PROTOCOL_ERROR),
-        "even stream id: {}",
-        seen.summary()
-    );
+    seen.assert_goaway(code::PROTOCOL_ERROR, "even stream id");
 
     t.assert_unharmed(baseline, "stream id misuse");
 }
