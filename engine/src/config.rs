@@ -189,8 +189,12 @@ impl EngineConfig {
         let mut cores = self.cores.clone();
         cores.sort_unstable();
         cores.dedup();
-        if cores.len() != self.cores.len() {
-            return Err(invalid("--cores", "a core is listed twice"));
+        if cores.len() != self.cores.len() && self.pin_shards {
+            return Err(invalid(
+                "--cores",
+                "two pinned shards on one CPU (a core listed twice, or --shards above the CPUs \
+                 allowed); use --unpinned to run more shards than CPUs",
+            ));
         }
         let b = self.buffers;
         if b.min < 1024 || b.min > b.max {
@@ -325,14 +329,16 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_cores_are_rejected() {
-        let cfg = EngineConfig {
+    fn two_pinned_shards_on_one_cpu_are_rejected_unpinned_they_run() {
+        let mut cfg = EngineConfig {
             cores: vec![0, 0],
             pin_shards: true,
-            steering: Steering::Cpu,
             ..EngineConfig::default()
         };
-        assert!(cfg.validate().is_err());
+        let e = cfg.validate().unwrap_err();
+        assert!(e.to_string().contains("--unpinned"), "{e}");
+        cfg.pin_shards = false;
+        assert!(cfg.validate().is_ok());
     }
 
     #[test]

@@ -53,7 +53,8 @@ struct Args {
     /// CPUs to run shards on, one shard each, e.g. "0,1" or "0-3" [default: every allowed CPU].
     #[arg(long, env = "ZPATH_CORES", conflicts_with = "shards", value_parser = core_list)]
     cores: Option<CoreList>,
-    /// Number of shards, on the first N allowed CPUs (alternative to --cores).
+    /// Number of shards, on the first N allowed CPUs (alternative to --cores); more
+    /// than the CPUs allowed needs --unpinned.
     #[arg(long, env = "ZPATH_SHARDS")]
     shards: Option<usize>,
     /// Leave shard threads unpinned: the kernel moves them between CPUs. Pinned (the
