@@ -377,6 +377,40 @@ impl TlsSession {
         self.drive(out, plaintext, false)
     }
 
+    /// [`TlsSession::seal`] for plaintext in pieces, filling records across piece
+    /// boundaries once the session seals its own records; before that, the first
+    /// non-empty piece only.
+    pub fn seal_vectored(
+        &mut self,
+        pieces: &[&[u8]],
+        out: &mut [u8],
+    ) -> Result<Sealed, SessionError> {
+        if self.records.is_none() {
+            let first = pieces
+                .iter()
+                .find(|p| !p.is_empty())
+                .copied()
+                .unwrap_or(&[]);
+            return self.seal(first, out);
+        }
+        self.check_failed()?;
+        if self.close_sent {
+            return Err(SessionError::WriteAfterClose);
+        }
+        if self.peer.is_none() {
+            return Err(SessionError::NotReady);
+        }
+        if out.len() < MAX_RECORD_LEN {
+            return Err(SessionError::OutputTooSmall);
+        }
+        let Some(records) = &mut self.records else {
+            return Err(SessionError::NotReady);
+        };
+        let sealed = records.seal_vectored(&mut self.conn, pieces, out);
+        let (consumed, written) = sealed.map_err(|f| self.fail(f))?;
+        Ok(Sealed { consumed, written })
+    }
+
     /// Queues a close_notify (we will send no more data) into `out`; returns
     /// its length. Reading continues until the peer closes too.
     pub fn close(&mut self, out: &mut [u8]) -> Result<usize, SessionError> {

@@ -276,8 +276,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
         Poll::Ready(Ok(sealed.consumed))
     }
 
-    /// Seals as many of `bufs` as fit into records before one transport write, so a
-    /// frame header and its payload leave together.
+    /// Seals as many of `bufs` as fit into records before one transport write,
+    /// filling records across slices: a frame header and its payload share a record
+    /// and leave together.
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -293,23 +294,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
         while this.out_room(RESERVE) < MAX_RECORD_LEN {
             ready!(this.poll_flush_out(cx))?;
         }
-        let mut consumed = 0;
-        'slices: for buf in bufs {
-            let mut rest: &[u8] = buf;
-            while !rest.is_empty() {
-                if this.out_room(RESERVE) < MAX_RECORD_LEN {
-                    break 'slices;
-                }
-                let (start, limit) = (this.out_end, this.out.len() - RESERVE);
-                let sealed = this.session.seal(rest, &mut this.out[start..limit])?;
-                this.out_end += sealed.written;
-                consumed += sealed.consumed;
-                rest = &rest[sealed.consumed..];
-                if sealed.consumed == 0 {
-                    break 'slices;
-                }
-            }
+        /// Slices gathered per call; h2 writes a frame header and its payload.
+        const MAX_SLICES: usize = 64;
+        let mut pieces: [&[u8]; MAX_SLICES] = [&[]; MAX_SLICES];
+        let n = bufs.len().min(MAX_SLICES);
+        for (piece, buf) in pieces.iter_mut().zip(&bufs[..n]) {
+            *piece = buf;
         }
+        let (start, limit) = (this.out_end, this.out.len() - RESERVE);
+        let sealed = this
+            .session
+            .seal_vectored(&pieces[..n], &mut this.out[start..limit])?;
+        this.out_end += sealed.written;
+        let consumed = sealed.consumed;
         if let Poll::Ready(Err(e)) = this.poll_flush_out(cx) {
             return Poll::Ready(Err(e));
         }

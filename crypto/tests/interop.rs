@@ -130,6 +130,31 @@ fn send_ours(ours: &mut TlsSession, theirs: &mut rustls::Connection, data: &[u8]
     assert!(received == data, "rustls peer received different bytes");
 }
 
+/// Ours -> theirs in pieces, as HTTP/2 writes a frame header and its payload: records
+/// are filled across pieces, and the rustls peer reads back their concatenation.
+fn send_ours_vectored(ours: &mut TlsSession, theirs: &mut rustls::Connection, pieces: &[&[u8]]) {
+    let all = pieces.concat();
+    let mut wire = vec![0u8; 3 * MAX_RECORD_LEN];
+    let mut sent = 0;
+    let mut received = Vec::new();
+    while sent < all.len() {
+        // The pieces not sent yet.
+        let mut skip = sent;
+        let rest: Vec<&[u8]> = pieces
+            .iter()
+            .filter_map(|p| {
+                let drop = skip.min(p.len());
+                skip -= drop;
+                (drop < p.len()).then(|| &p[drop..])
+            })
+            .collect();
+        let s = ours.seal_vectored(&rest, &mut wire).unwrap();
+        sent += s.consumed;
+        to_theirs_into(theirs, &wire[..s.written], &mut received).unwrap();
+    }
+    assert!(received == all, "rustls peer received different bytes");
+}
+
 /// Theirs -> ours: the rustls peer writes `data`, our session opens it.
 fn send_theirs(ours: &mut TlsSession, theirs: &mut rustls::Connection, data: &[u8]) {
     let mut received = Vec::new();
@@ -150,6 +175,27 @@ fn bulk_both_ways_with_key_updates_and_close(mut ours: TlsSession, mut theirs: r
     let down = payload(1024 * 1024 + 77, 2);
     send_ours(&mut ours, &mut theirs, &up);
     send_theirs(&mut ours, &mut theirs, &down);
+
+    // A frame header and a 1-byte payload leave as one record of 10 bytes.
+    let mut wire = vec![0u8; MAX_RECORD_LEN];
+    let s = ours.seal_vectored(&[&[0u8; 9], b"x"], &mut wire).unwrap();
+    assert_eq!((s.consumed, s.written), (10, 5 + 10 + 1 + 16));
+    let mut received = Vec::new();
+    to_theirs_into(&mut theirs, &wire[..s.written], &mut received).unwrap();
+    assert_eq!(received, b"\0\0\0\0\0\0\0\0\0x");
+    // Pieces of every size, records spanning them.
+    send_ours_vectored(
+        &mut ours,
+        &mut theirs,
+        &[
+            &[1u8; 9],
+            &up[..40_000],
+            b"",
+            &[2u8; 5],
+            &up[40_000..300_000],
+            b"z",
+        ],
+    );
 
     // The rustls peer updates its keys and asks for ours (update_requested).
     for round in 0..3 {
