@@ -677,4 +677,23 @@ mod tests {
         assert_eq!(records, [16_384, 16_384, 16_384, 863]);
         assert_eq!(at, (data.len(), 0));
     }
+
+    #[test]
+    fn gathering_many_tiny_pieces_stops_at_the_part_limit_and_resumes() {
+        let pieces: Vec<Vec<u8>> = (0..40).map(|i| vec![i as u8; 1 + i % 9]).collect();
+        let data: Vec<&[u8]> = pieces.iter().map(|p| p.as_slice()).collect();
+        let total: usize = pieces.iter().map(Vec::len).sum();
+        let mut at = (0, 0);
+        let mut joined = Vec::new();
+        let mut counts = Vec::new();
+        while joined.len() < total {
+            let mut parts: [&[u8]; MAX_PARTS] = [&[]; MAX_PARTS];
+            let (n, len) = gather(&data, &mut at, MAX_PLAINTEXT_LEN, &mut parts);
+            assert!(len > 0, "no progress at {at:?}");
+            parts[..n].iter().for_each(|p| joined.extend_from_slice(p));
+            counts.push(n);
+        }
+        assert_eq!(joined, pieces.concat());
+        assert_eq!(counts, [16, 16, 8]);
+    }
 }
