@@ -107,20 +107,6 @@ pub fn wait_for(what: &str, limit: std::time::Duration, cond: impl Fn() -> bool)
     }
 }
 
-/// The CPUs this process may run on.
-pub fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills at most its size.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
-    }
-}
-
 /// Pins the calling thread to `cpu` (one this process may use).
 pub fn pin_thread_to(cpu: usize) {
     // SAFETY: cpu_set_t is plain data, set to the one CPU before the call.

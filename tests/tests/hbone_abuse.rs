@@ -463,6 +463,43 @@ async fn flood_unread(
     (flood, acks, seen)
 }
 
+/// The verdict on a flood of frames that each ask for an answer (`what`): node B's
+/// memory stayed bounded; the server stopped reading (or hung up) rather than queue
+/// answers that had nowhere to go; and either it ended the connection with an error,
+/// or it answered the probe PING after the flood and acknowledged `acks.1` frames.
+fn assert_flood_pushed_back(
+    t: &Target,
+    baseline: u64,
+    what: &str,
+    flood: Flood,
+    acks: (usize, usize),
+    seen: &Seen,
+) {
+    eprintln!("{what} flood: {flood:?}, then {}", seen.summary());
+    t.assert_memory_bounded(baseline, &format!("{what} flood"));
+    assert!(
+        matches!(flood, Flood::Stalled { .. } | Flood::Ended { .. }),
+        "the server took a {what} flood it could not answer: {}",
+        seen.summary()
+    );
+    if seen.ended_connection() {
+        assert_ne!(seen.goaway(), Some(code::NO_ERROR), "{}", seen.summary());
+        return;
+    }
+    assert_eq!(
+        seen.end,
+        Some(End::Matched),
+        "the PING after the flood was not answered ({flood:?}): {}",
+        seen.summary()
+    );
+    assert_eq!(
+        acks.0,
+        acks.1,
+        "{what} frames acknowledged ({flood:?}): {}",
+        seen.summary()
+    );
+}
+
 #[test]
 fn settings_flood_is_pushed_back_and_answered_in_order() {
     if zpath_tests::skip_unless_root() {
@@ -479,34 +516,8 @@ fn settings_flood_is_pushed_back_and_answered_in_order() {
         one.extend(h2raw::settings(&[(0x4, 65_535)]));
         flood_unread(&mut c, &one, FRAMES / 2, kind::SETTINGS).await
     });
-    eprintln!("SETTINGS flood: {flood:?}, then {}", seen.summary());
-    t.assert_memory_bounded(baseline, "SETTINGS flood");
-    // The answers had nowhere to go, so the server stopped reading (or hung up)
-    // instead of queueing them.
-    assert!(
-        matches!(flood, Flood::Stalled { .. } | Flood::Ended { .. }),
-        "the server took a SETTINGS flood it could not answer: {}",
-        seen.summary()
-    );
-    // Either the server ended the connection, or it acknowledged every SETTINGS
-    // (applying each) and still answers a PING after them.
-    if !seen.ended_connection() {
-        assert_eq!(
-            seen.end,
-            Some(End::Matched),
-            "the PING after the flood was not answered ({flood:?}): {}",
-            seen.summary()
-        );
-        // Every flood SETTINGS and the one sent with the preface: acknowledged once each.
-        assert_eq!(
-            acks,
-            FRAMES + 1,
-            "SETTINGS acknowledged ({flood:?}): {}",
-            seen.summary()
-        );
-    } else {
-        assert_ne!(seen.goaway(), Some(code::NO_ERROR), "{}", seen.summary());
-    }
+    // Every flood SETTINGS and the one sent with the preface: acknowledged once each.
+    assert_flood_pushed_back(&t, baseline, "SETTINGS", flood, (acks, FRAMES + 1), &seen);
     t.assert_serves(2);
     t.assert_released();
 }
@@ -523,27 +534,8 @@ fn ping_flood_is_pushed_back_and_answered_in_order() {
     let (flood, acks, seen) = t.attack(|mut c| async move {
         flood_unread(&mut c, &h2raw::ping(*b"flooding"), FRAMES, kind::PING).await
     });
-    eprintln!("PING flood: {flood:?}, then {}", seen.summary());
-    t.assert_memory_bounded(baseline, "PING flood");
-    // The answers had nowhere to go, so the server stopped reading (or hung up)
-    // instead of queueing them.
-    assert!(
-        matches!(flood, Flood::Stalled { .. } | Flood::Ended { .. }),
-        "the server took a PING flood it could not answer: {}",
-        seen.summary()
-    );
-    if !seen.ended_connection() {
-        assert_eq!(
-            seen.end,
-            Some(End::Matched),
-            "the PING after the flood was not answered ({flood:?}): {}",
-            seen.summary()
-        );
-        // Every flood PING and the probe: acknowledged once each.
-        assert_eq!(acks, FRAMES + 1, "PINGs acknowledged ({flood:?})");
-    } else {
-        assert_ne!(seen.goaway(), Some(code::NO_ERROR), "{}", seen.summary());
-    }
+    // Every flood PING and the probe: acknowledged once each.
+    assert_flood_pushed_back(&t, baseline, "PING", flood, (acks, FRAMES + 1), &seen);
     t.assert_serves(2);
     t.assert_released();
 }

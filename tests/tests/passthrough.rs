@@ -488,7 +488,7 @@ fn socks5_data_pipelined_with_the_request_is_relayed_and_counted() {
 
 #[test]
 fn cpu_steering_puts_each_connection_on_the_shard_of_the_clients_cpu() {
-    let cpus = zpath_tests::allowed_cpus();
+    let cpus = zpath_engine::sys::allowed_cpus();
     if cpus.len() < 2 {
         eprintln!("skipped: steering by CPU needs two CPUs, this process has {cpus:?}");
         return;
