@@ -12,6 +12,21 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The CPUs the harness may run on, in order (CPU 0 alone if the mask cannot be read).
+pub fn cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most its size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: `set` is a valid cpu_set_t of `size` bytes.
+    if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
+        return vec![0];
+    }
+    let max = libc::CPU_SETSIZE as usize;
+    // SAFETY: CPU_ISSET only reads `set` at an index below CPU_SETSIZE.
+    let set_has = |cpu: usize| unsafe { libc::CPU_ISSET(cpu, &set) };
+    (0..max).filter(|&cpu| set_has(cpu)).collect()
+}
+
 /// Clock ticks per second, the unit of CPU times in `/proc/PID/stat`.
 pub fn clock_ticks_per_sec() -> u64 {
     // SAFETY: sysconf has no preconditions; a negative answer means "unknown".

@@ -9,6 +9,7 @@
 //! | `${client_ip}`, `${server_ip}` | the two nodes' addresses |
 //! | `${app_port}` | the load server's port on the server node |
 //! | `${node_name}` | `client-node` or `server-node` |
+//! | `${node_cpus}` | this node's share of the harness's CPUs, comma-separated: the client node the first half, the server node the rest (both the same CPU on a one-CPU machine) |
 //! | `${dir}` | a fresh directory for this proxy run (state, certificates) |
 //! | `${file:NAME}` | the path of the rendered `[[NODE.files]]` entry NAME |
 //! | `${port:NAME}` | port NAME from `[NODE.ports]` in netns mode; a free port in loopback mode |
@@ -258,6 +259,7 @@ impl RenderContext {
                 "server_ip" => Some(self.server_ip.clone()),
                 "app_port" => Some(self.app_port.to_string()),
                 "node_name" => Some(format!("{}-node", self.node.role)),
+                "node_cpus" => Some(node_cpus(self.node.role, &crate::sys::cpus())),
                 "dir" => Some(self.dir.display().to_string()),
                 "zpath_perf_bin" => Some(self.zpath_perf_bin.display().to_string()),
                 "zpath_bin" => {
@@ -275,6 +277,20 @@ impl RenderContext {
     fn unknown(&self, template: &str, what: &str) -> Error {
         Error::Usage(format!("{what} in {template:?}"))
     }
+}
+
+/// The CPUs of `role`'s node out of `cpus`, for `--cores`: two nodes on one machine each
+/// get CPUs of their own, as two machines would, so neither node's shard queues behind
+/// the other's on a shared CPU.
+fn node_cpus(role: &str, cpus: &[usize]) -> String {
+    let half = (cpus.len() / 2).max(1);
+    let mine = match role {
+        "client" => &cpus[..half.min(cpus.len())],
+        _ if cpus.len() > 1 => &cpus[half..],
+        _ => cpus,
+    };
+    let list: Vec<String> = mine.iter().map(usize::to_string).collect();
+    list.join(",")
 }
 
 /// Picks a free loopback port (bound and released; another process could take it, which
@@ -659,6 +675,18 @@ mod tests {
             out,
             "client-node 10.0.0.1:15001 -> 10.0.0.2:5201 /tmp/x/a.yaml {80: 8080}"
         );
+    }
+
+    #[test]
+    fn nodes_get_cpus_of_their_own() {
+        assert_eq!(node_cpus("client", &[0, 1]), "0");
+        assert_eq!(node_cpus("server", &[0, 1]), "1");
+        assert_eq!(node_cpus("client", &[2, 3, 5]), "2");
+        assert_eq!(node_cpus("server", &[2, 3, 5]), "3,5");
+        assert_eq!(node_cpus("client", &[4]), "4");
+        assert_eq!(node_cpus("server", &[4]), "4");
+        let rendered = ctx().render("${node_cpus}").unwrap();
+        assert!(!rendered.is_empty(), "{rendered}");
     }
 
     #[test]
