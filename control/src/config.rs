@@ -382,6 +382,7 @@ fn convert_workload(
         canonical_name: fw.canonical_name.into(),
         canonical_revision: fw.canonical_revision.into(),
         workload_name: fw.workload_name.into(),
+        workload_type: file_workload_type(&fw.workload_type, at)?,
         cluster_id: or_default(&fw.cluster_id, "Kubernetes"),
     };
     let mut wl = Workload::new(uid, &fw.name, Arc::new(profile));
@@ -444,6 +445,22 @@ fn convert_service(fs: FileService, at: &dyn Fn(&str) -> String) -> Result<Servi
         subject_alt_names: fs.subject_alt_names.into_iter().map(Strng::from).collect(),
         endpoints,
     })
+}
+
+/// The owner kind: `deployment` when absent, else a lower-case word (any case is
+/// accepted, as are Istio's enum names such as `CRONJOB`). It goes into the `baggage`
+/// header as `k8s.<kind>.name`, so anything but letters and digits is refused.
+fn file_workload_type(v: &str, at: &dyn Fn(&str) -> String) -> Result<Strng, ConfigError> {
+    if v.is_empty() {
+        return Ok("deployment".into());
+    }
+    if !v.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(ConfigError::invalid(
+            at("workloadType"),
+            format!("{v:?} is not a workload kind such as deployment, cronjob, pod or job"),
+        ));
+    }
+    Ok(v.to_ascii_lowercase().into())
 }
 
 fn or_default(v: &str, default: &str) -> Strng {

@@ -180,6 +180,7 @@ pub(crate) fn workload_with(
         canonical_name: intern(&w.canonical_name),
         canonical_revision: intern(&w.canonical_revision),
         workload_name: intern(&w.workload_name),
+        workload_type: intern(workload_type(w.workload_type)),
         cluster_id: intern(or_default(&w.cluster_id, DEFAULT_CLUSTER_ID)),
     };
     let mut workload = Workload::new(uid, &w.name, share(profile));
@@ -231,6 +232,7 @@ pub(crate) fn profile_matches(p: &WorkloadProfile, w: &xwl::Workload) -> bool {
         && *p.canonical_name == *w.canonical_name
         && *p.canonical_revision == *w.canonical_revision
         && *p.workload_name == *w.workload_name
+        && *p.workload_type == *workload_type(w.workload_type)
         && *p.cluster_id == *or_default(&w.cluster_id, DEFAULT_CLUSTER_ID)
         && p.authorization_policies.len() == w.authorization_policies.len()
         && p.authorization_policies
@@ -516,6 +518,18 @@ fn ip_from_bytes(bytes: &[u8]) -> Result<IpAddr, String> {
         "an address must be 4 (IPv4) or 16 (IPv6) bytes, got {}",
         bytes.len()
     ))
+}
+
+/// The owner kind's name as `baggage` spells it. It only labels telemetry, so a kind
+/// newer than this build reads as the proto default (`deployment`) rather than
+/// rejecting the workload.
+fn workload_type(v: i32) -> &'static str {
+    match xwl::WorkloadType::try_from(v) {
+        Ok(xwl::WorkloadType::Cronjob) => "cronjob",
+        Ok(xwl::WorkloadType::Pod) => "pod",
+        Ok(xwl::WorkloadType::Job) => "job",
+        Ok(xwl::WorkloadType::Deployment) | Err(_) => "deployment",
+    }
 }
 
 fn tunnel_protocol(v: i32) -> Result<TunnelProtocol, String> {

@@ -221,6 +221,9 @@ pub struct WorkloadProfile {
     pub canonical_revision: Strng,
     /// Owner (deployment) name, for telemetry.
     pub workload_name: Strng,
+    /// Owner kind in lower case (`deployment`, `cronjob`, `pod`, `job`): `baggage`
+    /// names the owner `k8s.<kind>.name`.
+    pub workload_type: Strng,
     /// Cluster id, for telemetry.
     pub cluster_id: Strng,
 }
@@ -318,7 +321,7 @@ impl Serialize for Workload {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let p = &*self.profile;
-        let mut st = s.serialize_struct("Workload", 16)?;
+        let mut st = s.serialize_struct("Workload", 17)?;
         st.serialize_field("uid", &*self.uid)?;
         st.serialize_field("name", self.name())?;
         st.serialize_field("namespace", &*p.namespace)?;
@@ -334,6 +337,7 @@ impl Serialize for Workload {
         st.serialize_field("canonicalName", &*p.canonical_name)?;
         st.serialize_field("canonicalRevision", &*p.canonical_revision)?;
         st.serialize_field("workloadName", &*p.workload_name)?;
+        st.serialize_field("workloadType", &*p.workload_type)?;
         st.serialize_field("clusterId", &*p.cluster_id)?;
         st.end()
     }
@@ -434,6 +438,7 @@ mod tests {
             canonical_name: "web".into(),
             canonical_revision: "v1".into(),
             workload_name: "web".into(),
+            workload_type: "deployment".into(),
             cluster_id: "Kubernetes".into(),
         };
         let mut w = Workload::new("K//Pod/shop/web-0".into(), "web-0", Arc::new(profile));
@@ -448,7 +453,8 @@ mod tests {
                 r#""workloadIps":["10.0.0.2"],"protocol":"HBONE","node":"node-1","#,
                 r#""network":"","status":"Unhealthy","authorizationPolicies":["shop/allow"],"#,
                 r#""services":["shop/web.shop.svc.cluster.local"],"canonicalName":"web","#,
-                r#""canonicalRevision":"v1","workloadName":"web","clusterId":"Kubernetes"}"#
+                r#""canonicalRevision":"v1","workloadName":"web","workloadType":"deployment","#,
+                r#""clusterId":"Kubernetes"}"#
             )
         );
         // Profile fields read through the workload.

@@ -149,7 +149,7 @@ async fn outbound_inner(
             src_wl.cluster_id.to_string()
         },
         namespace: src_wl.namespace.to_string(),
-        workload_kind: String::new(),
+        workload_kind: src_wl.workload_type.to_string(),
         workload_name: src_wl.workload_name.to_string(),
         canonical_name: src_wl.canonical_name.to_string(),
         canonical_revision: src_wl.canonical_revision.to_string(),

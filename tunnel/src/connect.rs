@@ -23,7 +23,8 @@ pub struct SourceInfo {
     pub cluster: String,
     /// Namespace (`k8s.namespace.name`).
     pub namespace: String,
-    /// Workload kind in lower case (`deployment`, `pod`...; `k8s.<kind>.name`).
+    /// Workload kind in lower case (`deployment`, `pod`...; `k8s.<kind>.name`);
+    /// empty means `deployment`, the default of Istio's workload API.
     pub workload_kind: String,
     /// Workload name.
     pub workload_name: String,
@@ -34,17 +35,32 @@ pub struct SourceInfo {
 }
 
 impl SourceInfo {
-    /// The `baggage` header value.
+    /// The `baggage` header value: the attributes in Istio's order, leaving out those
+    /// that are empty (a receiver reads an absent key and an empty value alike).
     pub fn baggage(&self) -> String {
         let kind = if self.workload_kind.is_empty() {
-            "pod"
+            "deployment"
         } else {
             &self.workload_kind
         };
-        format!(
-            "k8s.cluster.name={},k8s.namespace.name={},k8s.{kind}.name={},service.name={},service.version={}",
-            self.cluster, self.namespace, self.workload_name, self.canonical_name, self.canonical_revision
-        )
+        let owner_key = format!("k8s.{kind}.name");
+        let attributes = [
+            ("k8s.cluster.name", &self.cluster),
+            ("k8s.namespace.name", &self.namespace),
+            (owner_key.as_str(), &self.workload_name),
+            ("service.name", &self.canonical_name),
+            ("service.version", &self.canonical_revision),
+        ];
+        let mut out = String::with_capacity(160);
+        for (key, value) in attributes.iter().filter(|(_, v)| !v.is_empty()) {
+            if !out.is_empty() {
+                out.push(',');
+            }
+            out.push_str(key);
+            out.push('=');
+            out.push_str(value);
+        }
+        out
     }
 }
 
@@ -153,6 +169,27 @@ mod tests {
             "00-00000000000000000000000000000abc-0000000000000012-00"
         );
         assert_eq!(target(&req), Ok(dst));
+    }
+
+    #[test]
+    fn baggage_leaves_out_empty_attributes_and_defaults_the_kind() {
+        let info = SourceInfo {
+            cluster: "Kubernetes".into(),
+            namespace: "default".into(),
+            workload_name: "client".into(),
+            ..SourceInfo::default()
+        };
+        assert_eq!(
+            info.baggage(),
+            "k8s.cluster.name=Kubernetes,k8s.namespace.name=default,k8s.deployment.name=client"
+        );
+        let job = SourceInfo {
+            workload_kind: "job".into(),
+            canonical_revision: "v2".into(),
+            ..SourceInfo::default()
+        };
+        assert_eq!(job.baggage(), "service.version=v2");
+        assert_eq!(SourceInfo::default().baggage(), "");
     }
 
     #[test]

@@ -50,6 +50,22 @@ fn bad_ip_names_the_field_and_line() {
 }
 
 #[test]
+fn workload_type_is_lower_cased_defaulted_and_checked() {
+    let kind = |line: &str| {
+        LocalConfig::parse(&format!(
+            "workloads:\n- name: a\n  namespace: default\n  workloadIps: [\"10.0.0.1\"]\n{line}"
+        ))
+        .map(|c| c.workloads[0].workload_type.to_string())
+        .map_err(|e| e.to_string())
+    };
+    assert_eq!(kind("").unwrap(), "deployment");
+    assert_eq!(kind("  workloadType: CRONJOB\n").unwrap(), "cronjob");
+    assert_eq!(kind("  workloadType: pod\n").unwrap(), "pod");
+    let err = kind("  workloadType: \"pod,x=y\"\n").unwrap_err();
+    assert!(err.contains("workloads[0].workloadType"), "{err}");
+}
+
+#[test]
 fn unknown_field_is_rejected_by_name() {
     let err = LocalConfig::parse("workloads:\n- name: a\n  namespace: default\n  colour: blue\n")
         .unwrap_err()

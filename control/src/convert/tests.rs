@@ -124,6 +124,24 @@ fn workload_empty_identity_fields_get_ztunnel_defaults() {
 }
 
 #[test]
+fn workload_type_names_the_owner_kind_and_defaults_to_deployment() {
+    let kind = |t: i32| {
+        let w = Workload::try_from(xwl::Workload {
+            workload_type: t,
+            ..wl()
+        })
+        .unwrap();
+        w.workload_type.to_string()
+    };
+    assert_eq!(kind(xwl::WorkloadType::Deployment as i32), "deployment");
+    assert_eq!(kind(xwl::WorkloadType::Cronjob as i32), "cronjob");
+    assert_eq!(kind(xwl::WorkloadType::Pod as i32), "pod");
+    assert_eq!(kind(xwl::WorkloadType::Job as i32), "job");
+    // A kind newer than this build only labels telemetry: it does not reject the workload.
+    assert_eq!(kind(99), "deployment");
+}
+
+#[test]
 fn workload_address_not_4_or_16_bytes_is_rejected_naming_the_field() {
     for bad in [
         vec![],
