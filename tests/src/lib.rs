@@ -10,6 +10,7 @@ pub mod h2raw;
 pub mod mesh;
 pub mod netns;
 pub mod node;
+pub mod peer;
 pub mod socks5;
 
 pub use node::{Node, NodeOptions};
