@@ -332,12 +332,24 @@ async fn read_all(body: &mut h2::RecvStream) -> Result<Vec<u8>, String> {
 
 impl Client {
     /// Opens a CONNECT stream; on 200 sends `data`, half-closes and returns the status
-    /// with everything the other side sent until its END_STREAM. Other statuses return
-    /// with no body.
+    /// with everything the other side sent until its END_STREAM, read while sending.
+    /// Other statuses return with no body.
     pub async fn exchange(
         &mut self,
         request: http::Request<()>,
         data: &[u8],
+    ) -> Result<(u16, Vec<u8>), String> {
+        self.exchange_with(request, data, true).await
+    }
+
+    /// As [`Client::exchange`], reading only once all of `data` is sent when `overlap`
+    /// is false: the other side must then hold back what it sends while this side's
+    /// window is full, and keep taking data meanwhile.
+    pub async fn exchange_with(
+        &mut self,
+        request: http::Request<()>,
+        data: &[u8],
+        overlap: bool,
     ) -> Result<(u16, Vec<u8>), String> {
         let mut send = self
             .send
@@ -354,6 +366,10 @@ impl Client {
             return Ok((status, Vec::new()));
         }
         let mut body = response.into_body();
+        if !overlap {
+            send_all(&mut stream, data).await?;
+            return Ok((status, read_all(&mut body).await?));
+        }
         let (sent, echoed) = tokio::join!(send_all(&mut stream, data), read_all(&mut body));
         sent?;
         Ok((status, echoed?))
@@ -375,8 +391,10 @@ pub struct Received {
     pub bytes: usize,
 }
 
-/// An HBONE server shaped as ztunnel's inbound: it answers each CONNECT with 200 and
-/// echoes the stream (END_STREAM answered with END_STREAM), recording what it got.
+/// An HBONE server shaped as ztunnel's inbound: it answers a CONNECT with 200 and
+/// echoes the stream (END_STREAM answered with END_STREAM), or, for a target port
+/// given a status with [`Server::serve_with`], with that status and END_STREAM as
+/// ztunnel refuses (401 denied, 503 upstream unreachable...). It records every request.
 pub struct Server {
     /// Requests received so far (recorded when their stream ends).
     pub received: Arc<Mutex<Vec<Received>>>,
@@ -387,6 +405,17 @@ pub struct Server {
 impl Server {
     /// Serves on `listener` (bound by the caller, e.g. inside a network namespace).
     pub fn serve(listener: std::net::TcpListener, cert: PeerCert) -> Server {
+        Self::serve_with(listener, cert, &[])
+    }
+
+    /// As [`Server::serve`], refusing CONNECTs to the ports in `refusals` with their
+    /// status.
+    pub fn serve_with(
+        listener: std::net::TcpListener,
+        cert: PeerCert,
+        refusals: &[(u16, u16)],
+    ) -> Server {
+        let refusals: Arc<[(u16, u16)]> = refusals.into();
         let roots = {
             let mut store = rustls::RootCertStore::empty();
             store.add(cert.root.clone()).expect("mesh root");
@@ -419,9 +448,10 @@ impl Server {
                 let accept = async {
                     while let Ok((tcp, _)) = listener.accept().await {
                         let (acceptor, log) = (acceptor.clone(), log.clone());
+                        let refusals = refusals.clone();
                         tokio::spawn(async move {
                             if let Ok(tls) = acceptor.accept(tcp).await {
-                                let _ = serve_connection(tls, log).await;
+                                let _ = serve_connection(tls, log, refusals).await;
                             }
                         });
                     }
@@ -462,6 +492,7 @@ impl Drop for Server {
 async fn serve_connection(
     tls: tokio_rustls::server::TlsStream<TcpStream>,
     log: Arc<Mutex<Vec<Received>>>,
+    refusals: Arc<[(u16, u16)]>,
 ) -> Result<(), h2::Error> {
     let state = {
         let conn = tls.get_ref().1;
@@ -479,6 +510,11 @@ async fn serve_connection(
     while let Some(next) = conn.accept().await {
         let (request, mut respond) = next?;
         let (state, log) = (state.clone(), log.clone());
+        let refusal = request
+            .uri()
+            .port_u16()
+            .and_then(|port| refusals.iter().find(|(p, _)| *p == port))
+            .map(|(_, status)| *status);
         tokio::spawn(async move {
             let (parts, mut body) = request.into_parts();
             let authority = parts
@@ -486,13 +522,26 @@ async fn serve_connection(
                 .authority()
                 .map(|a| a.to_string())
                 .unwrap_or_default();
-            let ok = http::Response::builder()
-                .status(200)
+            let mut received = Received {
+                method: parts.method,
+                authority,
+                headers: parts.headers,
+                tls: state,
+                bytes: 0,
+            };
+            let status = refusal.unwrap_or(200);
+            let answer = http::Response::builder()
+                .status(status)
                 .body(())
                 .expect("response");
-            let Ok(mut stream) = respond.send_response(ok, false) else {
+            let refused = status != 200;
+            let Ok(mut stream) = respond.send_response(answer, refused) else {
                 return;
             };
+            if refused {
+                log.lock().expect("log").push(received);
+                return;
+            }
             let mut bytes = 0;
             while let Some(Ok(chunk)) = body.data().await {
                 bytes += chunk.len();
@@ -502,13 +551,8 @@ async fn serve_connection(
                 }
             }
             let _ = stream.send_data(Bytes::new(), true);
-            log.lock().expect("log").push(Received {
-                method: parts.method,
-                authority,
-                headers: parts.headers,
-                tls: state,
-                bytes,
-            });
+            received.bytes = bytes;
+            log.lock().expect("log").push(received);
         });
     }
     Ok(())

@@ -27,7 +27,7 @@ fn an_independent_hbone_client_is_served_by_zpath() {
     let hbone: SocketAddr = format!("{net}.2:15008").parse().expect("address");
     let target = echo.addr.to_string();
     let source: SocketAddr = format!("{net}.1:40000").parse().expect("address");
-    let data = pattern(3 << 20, 7);
+    let data = pattern(6 << 20, 7);
     let sent = data.clone();
 
     let (tls, answers) = peer::run_in(&m.hosts.client, move || {
@@ -36,11 +36,13 @@ fn an_independent_hbone_client_is_served_by_zpath() {
                 .await
                 .expect("the peer's mTLS + HTTP/2 handshake with zpath");
             let mut answers = Vec::new();
-            // Two flows on one connection, then refusals on the same connection.
-            for payload in [&sent[..], &sent[..1]] {
+            // Three flows on one connection, then refusals on the same connection. The
+            // second sends all before it reads: zpath must hold the echo back at the
+            // peer's 4 MiB window and go on taking data.
+            for (payload, overlap) in [(&sent[..], true), (&sent[..], false), (&sent[..1], true)] {
                 answers.push(
                     client
-                        .exchange(peer::hbone_request(&target, source), payload)
+                        .exchange_with(peer::hbone_request(&target, source), payload, overlap)
                         .await,
                 );
             }
@@ -63,18 +65,25 @@ fn an_independent_hbone_client_is_served_by_zpath() {
         .iter()
         .map(|a| a.as_ref().expect("exchange").0)
         .collect();
-    assert_eq!(statuses, vec![200, 200, 400, 400], "{}", m.b.metrics_text());
-    let echoed = &answers[0].as_ref().expect("first flow").1;
-    assert!(
-        echoed == &data,
-        "3 MiB echoed back intact ({} bytes)",
-        echoed.len()
+    assert_eq!(
+        statuses,
+        vec![200, 200, 200, 400, 400],
+        "{}",
+        m.b.metrics_text()
     );
-    assert_eq!(answers[1].as_ref().expect("second flow").1, data[..1]);
+    for flow in &answers[..2] {
+        let echoed = &flow.as_ref().expect("flow").1;
+        assert!(
+            echoed == &data,
+            "6 MiB echoed back intact ({} bytes)",
+            echoed.len()
+        );
+    }
+    assert_eq!(answers[2].as_ref().expect("1-byte flow").1, data[..1]);
 
     assert_eq!(
         m.b.metric("zpath_hbone_connect_responses_total{side=\"server\",status=\"200\"}"),
-        2
+        3
     );
     m.b.assert_no_open_connections();
     zpath_tests::wait_for(
@@ -112,12 +121,29 @@ fn zpath_outbound_is_served_by_an_independent_hbone_server() {
     let listener = hosts
         .server
         .enter(move || std::net::TcpListener::bind(addr).expect("bind the peer's 15008"));
-    let server = peer::Server::serve(listener, peer::issue(ca.path(), "server"));
+    // Port 9 is refused as an unreachable upstream, port 10 as denied by policy.
+    let server = peer::Server::serve_with(
+        listener,
+        peer::issue(ca.path(), "server"),
+        &[(9, 503), (10, 401)],
+    );
+    let proxy = a.socks5;
+    for port in [9, 10] {
+        let target: SocketAddr = format!("{net}.2:{port}").parse().expect("address");
+        let refused = hosts.client.enter(move || {
+            zpath_tests::socks5::connect(proxy, target).expect("reach node A's SOCKS5 listener")
+        });
+        assert!(refused.is_err(), "a refused CONNECT must not open the flow");
+    }
+    for status in [503, 401] {
+        let name =
+            format!("zpath_hbone_connect_responses_total{{side=\"client\",status=\"{status}\"}}");
+        assert_eq!(a.metric(&name), 1, "{}", a.metrics_text());
+    }
 
     // The client workload reaches the server workload's port 8080 through node A.
     let target: SocketAddr = format!("{net}.2:8080").parse().expect("address");
     let data = pattern(2 << 20, 3);
-    let proxy = a.socks5;
     let sent = data.clone();
     let (local, echoed) = hosts.client.enter(move || {
         let s = zpath_tests::socks5::connect(proxy, target)
@@ -134,8 +160,11 @@ fn zpath_outbound_is_served_by_an_independent_hbone_server() {
         echoed.len()
     );
 
-    let got = server.wait_for(1, Duration::from_secs(10));
-    let r = &got[0];
+    let got = server.wait_for(3, Duration::from_secs(10));
+    let r = got
+        .iter()
+        .find(|r| r.authority == target.to_string())
+        .expect("the relayed flow");
     assert_eq!(r.method, http::Method::CONNECT);
     assert_eq!(r.authority, target.to_string());
     assert_eq!(r.bytes, data.len());
