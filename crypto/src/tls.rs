@@ -85,8 +85,14 @@ pub(crate) fn trust_anchor(der: &CertificateDer<'_>) -> Result<TrustAnchor<'stat
         })
 }
 
-/// Verifies that `leaf` chains to one of `trust`'s roots at `now` and carries
-/// the extended key usage of `role`. Reports the precise [`Rejection`].
+/// Verifies that `leaf` chains to one of `trust`'s roots at `now`, with no
+/// certificate of the chain whose extended key usage excludes `role`. Reports the
+/// precise [`Rejection`].
+///
+/// Intermediate CAs usually carry no extended key usage at all (Istio's plugged-in
+/// CAs among them), so an absent extension passes here, as in ztunnel; that the
+/// leaf itself carries the extension with `role`'s purpose is checked with the rest
+/// of the leaf rules ([`crate::verifier`]).
 pub(crate) fn verify_chain(
     trust: &TrustBundle,
     leaf: &CertificateDer<'_>,
@@ -97,8 +103,8 @@ pub(crate) fn verify_chain(
     let cert = webpki::EndEntityCert::try_from(leaf)
         .map_err(|e| Rejection::Malformed(format!("cannot parse leaf certificate: {e}")))?;
     let eku = match role {
-        PeerRole::Server => webpki::KeyUsage::required(EKU_SERVER_AUTH),
-        PeerRole::Client => webpki::KeyUsage::required(EKU_CLIENT_AUTH),
+        PeerRole::Server => webpki::KeyUsage::required_if_present(EKU_SERVER_AUTH),
+        PeerRole::Client => webpki::KeyUsage::required_if_present(EKU_CLIENT_AUTH),
     };
     cert.verify_for_usage(
         sig_algs().all,

@@ -76,6 +76,63 @@ fn valid_foreign_peers_are_accepted() {
     assert_eq!(server.peer().unwrap().identity(), &id(CLIENT_ID));
 }
 
+/// An intermediate CA under the mesh root: no extended key usage, as Istio's
+/// plugged-in CAs are made, unless `eku` gives one.
+fn intermediate(eku: Vec<ExtendedKeyUsagePurpose>) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "intermediate");
+    p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    p.extended_key_usages = eku;
+    p
+}
+
+/// Both of our sides against foreign peers whose chains run through `ca`: our
+/// client's result against a server chain, our server's against a client chain.
+fn via_intermediate(
+    ca: &CertificateParams,
+) -> (Result<(), SessionError>, Result<(), SessionError>) {
+    let mesh = mesh_root();
+    let (chain, key) = mesh.sign_via_intermediate(ca, &good_leaf(SERVER_ID));
+    let mut client = client_session(&mesh.issue(CLIENT_ID), &[SERVER_ID]);
+    let mut server = foreign_server(chain, &key);
+    let (as_client, _) = handshake_foreign(&mut client, &mut server);
+
+    let (chain, key) = mesh.sign_via_intermediate(ca, &good_leaf(CLIENT_ID));
+    let mut server = server_session(&mesh.issue(SERVER_ID));
+    let mut client = foreign_client(Some((chain, &key)));
+    let (as_server, _) = handshake_foreign(&mut server, &mut client);
+    (as_client, as_server)
+}
+
+#[test]
+fn a_chain_through_an_intermediate_ca_is_accepted() {
+    let (as_client, as_server) = via_intermediate(&intermediate(vec![]));
+    as_client.expect("our client accepts leaf + intermediate");
+    as_server.expect("our server accepts leaf + intermediate");
+    // An intermediate that names both purposes is as good.
+    let both = intermediate(vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ]);
+    let (as_client, as_server) = via_intermediate(&both);
+    as_client.unwrap();
+    as_server.unwrap();
+}
+
+#[test]
+fn an_intermediate_whose_extended_key_usage_excludes_the_role_is_rejected() {
+    let rejected = |r: Result<(), SessionError>| match r {
+        Err(SessionError::Rejected(r)) => r.label(),
+        other => panic!("expected a rejection, got {other:?}"),
+    };
+    let (as_client, _) = via_intermediate(&intermediate(vec![ExtendedKeyUsagePurpose::ClientAuth]));
+    assert_eq!(rejected(as_client), "wrong_key_usage");
+    let (_, as_server) = via_intermediate(&intermediate(vec![ExtendedKeyUsagePurpose::ServerAuth]));
+    assert_eq!(rejected(as_server), "wrong_key_usage");
+}
+
 #[test]
 fn expired_certificate_is_rejected() {
     both_sides(

@@ -42,9 +42,9 @@ where
     })
 }
 
-/// What the peer holds to authenticate: a leaf from the mesh root, its key, the root.
+/// What the peer holds to authenticate: a leaf chained to the mesh root, its key, the root.
 pub struct PeerCert {
-    /// The leaf (no intermediates: the mesh root signs leaves directly).
+    /// The leaf, then the intermediate CA that signed it if there is one.
     pub chain: Vec<CertificateDer<'static>>,
     /// The leaf's private key (PKCS#8).
     pub key: PrivateKeyDer<'static>,
@@ -59,21 +59,40 @@ pub fn spiffe(sa: &str) -> String {
     format!("spiffe://cluster.local/ns/default/sa/{sa}")
 }
 
-/// Issues a certificate for service account `sa` from the mesh root kept in `ca_dir`.
-pub fn issue(ca_dir: &Path, sa: &str) -> PeerCert {
+/// Certificate parameters valid from five minutes ago for an hour.
+fn params_for_now() -> rcgen::CertificateParams {
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + time::Duration::hours(1);
+    params
+}
+
+/// The mesh root kept in `ca_dir` (by `zpath_crypto::LocalCa`), as an issuer.
+fn root_issuer(
+    ca_dir: &Path,
+) -> (
+    rcgen::Issuer<'static, rcgen::KeyPair>,
+    CertificateDer<'static>,
+) {
     let read = |name: &str| {
         std::fs::read_to_string(ca_dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
     };
     let root_pem = read(zpath_crypto::ROOT_CERT_FILE);
     let root_key = rcgen::KeyPair::from_pem(&read(zpath_crypto::ROOT_KEY_FILE)).expect("root key");
     let issuer = rcgen::Issuer::from_ca_cert_pem(&root_pem, root_key).expect("root certificate");
+    let root = CertificateDer::from_pem_slice(root_pem.as_bytes()).expect("root PEM");
+    (issuer, root)
+}
 
-    let identity = spiffe(sa);
-    let mut params = rcgen::CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params.subject_alt_names = vec![rcgen::SanType::URI(
-        identity.clone().try_into().expect("URI SAN"),
-    )];
+/// A leaf for service account `sa` signed by `issuer`, with its key.
+fn leaf(
+    sa: &str,
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+    let mut params = params_for_now();
+    params.subject_alt_names = vec![rcgen::SanType::URI(spiffe(sa).try_into().expect("URI SAN"))];
     params.key_usages = vec![
         rcgen::KeyUsagePurpose::DigitalSignature,
         rcgen::KeyUsagePurpose::KeyEncipherment,
@@ -82,17 +101,52 @@ pub fn issue(ca_dir: &Path, sa: &str) -> PeerCert {
         rcgen::ExtendedKeyUsagePurpose::ServerAuth,
         rcgen::ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    let now = time::OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::minutes(5);
-    params.not_after = now + time::Duration::hours(1);
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("leaf key");
-    let leaf = params.signed_by(&key, &issuer).expect("sign leaf");
+    let cert = params.signed_by(&key, issuer).expect("sign leaf");
+    (
+        cert.der().clone(),
+        PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+}
 
+/// Issues a certificate for service account `sa` straight from the mesh root kept in
+/// `ca_dir`.
+pub fn issue(ca_dir: &Path, sa: &str) -> PeerCert {
+    let (issuer, root) = root_issuer(ca_dir);
+    let (cert, key) = leaf(sa, &issuer);
     PeerCert {
-        chain: vec![leaf.der().clone()],
-        key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        root: CertificateDer::from_pem_slice(root_pem.as_bytes()).expect("root PEM"),
-        identity,
+        chain: vec![cert],
+        key,
+        root,
+        identity: spiffe(sa),
+    }
+}
+
+/// Issues a certificate for `sa` from an intermediate CA that the mesh root signs, as
+/// istiod does with a plugged-in CA: the chain sent is the leaf and the intermediate.
+pub fn issue_via_intermediate(ca_dir: &Path, sa: &str) -> PeerCert {
+    let (root_issuer, root) = root_issuer(ca_dir);
+    let mut params = params_for_now();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "cluster.local");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("CA key");
+    let intermediate = params
+        .signed_by(&key, &root_issuer)
+        .expect("sign intermediate");
+    let issuer = rcgen::Issuer::new(params, key);
+    let (cert, leaf_key) = leaf(sa, &issuer);
+    PeerCert {
+        chain: vec![cert, intermediate.der().clone()],
+        key: leaf_key,
+        root,
+        identity: spiffe(sa),
     }
 }
 

@@ -24,6 +24,8 @@ fn an_independent_hbone_client_is_served_by_zpath() {
     let m = Mesh::start("ioc", net, &config, None, &[], &[]);
     let echo = EchoServer::serve(m.server_listener());
     let cert = peer::issue(m.ca.path(), "client");
+    // As a workload of a mesh whose CA is an intermediate under the root would present.
+    let chained = peer::issue_via_intermediate(m.ca.path(), "client");
     let hbone: SocketAddr = format!("{net}.2:15008").parse().expect("address");
     let target = echo.addr.to_string();
     let source: SocketAddr = format!("{net}.1:40000").parse().expect("address");
@@ -54,6 +56,15 @@ fn an_independent_hbone_client_is_served_by_zpath() {
                         .await,
                 );
             }
+            // Another connection, presenting leaf and intermediate.
+            let mut second = peer::connect(hbone, &chained, &spiffe("server"))
+                .await
+                .expect("a chain through an intermediate CA is accepted");
+            answers.push(
+                second
+                    .exchange(peer::hbone_request(&target, source), &sent[..1000])
+                    .await,
+            );
             (client.tls.clone(), answers)
         }
     });
@@ -67,7 +78,7 @@ fn an_independent_hbone_client_is_served_by_zpath() {
         .collect();
     assert_eq!(
         statuses,
-        vec![200, 200, 200, 400, 400],
+        vec![200, 200, 200, 400, 400, 200],
         "{}",
         m.b.metrics_text()
     );
@@ -80,10 +91,11 @@ fn an_independent_hbone_client_is_served_by_zpath() {
         );
     }
     assert_eq!(answers[2].as_ref().expect("1-byte flow").1, data[..1]);
+    assert_eq!(answers[5].as_ref().expect("chained flow").1, data[..1000]);
 
     assert_eq!(
         m.b.metric("zpath_hbone_connect_responses_total{side=\"server\",status=\"200\"}"),
-        3
+        4
     );
     m.b.assert_no_open_connections();
     zpath_tests::wait_for(
@@ -121,10 +133,11 @@ fn zpath_outbound_is_served_by_an_independent_hbone_server() {
     let listener = hosts
         .server
         .enter(move || std::net::TcpListener::bind(addr).expect("bind the peer's 15008"));
-    // Port 9 is refused as an unreachable upstream, port 10 as denied by policy.
+    // Port 9 is refused as an unreachable upstream, port 10 as denied by policy. The
+    // server's certificate comes from an intermediate CA under the mesh root.
     let server = peer::Server::serve_with(
         listener,
-        peer::issue(ca.path(), "server"),
+        peer::issue_via_intermediate(ca.path(), "server"),
         &[(9, 503), (10, 401)],
     );
     let proxy = a.socks5;

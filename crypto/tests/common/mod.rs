@@ -61,6 +61,22 @@ impl TestRoot {
         (vec![cert.der().clone()], key)
     }
 
+    /// Signs an intermediate CA from `ca_params` with a fresh P-256 key, then a leaf
+    /// from `leaf` with it; the chain is the leaf and the intermediate.
+    pub fn sign_via_intermediate(
+        &self,
+        ca_params: &CertificateParams,
+        leaf: &CertificateParams,
+    ) -> (Vec<CertificateDer<'static>>, KeyPair) {
+        let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let root = Issuer::from_params(&self.params, &self.key);
+        let intermediate = ca_params.signed_by(&ca_key, &root).unwrap();
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let issuer = Issuer::from_params(ca_params, &ca_key);
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        (vec![cert.der().clone(), intermediate.der().clone()], key)
+    }
+
     pub fn issue(&self, identity: &str) -> Arc<CertifiedTls> {
         certified(
             self.ca
