@@ -254,6 +254,8 @@ pub struct Negotiated {
     pub suite: Option<rustls::CipherSuite>,
     /// ALPN protocol.
     pub alpn: Option<Vec<u8>>,
+    /// Key exchange group.
+    pub kx_group: Option<rustls::NamedGroup>,
     /// The URI SANs of the other side's leaf.
     pub peer_sans: Vec<String>,
     /// The server name the client sent (server side only).
@@ -265,6 +267,7 @@ fn negotiated(conn: &rustls::CommonState, sni: Option<&str>) -> Negotiated {
         version: conn.protocol_version(),
         suite: conn.negotiated_cipher_suite().map(|s| s.suite()),
         alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+        kx_group: conn.negotiated_key_exchange_group().map(|g| g.name()),
         peer_sans: conn
             .peer_certificates()
             .and_then(|c| c.first())
@@ -475,11 +478,18 @@ impl Server {
             store.add(cert.root.clone()).expect("mesh root");
             Arc::new(store)
         };
+        // Key exchange on P-256 and P-384 only, as ztunnel's OpenSSL and FIPS builds
+        // offer: a client that leads with an X25519 share must retry (HelloRetryRequest).
+        let provider = {
+            let mut p = (*provider()).clone();
+            p.kx_groups = vec![ring::kx_group::SECP256R1, ring::kx_group::SECP384R1];
+            Arc::new(p)
+        };
         let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
                 .build()
                 .expect("client verifier");
-        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("TLS 1.3")
             .with_client_cert_verifier(verifier)

@@ -184,6 +184,8 @@ fn zpath_outbound_is_served_by_an_independent_hbone_server() {
     assert_eq!(r.tls.version, Some(rustls::ProtocolVersion::TLSv1_3));
     assert_eq!(r.tls.alpn.as_deref(), Some(&b"h2"[..]));
     assert_eq!(r.tls.peer_sans, vec![spiffe("client")]);
+    // The peer offers P-256 and P-384 only: zpath's client settles on one of them.
+    assert_eq!(r.tls.kx_group, Some(rustls::NamedGroup::secp256r1));
     let header = |name: &str| {
         r.headers
             .get(name)
