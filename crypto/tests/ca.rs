@@ -199,6 +199,60 @@ fn csr_round_trip_through_a_ca() {
     CertifiedTls::new(Arc::new(cert)).unwrap();
 }
 
+/// As istiod answers with a plugged-in CA: leaf, intermediate (with no extended key
+/// usage, as such CAs are made) and root. The intermediate is kept and sent in the
+/// handshake; the root is dropped.
+#[test]
+fn csr_answered_through_an_intermediate_ca_keeps_the_intermediate() {
+    use rcgen::{
+        BasicConstraints, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+        Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    };
+    let root = TestRoot::new("mesh root");
+    let mut ca_params = rcgen::CertificateParams::default();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "intermediate");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let intermediate = ca_params
+        .signed_by(&ca_key, &Issuer::from_params(&root.params, &root.key))
+        .unwrap();
+
+    let request = CertificateRequest::new(&id(CLIENT_ID)).unwrap();
+    let mut csr = CertificateSigningRequestParams::from_pem(request.csr_pem()).unwrap();
+    csr.params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    csr.params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let leaf = csr
+        .signed_by(&Issuer::from_params(&ca_params, &ca_key))
+        .unwrap();
+    let answer = format!("{}{}{}", leaf.pem(), intermediate.pem(), root.cert.pem());
+    let trust = TrustBundle::from_pem(&root.cert.pem()).unwrap();
+    let cert = request.complete(&answer, trust).unwrap();
+    assert_eq!(cert.identity(), &id(CLIENT_ID));
+    assert_eq!(cert.chain().len(), 2, "leaf and intermediate, root dropped");
+    assert_eq!(cert.chain()[1], *intermediate.der());
+
+    // A peer that trusts only the root sees both in the handshake.
+    let ours = CertifiedTls::new(Arc::new(cert)).unwrap();
+    let mut server = server_session(&ours);
+    let (client_chain, client_key) = root.sign(&good_leaf(SERVER_ID));
+    let mut client = foreign_client(Some((client_chain, &client_key)));
+    let (ours_result, theirs) = handshake_foreign(&mut server, &mut client);
+    theirs.unwrap();
+    ours_result.unwrap();
+    let sent = client.peer_certificates().unwrap();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[1], *intermediate.der());
+}
+
 #[test]
 fn csr_answer_from_another_root_is_refused() {
     let ca = LocalCa::generate().unwrap();
