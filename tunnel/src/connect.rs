@@ -43,22 +43,22 @@ impl SourceInfo {
         } else {
             &self.workload_kind
         };
-        let owner_key = format!("k8s.{kind}.name");
+        // Key as (prefix, middle, suffix), so `k8s.<kind>.name` needs no buffer of its own.
         let attributes = [
-            ("k8s.cluster.name", &self.cluster),
-            ("k8s.namespace.name", &self.namespace),
-            (owner_key.as_str(), &self.workload_name),
-            ("service.name", &self.canonical_name),
-            ("service.version", &self.canonical_revision),
+            (("k8s.cluster.name", "", ""), &self.cluster),
+            (("k8s.namespace.name", "", ""), &self.namespace),
+            (("k8s.", kind, ".name"), &self.workload_name),
+            (("service.name", "", ""), &self.canonical_name),
+            (("service.version", "", ""), &self.canonical_revision),
         ];
         let mut out = String::with_capacity(160);
-        for (key, value) in attributes.iter().filter(|(_, v)| !v.is_empty()) {
+        for ((a, b, c), value) in attributes.iter().filter(|(_, v)| !v.is_empty()) {
             if !out.is_empty() {
                 out.push(',');
             }
-            out.push_str(key);
-            out.push('=');
-            out.push_str(value);
+            for part in [a, b, c, "=", value.as_str()] {
+                out.push_str(part);
+            }
         }
         out
     }
