@@ -142,18 +142,19 @@ async fn outbound_inner(
             format!("destination workload {} has no valid identity", dst_wl.uid),
         )
     })?;
-    let source = SourceInfo {
+    let baggage = SourceInfo {
         cluster: if src_wl.cluster_id.is_empty() {
-            shard.cfg.cluster_id.clone()
+            &shard.cfg.cluster_id
         } else {
-            src_wl.cluster_id.to_string()
+            &src_wl.cluster_id
         },
-        namespace: src_wl.namespace.to_string(),
-        workload_kind: src_wl.workload_type.to_string(),
-        workload_name: src_wl.workload_name.to_string(),
-        canonical_name: src_wl.canonical_name.to_string(),
-        canonical_revision: src_wl.canonical_revision.to_string(),
-    };
+        namespace: &src_wl.namespace,
+        workload_kind: &src_wl.workload_type,
+        workload_name: &src_wl.workload_name,
+        canonical_name: &src_wl.canonical_name,
+        canonical_revision: &src_wl.canonical_revision,
+    }
+    .baggage();
     drop(snapshot);
     let key = PoolKey {
         src_id,
@@ -162,7 +163,6 @@ async fn outbound_inner(
         src: src_ip,
     };
     info.state.set(ConnState::Connecting);
-    let baggage = source.baggage();
     // A pooled tunnel can turn out to take no new stream (a GOAWAY arrived): it is
     // then marked closed, and the request goes once more, on another tunnel.
     let mut attempts = 0;

@@ -16,47 +16,48 @@ pub const BAGGAGE: &str = "baggage";
 /// Header carrying the W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
 
-/// The source workload's attributes sent in `baggage`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SourceInfo {
+/// The source workload's attributes sent in `baggage`, borrowed from the workload
+/// while the header is built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SourceInfo<'a> {
     /// Cluster id (`k8s.cluster.name`).
-    pub cluster: String,
+    pub cluster: &'a str,
     /// Namespace (`k8s.namespace.name`).
-    pub namespace: String,
+    pub namespace: &'a str,
     /// Workload kind in lower case (`deployment`, `pod`...; `k8s.<kind>.name`);
     /// empty means `deployment`, the default of Istio's workload API.
-    pub workload_kind: String,
+    pub workload_kind: &'a str,
     /// Workload name.
-    pub workload_name: String,
+    pub workload_name: &'a str,
     /// Canonical service name (`service.name`).
-    pub canonical_name: String,
+    pub canonical_name: &'a str,
     /// Canonical revision (`service.version`).
-    pub canonical_revision: String,
+    pub canonical_revision: &'a str,
 }
 
-impl SourceInfo {
+impl SourceInfo<'_> {
     /// The `baggage` header value: the attributes in Istio's order, leaving out those
     /// that are empty (a receiver reads an absent key and an empty value alike).
     pub fn baggage(&self) -> String {
         let kind = if self.workload_kind.is_empty() {
             "deployment"
         } else {
-            &self.workload_kind
+            self.workload_kind
         };
         // Key as (prefix, middle, suffix), so `k8s.<kind>.name` needs no buffer of its own.
         let attributes = [
-            (("k8s.cluster.name", "", ""), &self.cluster),
-            (("k8s.namespace.name", "", ""), &self.namespace),
-            (("k8s.", kind, ".name"), &self.workload_name),
-            (("service.name", "", ""), &self.canonical_name),
-            (("service.version", "", ""), &self.canonical_revision),
+            (("k8s.cluster.name", "", ""), self.cluster),
+            (("k8s.namespace.name", "", ""), self.namespace),
+            (("k8s.", kind, ".name"), self.workload_name),
+            (("service.name", "", ""), self.canonical_name),
+            (("service.version", "", ""), self.canonical_revision),
         ];
         let mut out = String::with_capacity(160);
         for ((a, b, c), value) in attributes.iter().filter(|(_, v)| !v.is_empty()) {
             if !out.is_empty() {
                 out.push(',');
             }
-            for part in [a, b, c, "=", value.as_str()] {
+            for part in [a, b, c, "=", value] {
                 out.push_str(part);
             }
         }
@@ -148,12 +149,12 @@ mod tests {
         let src: SocketAddr = "10.0.0.1:40000".parse().unwrap();
         let dst: SocketAddr = "10.0.0.2:8080".parse().unwrap();
         let info = SourceInfo {
-            cluster: "Kubernetes".into(),
-            namespace: "default".into(),
-            workload_kind: "deployment".into(),
-            workload_name: "client".into(),
-            canonical_name: "client".into(),
-            canonical_revision: "v1".into(),
+            cluster: "Kubernetes",
+            namespace: "default",
+            workload_kind: "deployment",
+            workload_name: "client",
+            canonical_name: "client",
+            canonical_revision: "v1",
         };
         let tp = traceparent(0xabc, 0x12);
         let req = request(dst, src, &info.baggage(), &tp).unwrap();
@@ -174,9 +175,9 @@ mod tests {
     #[test]
     fn baggage_leaves_out_empty_attributes_and_defaults_the_kind() {
         let info = SourceInfo {
-            cluster: "Kubernetes".into(),
-            namespace: "default".into(),
-            workload_name: "client".into(),
+            cluster: "Kubernetes",
+            namespace: "default",
+            workload_name: "client",
             ..SourceInfo::default()
         };
         assert_eq!(
@@ -184,8 +185,8 @@ mod tests {
             "k8s.cluster.name=Kubernetes,k8s.namespace.name=default,k8s.deployment.name=client"
         );
         let job = SourceInfo {
-            workload_kind: "job".into(),
-            canonical_revision: "v2".into(),
+            workload_kind: "job",
+            canonical_revision: "v2",
             ..SourceInfo::default()
         };
         assert_eq!(job.baggage(), "service.version=v2");
