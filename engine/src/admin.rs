@@ -157,8 +157,21 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AdminState>, wh
 
 /// Binds an admin listener now (so start-up fails early on a taken port).
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let l = std::net::TcpListener::bind(addr)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-    l.set_nonblocking(true)?;
-    Ok(l)
+    let listen = || -> std::io::Result<std::net::TcpListener> {
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        sock.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            // `[::]` takes IPv4 too, whatever `net.ipv6.bindv6only` says.
+            sock.set_only_v6(false)?;
+        }
+        sock.bind(&addr.into())?;
+        sock.listen(1024)?;
+        sock.set_nonblocking(true)?;
+        Ok(sock.into())
+    };
+    listen().map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }

@@ -111,7 +111,8 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        let any = |port: u16| Some(SocketAddr::from(([0, 0, 0, 0], port)));
+        // Dual-stack wildcard, as ztunnel listens (`0.0.0.0` on a host without IPv6).
+        let any = |port: u16| Some(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)));
         let lo = |port: u16| Some(SocketAddr::from(([127, 0, 0, 1], port)));
         Self {
             outbound_addr: any(15001),

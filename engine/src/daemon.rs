@@ -71,6 +71,13 @@ impl Daemon {
         let cert_cell = Arc::new(CertCell::default());
         let mut certs = CertManager::new(issuer, cfg.cert_lifetime, cert_cell.clone());
         certs.sync(&cell.load(), SystemTime::now());
+        // Wildcard listeners are `[::]` (dual-stack, as ztunnel's); a host without IPv6
+        // gets `0.0.0.0` instead.
+        let ipv6 = sys::ipv6_available();
+        if !ipv6 {
+            warn!("this host has no IPv6: wildcard listeners bind 0.0.0.0 instead of [::]");
+        }
+        let usable = |a: Option<SocketAddr>| a.map(|a| sys::usable_wildcard(a, ipv6));
         let mut admin = Vec::new();
         let mut reserved = Vec::new();
         for (addr, which) in [
@@ -78,7 +85,7 @@ impl Daemon {
             (cfg.metrics_addr, Endpoints::Metrics),
             (cfg.readiness_addr, Endpoints::Readiness),
         ] {
-            if let Some(addr) = addr {
+            if let Some(addr) = usable(addr) {
                 let l = admin::bind(addr)?;
                 reserved.push(l.local_addr()?);
                 admin.push((l, which));
@@ -100,10 +107,10 @@ impl Daemon {
             Ok(Some(bound))
         };
         let addrs = Arc::new(BoundAddrs {
-            outbound: resolve(cfg.outbound_addr)?,
-            inbound: resolve(cfg.inbound_addr)?,
-            socks5: resolve(cfg.socks5_addr)?,
-            hbone: resolve(cfg.hbone_addr)?,
+            outbound: resolve(usable(cfg.outbound_addr))?,
+            inbound: resolve(usable(cfg.inbound_addr))?,
+            socks5: resolve(usable(cfg.socks5_addr))?,
+            hbone: resolve(usable(cfg.hbone_addr))?,
             reserved,
         });
         if cfg.steering == Steering::Cpu && !cfg.steers_by_cpu() {

@@ -23,13 +23,13 @@ struct Args {
     #[arg(long, env = "ZPATH_CONFIG")]
     config: Option<PathBuf>,
     /// Captured outbound listener (iptables REDIRECT target); "off" disables it.
-    #[arg(long, env = "ZPATH_OUTBOUND_ADDR", default_value = "0.0.0.0:15001", value_parser = listen_addr)]
+    #[arg(long, env = "ZPATH_OUTBOUND_ADDR", default_value = "[::]:15001", value_parser = listen_addr)]
     outbound_addr: Listen,
     /// Captured inbound plaintext listener; "off" disables it.
-    #[arg(long, env = "ZPATH_INBOUND_ADDR", default_value = "0.0.0.0:15006", value_parser = listen_addr)]
+    #[arg(long, env = "ZPATH_INBOUND_ADDR", default_value = "[::]:15006", value_parser = listen_addr)]
     inbound_addr: Listen,
     /// HBONE (mTLS HTTP/2 CONNECT) port, kept out of relay targets.
-    #[arg(long, env = "ZPATH_HBONE_ADDR", default_value = "0.0.0.0:15008", value_parser = listen_addr)]
+    #[arg(long, env = "ZPATH_HBONE_ADDR", default_value = "[::]:15008", value_parser = listen_addr)]
     hbone_addr: Listen,
     /// SOCKS5 entry for hosts without capture (no auth, CONNECT); "off" disables it.
     #[arg(long, env = "ZPATH_SOCKS5_ADDR", default_value = "127.0.0.1:15080", value_parser = listen_addr)]
@@ -38,10 +38,10 @@ struct Args {
     #[arg(long, env = "ZPATH_ADMIN_ADDR", default_value = "127.0.0.1:15000", value_parser = listen_addr)]
     admin_addr: Listen,
     /// Prometheus endpoint (GET /stats/prometheus, /metrics); "off" disables it.
-    #[arg(long, env = "ZPATH_METRICS_ADDR", default_value = "0.0.0.0:15020", value_parser = listen_addr)]
+    #[arg(long, env = "ZPATH_METRICS_ADDR", default_value = "[::]:15020", value_parser = listen_addr)]
     metrics_addr: Listen,
     /// Readiness endpoint (GET /healthz/ready); "off" disables it.
-    #[arg(long, env = "ZPATH_READINESS_ADDR", default_value = "0.0.0.0:15021", value_parser = listen_addr)]
+    #[arg(long, env = "ZPATH_READINESS_ADDR", default_value = "[::]:15021", value_parser = listen_addr)]
     readiness_addr: Listen,
     /// Where state that must survive a restart is kept
     /// [default: /var/lib/zpath as root, else $XDG_STATE_HOME/zpath or ~/.local/state/zpath].

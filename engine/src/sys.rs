@@ -98,6 +98,21 @@ pub fn steer_to_cpu(listener: &Socket, cpu: usize) -> io::Result<()> {
     listener.set_cpu_affinity(cpu)
 }
 
+/// Whether this host can open IPv6 sockets (false when the kernel runs without IPv6).
+pub fn ipv6_available() -> bool {
+    Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP)).is_ok()
+}
+
+/// `addr`, except that the IPv6 wildcard `[::]` (which listens dual-stack) becomes
+/// `0.0.0.0` when the host has no IPv6.
+pub fn usable_wildcard(addr: SocketAddr, ipv6: bool) -> SocketAddr {
+    if addr.is_ipv6() && addr.ip().is_unspecified() && !ipv6 {
+        SocketAddr::from(([0, 0, 0, 0], addr.port()))
+    } else {
+        addr
+    }
+}
+
 /// A bound, not listening, `SO_REUSEPORT` socket: reserves a port (for `:0` addresses)
 /// without receiving connections.
 pub fn bind_reuseport(addr: SocketAddr) -> io::Result<Socket> {
@@ -180,4 +195,31 @@ pub fn raise_fd_limit() -> io::Result<u64> {
         }
     }
     Ok(lim.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ipv6_wildcard_falls_back_to_ipv4_only_without_ipv6() {
+        let any6: SocketAddr = "[::]:15008".parse().unwrap();
+        let any4: SocketAddr = "0.0.0.0:15008".parse().unwrap();
+        let one6: SocketAddr = "[fd00::1]:15008".parse().unwrap();
+        assert_eq!(usable_wildcard(any6, true), any6);
+        assert_eq!(usable_wildcard(any6, false), any4);
+        // Only the wildcard changes: a given IPv6 address fails loudly at bind instead.
+        assert_eq!(usable_wildcard(one6, false), one6);
+        assert_eq!(usable_wildcard(any4, false), any4);
+    }
+
+    #[test]
+    fn a_dual_stack_listener_takes_ipv4() {
+        if !ipv6_available() {
+            return;
+        }
+        let sock = listen_reuseport("[::]:0".parse().unwrap(), 8).unwrap();
+        let port = sock.local_addr().unwrap().as_socket().unwrap().port();
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("IPv4 client accepted");
+    }
 }

@@ -59,6 +59,28 @@ impl Mesh {
         args_b: &[&str],
     ) -> Mesh {
         let hosts = HostPair::new(tag, net);
+        let bind_a = format!("{net}.1");
+        Self::start_on(hosts, net, &bind_a, config_a, config_b, args_a, args_b)
+    }
+
+    /// As [`Mesh::start`] over IPv6: the hosts also have `<net6>::1` and `<net6>::2`,
+    /// node A's listeners are on `<net6>::1`, and both nodes use `config`.
+    pub fn start_ipv6(tag: &str, net: &str, net6: &str, config: &str) -> Mesh {
+        let hosts = HostPair::new(tag, net);
+        hosts.add_ipv6(net6);
+        let bind_a = format!("[{net6}::1]");
+        Self::start_on(hosts, net, &bind_a, config, None, &[], &[])
+    }
+
+    fn start_on(
+        hosts: HostPair,
+        net: &str,
+        bind_a: &str,
+        config_a: &str,
+        config_b: Option<&str>,
+        args_a: &[&str],
+        args_b: &[&str],
+    ) -> Mesh {
         let ca = tempfile::tempdir().expect("ca dir");
         zpath_crypto::LocalCa::load_or_create(ca.path()).expect("mesh root");
         // `--shards N` among the args sets the node's shard count.
@@ -92,7 +114,7 @@ impl Mesh {
         };
         let a = Node::start(NodeOptions {
             netns: Some(hosts.client.name.clone()),
-            bind_ip: format!("{net}.1"),
+            bind_ip: bind_a.into(),
             config: config_a.into(),
             node_name: "node-a".into(),
             hbone_port: Some(15008),
@@ -102,7 +124,7 @@ impl Mesh {
         });
         let b = Node::start(NodeOptions {
             netns: Some(hosts.server.name.clone()),
-            bind_ip: "0.0.0.0".into(),
+            bind_ip: "[::]".into(),
             config: config_b.unwrap_or(config_a).into(),
             node_name: "node-b".into(),
             hbone_port: Some(15008),

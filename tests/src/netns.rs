@@ -88,6 +88,8 @@ pub struct HostPair {
     pub client: Netns,
     /// The server host.
     pub server: Netns,
+    /// The veth ends: the client's, then the server's.
+    links: (String, String),
 }
 
 impl HostPair {
@@ -108,6 +110,21 @@ impl HostPair {
         server.exec(&format!(
             "ip addr add {net}.2/24 dev {b} && ip link set {b} up"
         ));
-        HostPair { client, server }
+        HostPair {
+            client,
+            server,
+            links: (a, b),
+        }
+    }
+
+    /// Adds IPv6 addresses too: the client at `<net6>::1/64`, the server at
+    /// `<net6>::2/64` (`net6` is e.g. "fd00:82:6"), usable at once (no duplicate
+    /// address detection).
+    pub fn add_ipv6(&self, net6: &str) {
+        let (a, b) = &self.links;
+        self.client
+            .exec(&format!("ip -6 addr add {net6}::1/64 dev {a} nodad"));
+        self.server
+            .exec(&format!("ip -6 addr add {net6}::2/64 dev {b} nodad"));
     }
 }

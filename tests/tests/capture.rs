@@ -19,8 +19,11 @@ fn outbound_redirect_reaches_the_original_destination_intact() {
     }
     let ns = Netns::new("zp-out");
     let echo = EchoServer::serve(ns.enter(|| TcpListener::bind("127.0.0.1:0").unwrap()));
+    // Dual-stack listeners, as zpath's defaults are: the redirected IPv4 connection
+    // arrives v4-mapped and its original destination must still be read.
     let node = Node::start(NodeOptions {
         netns: Some(ns.name.clone()),
+        bind_ip: "[::]".into(),
         ..NodeOptions::default()
     });
     ns.exec("iptables -t nat -A OUTPUT -p tcp -m mark --mark 1337 -j RETURN");
@@ -55,10 +58,11 @@ fn inbound_redirect_from_another_host_reaches_the_local_application() {
     let hosts = HostPair::new("cap", "10.77.0");
     let (client, server) = (&hosts.client, &hosts.server);
     let echo = EchoServer::serve(server.enter(|| TcpListener::bind("10.77.0.2:0").unwrap()));
-    // The inbound listener must be reachable on the veth address.
+    // The inbound listener must be reachable on the veth address; dual-stack, as the
+    // default is.
     let node = Node::start(NodeOptions {
         netns: Some(server.name.clone()),
-        bind_ip: "0.0.0.0".into(),
+        bind_ip: "[::]".into(),
         ..NodeOptions::default()
     });
     server.exec(&format!(

@@ -66,6 +66,58 @@ fn bytes_cross_two_nodes_intact_from_1_byte_to_256_mib() {
 }
 
 #[test]
+fn flows_cross_two_nodes_over_ipv6() {
+    if skip_unless_root() {
+        return;
+    }
+    let net6 = "fd00:79:30";
+    let config = format!(
+        "workloads:
+- name: client
+  namespace: default
+  serviceAccount: client
+  workloadIps: [\"{net6}::1\"]
+  protocol: HBONE
+  node: node-a
+- name: server
+  namespace: default
+  serviceAccount: server
+  workloadIps: [\"{net6}::2\"]
+  protocol: HBONE
+  node: node-b
+"
+    );
+    let m = Mesh::start_ipv6("hb6", "10.79.30", net6, &config);
+    let bind = format!("[{net6}::2]:0");
+    let echo = EchoServer::serve(
+        m.hosts
+            .server
+            .enter(move || std::net::TcpListener::bind(bind).expect("bind the server workload")),
+    );
+    for (len, seed) in [(1usize, 1u8), (1 << 20, 2)] {
+        let data = pattern(len, seed);
+        let s = m.connect(echo.addr).expect("CONNECT accepted");
+        let got = roundtrip(s, &data);
+        assert!(got == data, "{len} bytes over IPv6 came back different");
+    }
+    // Nothing listens on port 1: the 503 path, over IPv6 too.
+    let closed: SocketAddr = format!("[{net6}::2]:1").parse().unwrap();
+    assert!(m.connect(closed).is_err());
+    assert_eq!(
+        m.b.metric("zpath_hbone_connect_responses_total{side=\"server\",status=\"200\"}"),
+        2,
+        "{}",
+        m.b.metrics_text()
+    );
+    assert_eq!(
+        m.a.metric("zpath_hbone_connect_responses_total{side=\"client\",status=\"503\"}"),
+        1
+    );
+    m.a.assert_no_open_connections();
+    m.b.assert_no_open_connections();
+}
+
+#[test]
 fn half_close_and_reset_cross_the_tunnel() {
     if skip_unless_root() {
         return;
