@@ -216,6 +216,7 @@ mod tests {
     #[test]
     fn a_dual_stack_listener_takes_ipv4() {
         if !ipv6_available() {
+            eprintln!("skipped: this host has no IPv6");
             return;
         }
         let sock = listen_reuseport("[::]:0".parse().unwrap(), 8).unwrap();

@@ -16,18 +16,23 @@ pub fn config(net: &str, extra: &str) -> String {
 
 /// As [`config`], with the server workload's service account given.
 pub fn config_with(net: &str, server_sa: &str, extra: &str) -> String {
+    config_at(&format!("{net}.1"), &format!("{net}.2"), server_sa, extra)
+}
+
+/// The two workloads at the addresses given (IPv4 or IPv6).
+pub fn config_at(client_ip: &str, server_ip: &str, server_sa: &str, extra: &str) -> String {
     format!(
         "workloads:
 - name: client
   namespace: default
   serviceAccount: client
-  workloadIps: [\"{net}.1\"]
+  workloadIps: [\"{client_ip}\"]
   protocol: HBONE
   node: node-a
 - name: server
   namespace: default
   serviceAccount: {server_sa}
-  workloadIps: [\"{net}.2\"]
+  workloadIps: [\"{server_ip}\"]
   protocol: HBONE
   node: node-b
 {extra}"

@@ -71,22 +71,7 @@ fn flows_cross_two_nodes_over_ipv6() {
         return;
     }
     let net6 = "fd00:79:30";
-    let config = format!(
-        "workloads:
-- name: client
-  namespace: default
-  serviceAccount: client
-  workloadIps: [\"{net6}::1\"]
-  protocol: HBONE
-  node: node-a
-- name: server
-  namespace: default
-  serviceAccount: server
-  workloadIps: [\"{net6}::2\"]
-  protocol: HBONE
-  node: node-b
-"
-    );
+    let config = mesh::config_at(&format!("{net6}::1"), &format!("{net6}::2"), "server", "");
     let m = Mesh::start_ipv6("hb6", "10.79.30", net6, &config);
     let bind = format!("[{net6}::2]:0");
     let echo = EchoServer::serve(
