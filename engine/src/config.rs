@@ -77,8 +77,17 @@ pub struct EngineConfig {
     pub ca_key: Option<PathBuf>,
     /// Lifetime of issued workload certificates (renewed at half of it).
     pub cert_lifetime: Duration,
-    /// Time a TLS handshake may take on an HBONE connection.
+    /// Time a TLS handshake may take on an HBONE connection; on 15008 it also bounds
+    /// the HTTP/2 preface after it.
     pub handshake_timeout: Duration,
+    /// Pending 15008 handshakes per shard and per source (memory: up to 3 x
+    /// --tls-buffer each, allocated as the handshake needs it).
+    pub handshakes: crate::handshakes::HandshakeLimits,
+    /// HTTP/2 PING keepalive of every HBONE connection, client and server side.
+    pub keepalive: crate::keepalive::Keepalive,
+    /// HBONE connections we serve are closed (GOAWAY) after carrying no stream for
+    /// this long.
+    pub hbone_idle_timeout: Duration,
     /// HTTP/2 windows and limits of HBONE connections.
     pub h2: zpath_tunnel::H2Settings,
     /// Streams one pooled HBONE connection carries before another is opened.
@@ -141,6 +150,9 @@ impl Default for EngineConfig {
             ca_key: None,
             cert_lifetime: Duration::from_secs(24 * 3600),
             handshake_timeout: Duration::from_secs(10),
+            handshakes: crate::handshakes::HandshakeLimits::default(),
+            keepalive: crate::keepalive::Keepalive::default(),
+            hbone_idle_timeout: Duration::from_secs(600),
             h2: zpath_tunnel::H2Settings::default(),
             pool_max_streams: 100,
             pool_idle_timeout: Duration::from_secs(300),
@@ -249,6 +261,27 @@ impl EngineConfig {
         }
         if self.handshake_timeout.is_zero() {
             return Err(invalid("--handshake-timeout", "must be more than zero"));
+        }
+        if self.handshakes.max_pending == 0 {
+            return Err(invalid("--handshake-max-pending", "must be at least 1"));
+        }
+        if self.handshakes.max_per_source == 0 {
+            return Err(invalid("--handshake-max-per-source", "must be at least 1"));
+        }
+        if self.keepalive.interval.is_zero() {
+            return Err(invalid(
+                "--hbone-keepalive-interval",
+                "must be more than zero",
+            ));
+        }
+        if self.keepalive.timeout.is_zero() {
+            return Err(invalid(
+                "--hbone-keepalive-timeout",
+                "must be more than zero",
+            ));
+        }
+        if self.hbone_idle_timeout.is_zero() {
+            return Err(invalid("--hbone-idle-timeout", "must be more than zero"));
         }
         if self.pool_max_streams == 0 {
             return Err(invalid("--pool-max-streams", "must be at least 1"));

@@ -14,6 +14,7 @@ use std::cell::Cell;
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use glommio::net::TcpStream;
@@ -28,9 +29,12 @@ use zpath_tunnel::{ConnectFailed, OpenError, Tunnel};
 
 use crate::certs::workload_identity;
 use crate::flow::{fail, Failure};
+use crate::handshakes::{SourceFull, Ticket};
+use crate::keepalive::{self, Activity, Watched};
 use crate::relay::{Abort, Shared};
 use crate::shard::Shard;
-use crate::stats::{Direction, FailReason};
+use crate::signal::Flag;
+use crate::stats::{CloseReason, Direction, FailReason};
 use crate::table::{ConnInfo, ConnState, ConnTable, TableGuard};
 
 /// How a shard's pool keys its tunnels (as ztunnel does): our identity, the identities
@@ -51,10 +55,6 @@ pub struct PoolKey {
 pub type TunnelPool = zpath_tunnel::Pool<PoolKey>;
 
 type Tls = TlsStream<TcpStream>;
-
-/// TLS handshakes a shard runs at once on 15008; more connections are refused until
-/// some finish (each holds its session buffers, 3 x --tls-buffer, meanwhile).
-const MAX_PENDING_HANDSHAKES: u64 = 256;
 
 /// Opens a stream to the HBONE workload `dst_wl` at `target` for the client of `info`,
 /// through a pooled tunnel to the workload's node.
@@ -274,7 +274,7 @@ async fn connect_tunnel(
         }
     };
     shard.stats.hbone.count_tls(false, None);
-    let (tunnel, driver) =
+    let (tunnel, mut driver) =
         zpath_tunnel::client::handshake(tls, &shard.cfg.h2, shard.cfg.pool_max_streams, promised)
             .await
             .map_err(|e| {
@@ -285,10 +285,25 @@ async fn connect_tunnel(
             })?;
     let dst = key.dst;
     let s = shard.clone();
+    let silent = Rc::new(Flag::default());
+    let k = shard.cfg.keepalive;
+    let watchers = keepalive::watch_client(driver.ping_pong(), k, silent.clone());
     glommio::spawn_local(async move {
-        if let Err(e) = driver.await {
-            debug!(%dst, "HBONE connection ended: {e}");
+        let driven = async { Some(driver.await) };
+        let unanswered = async {
+            silent.raised().await;
+            None
+        };
+        // A silent peer's connection is dropped: its streams fail, the pool forgets it.
+        match futures_lite::future::or(driven, unanswered).await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => debug!(%dst, "HBONE connection ended: {e}"),
+            None => {
+                s.stats.hbone.count_closed(false, CloseReason::KeepaliveTimeout);
+                info!(%dst, "HBONE peer left a PING unanswered for {:?}; connection closed", k.timeout);
+            }
         }
+        drop(watchers);
         s.update_pool_gauges();
     })
     .detach();
@@ -367,72 +382,216 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         stream.abort();
         return;
     };
-    // Each handshake holds its TLS buffers before the peer proved anything: bounded.
-    if stats.hbone.handshakes_in_flight.get() >= MAX_PENDING_HANDSHAKES {
-        stats.hbone.count_tls(true, Some("overload"));
-        stats.dir(Direction::Inbound).failed[FailReason::Tls as usize].add(1);
-        info!(%peer, %local, "{MAX_PENDING_HANDSHAKES} TLS handshakes already in progress on this shard; connection refused");
-        stream.abort();
-        return;
-    }
-    let pending = Gauge::up(&stats.hbone.handshakes_in_flight);
-    let limit = shard.cfg.handshake_timeout;
-    let buffers = SessionBuffers::new(shard.cfg.tls_buffer);
-    let accepted = glommio::timer::timeout(limit, async {
-        Ok(TlsStream::accept(stream, &cert.server_config(), buffers).await)
-    })
-    .await;
-    let tls: Tls = match accepted {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => {
-            stats.hbone.count_tls(true, Some(e.label()));
+    // Each handshake holds its TLS buffers before the peer proved anything: bounded per
+    // source, and per shard by evicting the oldest.
+    let gauge = {
+        let s = shard.clone();
+        move |n: usize| s.stats.hbone.handshakes_in_flight.set(n as u64)
+    };
+    let ticket = match Ticket::take(&shard.handshakes, peer.ip(), gauge) {
+        Ok((ticket, _evicted)) => ticket,
+        Err(SourceFull) => {
+            stats.hbone.count_tls(true, Some("source_limit"));
             stats.dir(Direction::Inbound).failed[FailReason::Tls as usize].add(1);
-            info!(%peer, %local, reason = e.label(), "HBONE TLS handshake failed: {e}");
-            return;
-        }
-        Err(_) => {
-            stats.hbone.count_tls(true, Some("timeout"));
-            stats.dir(Direction::Inbound).failed[FailReason::Tls as usize].add(1);
-            info!(%peer, %local, "HBONE TLS handshake took longer than {limit:?}; closed");
+            let max = shard.cfg.handshakes.max_per_source;
+            info!(%peer, %local, "{max} handshakes from this source already pending on this shard; connection refused");
+            stream.abort();
             return;
         }
     };
-    drop(pending);
-    stats.hbone.count_tls(true, None);
-    let Some(identity) = tls
-        .peer()
-        .map(|p| Rc::<str>::from(p.identity().to_string()))
+    let Some((conn, identity)) = handshake(&shard, stream, &cert, &ticket, peer, local).await
     else {
         return;
     };
-    let mut conn = match zpath_tunnel::server::accept(tls, &shard.cfg.h2).await {
-        Ok(c) => c,
-        Err(e) => {
-            stats.dir(Direction::Inbound).failed[FailReason::Tunnel as usize].add(1);
-            info!(%peer, %identity, "HTTP/2 handshake failed: {e}");
-            return;
-        }
-    };
-    stats.hbone.server_connections.add(1);
-    let outer = Outer {
+    drop(ticket);
+    let outer = Rc::new(Outer {
         peer,
         local,
         identity,
+        activity: Activity::new(),
+    });
+    serve_connection(shard, conn, outer).await;
+}
+
+/// Longest a GOAWAY to a peer that stopped answering may take to leave.
+const GOAWAY_FLUSH: Duration = Duration::from_secs(1);
+
+/// TLS, then the HTTP/2 preface, both within --handshake-timeout of the accept, and
+/// aborted if a newer handshake evicts this one. Counts and logs every failure.
+async fn handshake<G: Fn(usize)>(
+    shard: &Rc<Shard>,
+    stream: TcpStream,
+    cert: &zpath_crypto::CertifiedTls,
+    ticket: &Ticket<G>,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Option<(zpath_tunnel::server::ServerConnection<Tls>, Rc<str>)> {
+    let stats = &shard.stats;
+    let failed_tls = || stats.dir(Direction::Inbound).failed[FailReason::Tls as usize].add(1);
+    let limit = shard.cfg.handshake_timeout;
+    let deadline = Instant::now() + limit;
+    let buffers = SessionBuffers::new(shard.cfg.tls_buffer);
+    let accept = glommio::timer::timeout(limit, async {
+        Ok(TlsStream::accept(stream, &cert.server_config(), buffers).await)
+    });
+    let tls: Tls = match or_evicted(ticket, accept).await {
+        Some(Ok(Ok(t))) => t,
+        Some(Ok(Err(e))) => {
+            stats.hbone.count_tls(true, Some(e.label()));
+            failed_tls();
+            info!(%peer, %local, reason = e.label(), "HBONE TLS handshake failed: {e}");
+            return None;
+        }
+        Some(Err(_)) => {
+            stats.hbone.count_tls(true, Some("timeout"));
+            failed_tls();
+            info!(%peer, %local, "HBONE TLS handshake took longer than {limit:?}; closed");
+            return None;
+        }
+        None => {
+            stats.hbone.count_tls(true, Some("evicted"));
+            stats.hbone.count_closed(true, CloseReason::Evicted);
+            failed_tls();
+            info!(%peer, %local, "HBONE TLS handshake aborted: the shard's pending handshakes are full and this was the oldest");
+            return None;
+        }
     };
-    let outer = Rc::new(outer);
-    loop {
-        match conn.accept().await {
-            Some(Ok((req, respond))) => spawn_stream(&shard, &outer, req, respond),
-            Some(Err(e)) => {
-                info!(%peer, identity = %outer.identity, "HBONE connection failed: {e}");
-                break;
-            }
-            None => break,
+    stats.hbone.count_tls(true, None);
+    let identity = tls
+        .peer()
+        .map(|p| Rc::<str>::from(p.identity().to_string()))?;
+    // A peer that completes TLS and then sends nothing is closed like a stalled TLS
+    // handshake: the preface shares the handshake's deadline.
+    let left = deadline.saturating_duration_since(Instant::now());
+    let preface = glommio::timer::timeout(left, async {
+        Ok(zpath_tunnel::server::accept(tls, &shard.cfg.h2).await)
+    });
+    let failed_tunnel = || stats.dir(Direction::Inbound).failed[FailReason::Tunnel as usize].add(1);
+    match or_evicted(ticket, preface).await {
+        Some(Ok(Ok(conn))) => Some((conn, identity)),
+        Some(Ok(Err(e))) => {
+            failed_tunnel();
+            info!(%peer, %identity, "HTTP/2 handshake failed: {e}");
+            None
+        }
+        Some(Err(_)) => {
+            stats.hbone.count_closed(true, CloseReason::PrefaceTimeout);
+            failed_tunnel();
+            info!(%peer, %identity, "no HTTP/2 preface within {limit:?} of the connection; closed");
+            None
+        }
+        None => {
+            stats.hbone.count_closed(true, CloseReason::Evicted);
+            failed_tunnel();
+            info!(%peer, %identity, "HBONE connection aborted before its HTTP/2 preface: the shard's pending handshakes are full and this was the oldest");
+            None
         }
     }
-    // Let streams still open finish (a graceful close waits for them).
-    let _ = futures_lite::future::poll_fn(|cx| conn.poll_closed(cx)).await;
-    stats.hbone.server_connections.sub(1);
+}
+
+/// Runs `step`, or returns `None` once `ticket` is evicted.
+async fn or_evicted<G: Fn(usize), T>(
+    ticket: &Ticket<G>,
+    step: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let evicted = async {
+        ticket.evicted().await;
+        None
+    };
+    futures_lite::future::or(async { Some(step.await) }, evicted).await
+}
+
+/// What a served connection's task reacts to.
+enum Event {
+    /// The connection gave a new stream, failed, or ended (`None`).
+    Accepted(
+        Option<
+            Result<
+                (
+                    http::Request<h2::RecvStream>,
+                    h2::server::SendResponse<Bytes>,
+                ),
+                h2::Error,
+            >,
+        >,
+    ),
+    /// The shard drains.
+    Drain,
+    /// No stream for the idle timeout.
+    Idle,
+    /// A PING went unanswered.
+    Silent,
+}
+
+/// Serves the streams of one HBONE connection until it ends: GOAWAY when the shard
+/// drains or the connection idles (open streams finish first), dropped at once when
+/// the peer stops answering PINGs.
+async fn serve_connection(
+    shard: Rc<Shard>,
+    mut conn: zpath_tunnel::server::ServerConnection<Tls>,
+    outer: Rc<Outer>,
+) {
+    let stats = &shard.stats;
+    let _connections = Gauge::up(&stats.hbone.server_connections);
+    let drain = shard.served.join();
+    let watched = Rc::new(Watched::default());
+    let _watchers = keepalive::watch_server(
+        conn.ping_pong(),
+        shard.cfg.keepalive,
+        outer.activity.clone(),
+        shard.cfg.hbone_idle_timeout,
+        watched.clone(),
+    );
+    let (peer, identity) = (outer.peer, &outer.identity);
+    let mut closing = false;
+    loop {
+        let event = futures_lite::future::poll_fn(|cx| {
+            use std::task::Poll;
+            if !closing {
+                if drain.flag.poll_raised(cx).is_ready() {
+                    return Poll::Ready(Event::Drain);
+                }
+                if watched.idle.poll_raised(cx).is_ready() {
+                    return Poll::Ready(Event::Idle);
+                }
+            }
+            if watched.silent.poll_raised(cx).is_ready() {
+                return Poll::Ready(Event::Silent);
+            }
+            conn.poll_accept(cx).map(Event::Accepted)
+        })
+        .await;
+        match event {
+            Event::Accepted(Some(Ok((req, respond)))) => spawn_stream(&shard, &outer, req, respond),
+            Event::Accepted(Some(Err(e))) => {
+                info!(%peer, %identity, "HBONE connection failed: {e}");
+                break;
+            }
+            Event::Accepted(None) => break,
+            Event::Drain | Event::Idle => {
+                let reason = match event {
+                    Event::Drain => CloseReason::Drain,
+                    _ => CloseReason::Idle,
+                };
+                stats.hbone.count_closed(true, reason);
+                debug!(%peer, %identity, streams = outer.activity.streams(), reason = reason.label(), "HBONE connection: GOAWAY");
+                // GOAWAY, a PING round trip for streams already on their way, then a
+                // final GOAWAY; the connection closes when its last stream ends.
+                conn.graceful_shutdown();
+                closing = true;
+            }
+            Event::Silent => {
+                stats
+                    .hbone
+                    .count_closed(true, CloseReason::KeepaliveTimeout);
+                info!(%peer, %identity, "HBONE peer left a PING unanswered for {:?}; connection closed", shard.cfg.keepalive.timeout);
+                conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                let flush = futures_lite::future::poll_fn(|cx| conn.poll_closed(cx));
+                let _ = glommio::timer::timeout(GOAWAY_FLUSH, async { Ok(flush.await) }).await;
+                break;
+            }
+        }
+    }
 }
 
 /// What every stream of one 15008 connection shares.
@@ -440,6 +599,8 @@ struct Outer {
     peer: SocketAddr,
     local: SocketAddr,
     identity: Rc<str>,
+    /// Its open streams (the idle timeout runs while there is none).
+    activity: Rc<Activity>,
 }
 
 fn spawn_stream(
@@ -456,8 +617,9 @@ fn spawn_stream(
     let outer = outer.clone();
     let task = glommio::spawn_local(async move {
         let streams = Gauge::up(&s.stats.hbone.server_streams);
+        let active = outer.activity.stream();
         let result = serve_stream(&s, &outer, req, respond, &guard).await;
-        drop(streams);
+        drop((active, streams));
         crate::shard::finish(&s, Direction::Inbound, &guard, result);
     })
     .detach();

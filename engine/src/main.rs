@@ -111,6 +111,24 @@ struct Args {
     /// Time a TLS handshake on an HBONE connection may take before it is closed.
     #[arg(long, env = "ZPATH_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
     handshake_timeout: Duration,
+    /// TLS handshakes (with the HTTP/2 preface after them) pending at once on 15008, per
+    /// shard; past it the oldest is aborted to admit the newest (memory: up to 3 x
+    /// --tls-buffer each).
+    #[arg(long, env = "ZPATH_HANDSHAKE_MAX_PENDING", default_value_t = 256)]
+    handshake_max_pending: usize,
+    /// Handshakes pending at once on 15008 per shard from one source (an IPv4 address
+    /// or an IPv6 /64); more from it are refused.
+    #[arg(long, env = "ZPATH_HANDSHAKE_MAX_PER_SOURCE", default_value_t = 16)]
+    handshake_max_per_source: usize,
+    /// Time between HTTP/2 PINGs on every HBONE connection (client and server side).
+    #[arg(long, env = "ZPATH_HBONE_KEEPALIVE_INTERVAL", default_value = "10s", value_parser = duration)]
+    hbone_keepalive_interval: Duration,
+    /// An HBONE connection whose peer leaves a PING unanswered this long is closed.
+    #[arg(long, env = "ZPATH_HBONE_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = duration)]
+    hbone_keepalive_timeout: Duration,
+    /// An HBONE connection we serve that carries no stream this long is closed (GOAWAY).
+    #[arg(long, env = "ZPATH_HBONE_IDLE_TIMEOUT", default_value = "10m", value_parser = duration)]
+    hbone_idle_timeout: Duration,
     /// Streams one pooled HBONE connection carries before another is opened.
     #[arg(long, env = "ZPATH_POOL_MAX_STREAMS", default_value_t = 100)]
     pool_max_streams: u32,
@@ -299,6 +317,15 @@ impl Args {
             ca_key: self.ca_key,
             cert_lifetime: self.cert_lifetime,
             handshake_timeout: self.handshake_timeout,
+            handshakes: zpath_engine::handshakes::HandshakeLimits {
+                max_pending: self.handshake_max_pending,
+                max_per_source: self.handshake_max_per_source,
+            },
+            keepalive: zpath_engine::keepalive::Keepalive {
+                interval: self.hbone_keepalive_interval,
+                timeout: self.hbone_keepalive_timeout,
+            },
+            hbone_idle_timeout: self.hbone_idle_timeout,
             pool_max_streams: self.pool_max_streams,
             pool_idle_timeout: self.pool_idle_timeout,
             tls_buffer: self.tls_buffer,

@@ -18,7 +18,9 @@ use crate::buffers::BufPool;
 use crate::certs::{CertCell, CertStore};
 use crate::config::EngineConfig;
 use crate::flow;
+use crate::handshakes::PendingHandshakes;
 use crate::hbone::TunnelPool;
+use crate::signal::FlagSet;
 use crate::stats::{Direction, FailReason, PolicyCounts, ShardStats};
 use crate::sys;
 use crate::table::{ConnTable, TableGuard};
@@ -154,6 +156,10 @@ pub struct Shard {
     pub client_tls: RefCell<ClientConfigCache>,
     /// HBONE tunnels to other nodes.
     pub tunnels: Rc<TunnelPool>,
+    /// Handshakes pending on 15008.
+    pub handshakes: Rc<RefCell<PendingHandshakes>>,
+    /// The HBONE connections served on 15008, told together when drain starts.
+    pub served: Rc<FlagSet>,
     cell: Arc<SnapshotCell>,
     current: RefCell<LocalSnapshot>,
     cert_cell: Arc<CertCell>,
@@ -270,6 +276,8 @@ pub fn spawn(
                 cert_cell,
                 client_tls: RefCell::new(ClientConfigCache::new(1024)),
                 tunnels: TunnelPool::new(cfg.pool_max_streams),
+                handshakes: Rc::new(RefCell::new(PendingHandshakes::new(cfg.handshakes))),
+                served: Rc::default(),
                 rng: Cell::new(
                     0x9E37_79B9_7F4A_7C15 ^ ((id as u64 + 1) << 32) ^ std::process::id() as u64,
                 ),
@@ -405,7 +413,12 @@ async fn drain(
     shard.stats.listening.sub(1);
     let open = shard.table.borrow().len();
     info!(shard = shard.id, open, "draining");
-    while !shard.table.borrow().is_empty() && Instant::now() < deadline {
+    // HBONE connections we serve say GOAWAY: their peers open new streams elsewhere,
+    // open streams run on. Each closes once its last stream is done and the GOAWAY
+    // is out.
+    shard.served.raise_all();
+    let busy = |s: &Shard| !s.table.borrow().is_empty() || !s.served.is_empty();
+    while busy(shard) && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
     let aborted = shard.table.borrow_mut().abort_all();

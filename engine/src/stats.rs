@@ -241,9 +241,10 @@ pub fn tls_failure_labels() -> impl Iterator<Item = &'static str> {
         .chain(TLS_SESSION_LABELS.iter().copied())
 }
 
-const TLS_SESSION_LABELS: [&str; 9] = [
+const TLS_SESSION_LABELS: [&str; 10] = [
     "timeout",
-    "overload",
+    "evicted",
+    "source_limit",
     "alert_received",
     "protocol_error",
     "record_too_large",
@@ -270,7 +271,7 @@ pub struct HboneStats {
     pub server_connections: Counter,
     /// Server streams open now.
     pub server_streams: Counter,
-    /// Server TLS handshakes in progress on 15008.
+    /// Server handshakes (TLS, then the HTTP/2 preface) pending on 15008.
     pub handshakes_in_flight: Counter,
     /// CONNECT answers received as client, by [`CONNECT_STATUSES`].
     pub client_status: [Counter; 6],
@@ -280,6 +281,45 @@ pub struct HboneStats {
     pub tls_ok: [Counter; 2],
     /// TLS handshakes failed, by side and [`tls_failure_labels`].
     pub tls_failed: [[Counter; TLS_LABEL_COUNT]; 2],
+    /// HBONE connections we closed, by side ([client, server]) and [`CloseReason`].
+    pub closed: [[Counter; CloseReason::ALL.len()]; 2],
+}
+
+/// Why we closed an HBONE connection (a closed set, used as a label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// TLS done, but no HTTP/2 preface within the handshake timeout.
+    PrefaceTimeout = 0,
+    /// No stream for the idle timeout (GOAWAY).
+    Idle = 1,
+    /// A PING went unanswered for the keepalive timeout.
+    KeepaliveTimeout = 2,
+    /// Drain started (GOAWAY; open streams finish).
+    Drain = 3,
+    /// A newer handshake took its place before it finished (the shard's pending
+    /// handshakes were full and this was the oldest).
+    Evicted = 4,
+}
+
+impl CloseReason {
+    const ALL: [CloseReason; 5] = [
+        CloseReason::PrefaceTimeout,
+        CloseReason::Idle,
+        CloseReason::KeepaliveTimeout,
+        CloseReason::Drain,
+        CloseReason::Evicted,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::PrefaceTimeout => "preface_timeout",
+            CloseReason::Idle => "idle",
+            CloseReason::KeepaliveTimeout => "keepalive_timeout",
+            CloseReason::Drain => "drain",
+            CloseReason::Evicted => "evicted",
+        }
+    }
 }
 
 impl HboneStats {
@@ -295,6 +335,11 @@ impl HboneStats {
             &self.client_status
         };
         set[i].add(1);
+    }
+
+    /// Counts an HBONE connection we closed (`server`: one we serve).
+    pub fn count_closed(&self, server: bool, reason: CloseReason) {
+        self.closed[usize::from(server)][reason as usize].add(1);
     }
 
     /// Counts a TLS handshake outcome; `label` is a session error label or "timeout".
@@ -490,7 +535,7 @@ fn render_hbone(out: &mut String, shards: &[std::sync::Arc<ShardStats>]) {
         ),
         (
             "zpath_hbone_handshakes_in_flight",
-            "TLS handshakes in progress on 15008",
+            "Handshakes (TLS, then the HTTP/2 preface) pending on 15008",
             |h| &h.handshakes_in_flight,
         ),
     ];
@@ -518,6 +563,23 @@ fn render_hbone(out: &mut String, shards: &[std::sync::Arc<ShardStats>]) {
                 }
             });
             let _ = writeln!(out, "{name}{{side=\"{side}\",status=\"{label}\"}} {v}");
+        }
+    }
+    let name = "zpath_hbone_connections_closed_total";
+    family(
+        out,
+        name,
+        "counter",
+        "HBONE connections zpath closed, by side and reason.",
+    );
+    for (side, i) in [("client", 0usize), ("server", 1usize)] {
+        for r in CloseReason::ALL {
+            let v = sum(&|h| h.closed[i][r as usize].get());
+            let _ = writeln!(
+                out,
+                "{name}{{side=\"{side}\",reason=\"{}\"}} {v}",
+                r.label()
+            );
         }
     }
     let name = "zpath_tls_handshakes_total";

@@ -213,6 +213,11 @@ pub fn settings(params: &[(u16, u32)]) -> Vec<u8> {
     frame(kind::SETTINGS, 0, 0, &p)
 }
 
+/// A PING acknowledgement of `data`.
+pub fn ping_ack(data: [u8; 8]) -> Vec<u8> {
+    frame(kind::PING, flag::ACK, 0, &data)
+}
+
 /// A SETTINGS acknowledgement.
 pub fn settings_ack() -> Vec<u8> {
     frame(kind::SETTINGS, flag::ACK, 0, &[])
@@ -451,6 +456,47 @@ const SEND_LIMIT: Duration = Duration::from_secs(10);
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 64 << 10;
 
+/// Opens TCP to `addr` and runs TLS as `spiffe://cluster.local/ns/default/sa/client`
+/// with a certificate from the mesh root in `ca_dir`, expecting the server to be
+/// `.../sa/<server_sa>`; sends nothing more (no HTTP/2 preface).
+pub async fn tls_connect(
+    ca_dir: &Path,
+    addr: SocketAddr,
+    server_sa: &str,
+) -> io::Result<TlsStream<TcpStream>> {
+    let ca = LocalCa::load_or_create(ca_dir).map_err(io::Error::other)?;
+    let me = Identity::new("cluster.local", "default", "client").map_err(io::Error::other)?;
+    let server = Identity::new("cluster.local", "default", server_sa).map_err(io::Error::other)?;
+    let cert = ca
+        .issue(&me, Duration::from_secs(3600))
+        .map_err(io::Error::other)?;
+    let certified = CertifiedTls::new(Arc::new(cert)).map_err(io::Error::other)?;
+    let config = certified
+        .client_config(&[server])
+        .map_err(io::Error::other)?;
+    let glommio_err = |e: glommio::GlommioError<()>| io::Error::other(e.to_string());
+    let tcp = TcpStream::connect(addr).await.map_err(glommio_err)?;
+    tcp.set_nodelay(true).map_err(glommio_err)?;
+    TlsStream::connect(tcp, &config, SessionBuffers::new(4 * 16645))
+        .await
+        .map_err(io::Error::other)
+}
+
+/// Reads and discards until the peer closes (EOF or error); `false` if it did not
+/// within `limit`.
+pub async fn closed_within(tls: &mut TlsStream<TcpStream>, limit: Duration) -> bool {
+    let read = async {
+        let mut chunk = vec![0u8; READ_CHUNK];
+        loop {
+            match tls.read(&mut chunk).await {
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(_) => {}
+            }
+        }
+    };
+    glommio::timer::timeout(limit, read).await.is_ok()
+}
+
 /// An mTLS HTTP/2 connection driven frame by frame.
 pub struct Conn {
     tls: TlsStream<TcpStream>,
@@ -470,23 +516,7 @@ impl Conn {
     /// `.../sa/<server_sa>`), sends the preface and empty SETTINGS, waits for the
     /// server's SETTINGS and acknowledges them.
     pub async fn connect(ca_dir: &Path, addr: SocketAddr, server_sa: &str) -> io::Result<Conn> {
-        let ca = LocalCa::load_or_create(ca_dir).map_err(io::Error::other)?;
-        let me = Identity::new("cluster.local", "default", "client").map_err(io::Error::other)?;
-        let server =
-            Identity::new("cluster.local", "default", server_sa).map_err(io::Error::other)?;
-        let cert = ca
-            .issue(&me, Duration::from_secs(3600))
-            .map_err(io::Error::other)?;
-        let certified = CertifiedTls::new(Arc::new(cert)).map_err(io::Error::other)?;
-        let config = certified
-            .client_config(&[server])
-            .map_err(io::Error::other)?;
-        let glommio_err = |e: glommio::GlommioError<()>| io::Error::other(e.to_string());
-        let tcp = TcpStream::connect(addr).await.map_err(glommio_err)?;
-        tcp.set_nodelay(true).map_err(glommio_err)?;
-        let tls = TlsStream::connect(tcp, &config, SessionBuffers::new(4 * 16645))
-            .await
-            .map_err(io::Error::other)?;
+        let tls = tls_connect(ca_dir, addr, server_sa).await?;
         let mut conn = Conn {
             tls,
             buf: Vec::new(),

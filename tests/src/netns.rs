@@ -117,6 +117,13 @@ impl HostPair {
         }
     }
 
+    /// Adds `ip` (IPv4, in the pair's /24) to the client host's link, for a second
+    /// source address there.
+    pub fn add_client_ipv4(&self, ip: &str) {
+        self.client
+            .exec(&format!("ip addr add {ip}/24 dev {}", self.links.0));
+    }
+
     /// Adds IPv6 addresses too: the client at `<net6>::1/64`, the server at
     /// `<net6>::2/64` (`net6` is e.g. "fd00:82:6"), usable at once (no duplicate
     /// address detection).

@@ -508,3 +508,43 @@ fn a_broken_tunnel_resets_its_flows_and_leaves_the_pool() {
     // A new flow finds no tunnel and no listener: refused, not hung.
     assert!(m.connect(echo.addr).is_err());
 }
+
+#[test]
+fn a_tunnel_whose_server_stops_answering_pings_is_closed() {
+    if skip_unless_root() {
+        return;
+    }
+    let net = "10.79.10";
+    let config = mesh::config(net, "");
+    let keepalive = [
+        "--hbone-keepalive-interval",
+        "200ms",
+        "--hbone-keepalive-timeout",
+        "500ms",
+    ];
+    let mut m = Mesh::start("hbp", net, &config, None, &keepalive, &[]);
+    let echo = EchoServer::serve(m.server_listener());
+    let mut live = m.connect(echo.addr).unwrap();
+    live.write_all(b"up").unwrap();
+    let mut b = [0u8; 2];
+    live.read_exact(&mut b).unwrap();
+    // Node B freezes: its kernel still takes the bytes, nothing answers the PINGs.
+    m.b.signal(libc::SIGSTOP);
+    let closed = zpath_tests::closed_by_peer(&mut live);
+    let unanswered = m.a.metric(
+        "zpath_hbone_connections_closed_total{side=\"client\",reason=\"keepalive_timeout\"}",
+    );
+    let tunnels = m.a.metric("zpath_hbone_tunnels");
+    m.b.signal(libc::SIGCONT);
+    assert!(
+        closed,
+        "the flow ends when its tunnel's peer stops answering"
+    );
+    assert_eq!(unanswered, 1);
+    assert_eq!(tunnels, 0, "the silent tunnel left the pool");
+    m.a.assert_no_open_connections();
+    // Node B, awake again, serves a new tunnel.
+    let s = m.connect(echo.addr).unwrap();
+    assert_eq!(roundtrip(s, b"awake"), b"awake");
+    m.b.assert_no_open_connections();
+}

@@ -40,8 +40,20 @@ impl Target {
     /// Starts the mesh (node A releases idle tunnels after 1 s so every gauge can
     /// return to zero) and checks the normal path works before any attack.
     fn start(tag: &str, net: &str) -> Target {
+        Self::start_with(tag, net, &[])
+    }
+
+    /// As [`Target::start`], with `args_b` passed to node B.
+    fn start_with(tag: &str, net: &str, args_b: &[&str]) -> Target {
         let config = mesh::config(net, "");
-        let m = Mesh::start(tag, net, &config, None, &["--pool-idle-timeout", "1s"], &[]);
+        let m = Mesh::start(
+            tag,
+            net,
+            &config,
+            None,
+            &["--pool-idle-timeout", "1s"],
+            args_b,
+        );
         let echo = EchoServer::serve(m.server_listener());
         let pid = zpath_pid(&m.hosts.server.name);
         let mut t = Target { m, echo, pid };
@@ -792,4 +804,342 @@ fn streams_reset_for_the_peers_errors_are_limited() {
         resets.len()
     );
     t.assert_unharmed(baseline, "error resets");
+}
+
+/// Opens `n` TCP connections from `src` on the client host to node B's 15008 and
+/// holds them without a byte sent (each is a TLS handshake pending on node B).
+fn idle_sockets(t: &Target, src: &str, n: usize) -> Vec<std::net::TcpStream> {
+    let src: std::net::IpAddr = src.parse().unwrap();
+    let dst = t.hbone();
+    t.m.hosts.client.enter(move || {
+        (0..n)
+            .map(|_| {
+                let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                    .unwrap();
+                s.bind(&SocketAddr::new(src, 0).into()).unwrap();
+                s.connect(&dst.into()).unwrap();
+                std::net::TcpStream::from(s)
+            })
+            .collect()
+    })
+}
+
+/// Waits until node B has taken in `n` connections on 15008: pending, or refused or
+/// aborted as TLS failures.
+fn wait_accepted(t: &Target, n: u64) {
+    zpath_tests::wait_for(
+        "node B to take in the idle connections",
+        Duration::from_secs(10),
+        || {
+            t.m.b.metric("zpath_hbone_handshakes_in_flight")
+                + t.m
+                    .b
+                    .metric("zpath_connections_failed_total{direction=\"inbound\",reason=\"tls\"}")
+                >= n
+        },
+    );
+}
+
+/// A normal CONNECT through node A, timed.
+fn timed_connect(t: &Target, seed: u8) -> Duration {
+    let data = pattern(16 << 10, seed);
+    let started = Instant::now();
+    let s =
+        t.m.connect(t.echo.addr)
+            .expect("node B accepts a CONNECT from another source");
+    assert!(roundtrip(s, &data) == data, "the echo came back different");
+    started.elapsed()
+}
+
+#[test]
+fn idle_sockets_from_one_source_do_not_lock_out_other_peers() {
+    if zpath_tests::skip_unless_root() {
+        return;
+    }
+    let mut t = Target::start("ha9", "10.81.9");
+    // 300 idle sockets per shard (node B has two) from one address of the client host,
+    // more than the 256 handshakes a shard keeps pending.
+    let idle_ip = format!("{}.3", t.m.net);
+    t.m.hosts.add_client_ipv4(&idle_ip);
+    let idle = idle_sockets(&t, &idle_ip, 600);
+    wait_accepted(&t, 600);
+    // A peer from another address (node A, from the client workload's) still gets in.
+    let took = timed_connect(&t, 5);
+    eprintln!("CONNECT beside 600 idle sockets from one source: {took:?}");
+    assert!(took < Duration::from_secs(5), "the CONNECT took {took:?}");
+    let pending = t.m.b.metric("zpath_hbone_handshakes_in_flight");
+    let refused = t.m.b.metric(
+        "zpath_tls_handshakes_total{side=\"server\",outcome=\"failed\",reason=\"source_limit\"}",
+    );
+    // 16 per source and shard are pending; the rest was refused at once, counted.
+    assert!(
+        pending <= 32,
+        "{pending} handshakes pending from one source"
+    );
+    assert_eq!(
+        pending + refused,
+        600,
+        "pending {pending}, refused {refused}"
+    );
+    drop(idle);
+    t.assert_released();
+    zpath_tests::wait_for(
+        "node B's pending handshakes to end",
+        Duration::from_secs(10),
+        || t.m.b.metric("zpath_hbone_handshakes_in_flight") == 0,
+    );
+}
+
+#[test]
+fn a_full_shard_evicts_its_oldest_pending_handshake_for_a_new_peer() {
+    if zpath_tests::skip_unless_root() {
+        return;
+    }
+    let mut t = Target::start_with("ha10", "10.81.10", &["--handshake-max-pending", "32"]);
+    // 8 sources x 16 idle sockets: under the per-source limit, twice what node B's two
+    // shards keep pending.
+    let net = t.m.net.clone();
+    let mut idle = Vec::new();
+    for i in 10..18 {
+        let ip = format!("{net}.{i}");
+        t.m.hosts.add_client_ipv4(&ip);
+        idle.extend(idle_sockets(&t, &ip, 16));
+    }
+    wait_accepted(&t, 128);
+    let evicted = |t: &Target| {
+        t.m.b
+            .metric("zpath_hbone_connections_closed_total{side=\"server\",reason=\"evicted\"}")
+    };
+    let before = evicted(&t);
+    assert!(before >= 64, "{before} pending handshakes evicted of 128");
+    // The newest pending handshakes are kept, the oldest were aborted.
+    assert!(
+        zpath_tests::closed_by_peer(&mut idle[0]),
+        "the oldest idle socket was closed"
+    );
+    let newest = idle.last_mut().unwrap();
+    newest
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    let still_open = matches!(
+        std::io::Read::read(newest, &mut b),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+    );
+    assert!(still_open, "the newest idle socket is still pending");
+    let took = timed_connect(&t, 6);
+    eprintln!("CONNECT beside full shards of pending handshakes: {took:?}");
+    assert!(took < Duration::from_secs(5), "the CONNECT took {took:?}");
+    assert!(
+        evicted(&t) > before,
+        "node A's handshake evicted an idle one"
+    );
+    drop(idle);
+    t.assert_released();
+}
+
+#[test]
+fn a_peer_silent_after_tls_is_closed_after_the_handshake_timeout() {
+    if zpath_tests::skip_unless_root() {
+        return;
+    }
+    let mut t = Target::start_with("ha11", "10.81.11", &["--handshake-timeout", "1s"]);
+    let ca = t.m.ca.path().to_path_buf();
+    let addr = t.hbone();
+    let closed = h2raw::run_in(&t.m.hosts.client, move || async move {
+        let mut tls = h2raw::tls_connect(&ca, addr, "server")
+            .await
+            .expect("TLS with node B");
+        // No HTTP/2 preface: node B closes after --handshake-timeout (1 s).
+        h2raw::closed_within(&mut tls, Duration::from_secs(5)).await
+    });
+    assert!(closed, "node B kept a connection that sent no preface");
+    assert_eq!(
+        t.m.b.metric(
+            "zpath_hbone_connections_closed_total{side=\"server\",reason=\"preface_timeout\"}"
+        ),
+        1
+    );
+    assert_eq!(t.m.b.metric("zpath_hbone_handshakes_in_flight"), 0);
+    t.assert_serves(7);
+    t.assert_released();
+}
+
+#[test]
+fn drain_sends_goaway_finishes_open_streams_and_refuses_new_ones() {
+    if zpath_tests::skip_unless_root() {
+        return;
+    }
+    let mut t = Target::start_with("ha12", "10.81.12", &["--drain-deadline", "10s"]);
+    let authority = t.authority();
+    let b_pid = t.pid;
+    let (opened, echoed, seen, finished) = t.attack(move |mut c| async move {
+        let (opened, mut seen) = connect_status(&mut c, 1, &authority).await;
+        // Drain starts while stream 1 is open.
+        // SAFETY: kill(2) with node B's pid.
+        unsafe { libc::kill(b_pid as i32, libc::SIGTERM) };
+        seen.extend(c.watch(ANSWER).await);
+        // The first GOAWAY (last stream 2^31-1) comes with a PING: answering it lets
+        // node B send the final GOAWAY, with the last stream it took.
+        let ping = c
+            .watch_until(ANSWER, |f| f.kind == kind::PING && f.flags & flag::ACK == 0)
+            .await;
+        let payload: [u8; 8] = ping
+            .frames
+            .last()
+            .and_then(|f| f.payload.clone().try_into().ok())
+            .unwrap_or_default();
+        seen.extend(ping);
+        c.send(&h2raw::ping_ack(payload))
+            .await
+            .expect("answer the PING");
+        seen.extend(c.watch(ANSWER).await);
+        // A new stream is not taken; the open one still carries bytes both ways.
+        c.send(&h2raw::headers(
+            3,
+            &h2raw::connect_block(&authority),
+            true,
+            false,
+        ))
+        .await
+        .expect("send CONNECT");
+        c.send(&h2raw::data(1, b"still here", true))
+            .await
+            .expect("send DATA");
+        let mut echoed = Vec::new();
+        let rest = c
+            .watch_until(ANSWER, |f| {
+                if f.kind == kind::DATA && f.stream == 1 {
+                    echoed.extend_from_slice(&f.payload);
+                }
+                f.stream == 1 && f.flags & flag::END_STREAM != 0
+            })
+            .await;
+        seen.extend(rest);
+        // With its last stream done, node B closes the connection.
+        let finished = c.watch(ANSWER).await;
+        (opened, echoed, seen, finished)
+    });
+    assert_eq!(opened, Some(200), "{}", seen.summary());
+    let goaways: Vec<(u32, u32)> = seen
+        .frames
+        .iter()
+        .filter(|f| f.kind == kind::GOAWAY)
+        .map(|f| (f.last_stream().unwrap(), f.error_code().unwrap()))
+        .collect();
+    assert_eq!(
+        goaways,
+        [(0x7fff_ffff, code::NO_ERROR), (1, code::NO_ERROR)],
+        "{}",
+        seen.summary()
+    );
+    assert_eq!(echoed, b"still here", "{}", seen.summary());
+    assert!(
+        !seen.frames.iter().any(|f| f.stream == 3),
+        "stream 3, opened after the final GOAWAY, got an answer: {}",
+        seen.summary()
+    );
+    assert_eq!(finished.end, Some(End::Closed), "{}", finished.summary());
+    let status = t.m.b.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "node B exited with {status}");
+    let log = t.m.b.stderr();
+    assert!(!log.contains("panicked"), "node B panicked:\n{log}");
+}
+
+#[test]
+fn a_peer_that_stops_answering_pings_is_closed_after_the_keepalive_timeout() {
+    if zpath_tests::skip_unless_root() {
+        return;
+    }
+    let mut t = Target::start_with(
+        "ha13",
+        "10.81.13",
+        &[
+            "--hbone-keepalive-interval",
+            "200ms",
+            "--hbone-keepalive-timeout",
+            "500ms",
+        ],
+    );
+    let authority = t.authority();
+    let (opened, seen) = t.attack(move |mut c| async move {
+        let (opened, mut seen) = connect_status(&mut c, 1, &authority).await;
+        // A stream stays open (the connection is not idle), and no PING is answered.
+        seen.extend(c.watch(Duration::from_secs(10)).await);
+        (opened, seen)
+    });
+    assert_eq!(opened, Some(200), "{}", seen.summary());
+    assert!(
+        seen.count(kind::PING, 0) >= 1,
+        "node B sent a PING: {}",
+        seen.summary()
+    );
+    assert!(
+        seen.ended_connection(),
+        "node B kept a connection whose peer answers no PING: {}",
+        seen.summary()
+    );
+    assert_eq!(
+        t.m.b.metric(
+            "zpath_hbone_connections_closed_total{side=\"server\",reason=\"keepalive_timeout\"}"
+        ),
+        1
+    );
+    // Node A answers PINGs: its tunnels live on.
+    t.assert_serves(8);
+    t.assert_released();
+}
+
+#[test]
+fn an_hbone_connection_without_streams_is_closed_after_the_idle_timeout_one_with_an_idle_stream_is_not(
+) {
+    if zpath_tests::skip_unless_root() {
+        return;
+    }
+    let mut t = Target::start_with(
+        "ha14",
+        "10.81.14",
+        &[
+            "--hbone-idle-timeout",
+            "1s",
+            "--hbone-keepalive-interval",
+            "300ms",
+        ],
+    );
+    let idle_closed = |t: &Target| {
+        t.m.b
+            .metric("zpath_hbone_connections_closed_total{side=\"server\",reason=\"idle\"}")
+    };
+    let before = idle_closed(&t);
+    // No stream: GOAWAY after about a second.
+    let seen = t.attack(|mut c| async move { c.watch(Duration::from_secs(10)).await });
+    assert_eq!(
+        seen.end,
+        Some(End::GoAway {
+            last_stream: 0x7fff_ffff,
+            code: code::NO_ERROR
+        }),
+        "{}",
+        seen.summary()
+    );
+    assert_eq!(idle_closed(&t), before + 1);
+
+    // A stream through node A, left idle three times the idle timeout: still served.
+    let before = idle_closed(&t);
+    let mut s = t.m.connect(t.echo.addr).expect("CONNECT through node A");
+    let mut b = [0u8; 5];
+    std::io::Write::write_all(&mut s, b"first").unwrap();
+    std::io::Read::read_exact(&mut s, &mut b).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    std::io::Write::write_all(&mut s, b"again").unwrap();
+    std::io::Read::read_exact(&mut s, &mut b).unwrap();
+    assert_eq!(&b, b"again");
+    assert_eq!(
+        idle_closed(&t),
+        before,
+        "the connection with a stream was closed"
+    );
+    assert_eq!(t.m.b.metric("zpath_hbone_server_connections"), 1);
+    drop(s);
+    t.assert_released();
 }

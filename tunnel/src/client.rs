@@ -8,6 +8,7 @@ use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -111,11 +112,11 @@ pub async fn handshake<S>(
     settings: &H2Settings,
     max_streams: u32,
     promised: Rc<Cell<u32>>,
-) -> Result<(Tunnel, impl Future<Output = Result<(), h2::Error>>), h2::Error>
+) -> Result<(Tunnel, Driver<S>), h2::Error>
 where
     S: AsyncBufRead + AsyncWrite + Unpin,
 {
-    let (sender, mut connection) = settings
+    let (sender, connection) = settings
         .client()
         .initial_max_send_streams(max_streams as usize)
         .handshake::<_, Bytes>(H2Io::new(io))
@@ -128,18 +129,58 @@ where
         idle_since: Cell::new(Some(Instant::now())),
         closed: Cell::new(false),
     });
-    let driver_state = state.clone();
-    let driver = async move {
-        let result = futures_lite::future::poll_fn(|cx| {
-            let polled = Pin::new(&mut connection).poll(cx);
-            driver_state.peer_limit.set(peer_limit(&connection));
-            polled
-        })
-        .await;
-        driver_state.closed.set(true);
-        result
+    let driver = Driver {
+        connection,
+        state: state.clone(),
     };
     Ok((Tunnel { sender, state }, driver))
+}
+
+/// Drives one tunnel's connection: resolves when it ends. Dropping it closes the
+/// connection at once (its streams fail); either way the tunnel is marked closed.
+#[derive(Debug)]
+pub struct Driver<S>
+where
+    S: AsyncBufRead + AsyncWrite + Unpin,
+{
+    connection: h2::client::Connection<H2Io<S>, Bytes>,
+    state: Rc<TunnelState>,
+}
+
+impl<S> Driver<S>
+where
+    S: AsyncBufRead + AsyncWrite + Unpin,
+{
+    /// The connection's PING handle for a keepalive (once; `None` after).
+    pub fn ping_pong(&mut self) -> Option<h2::PingPong> {
+        self.connection.ping_pong()
+    }
+}
+
+impl<S> Future for Driver<S>
+where
+    S: AsyncBufRead + AsyncWrite + Unpin,
+{
+    type Output = Result<(), h2::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.connection).poll(cx);
+        this.state.peer_limit.set(peer_limit(&this.connection));
+        if polled.is_ready() {
+            this.state.closed.set(true);
+        }
+        polled
+    }
+}
+
+impl<S> Drop for Driver<S>
+where
+    S: AsyncBufRead + AsyncWrite + Unpin,
+{
+    fn drop(&mut self) {
+        self.state.closed.set(true);
+    }
 }
 
 fn peer_limit<S>(connection: &h2::client::Connection<S, Bytes>) -> u32
