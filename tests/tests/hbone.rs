@@ -522,7 +522,7 @@ fn a_tunnel_whose_server_stops_answering_pings_is_closed() {
         "--hbone-keepalive-timeout",
         "500ms",
     ];
-    let mut m = Mesh::start("hbp", net, &config, None, &keepalive, &[]);
+    let m = Mesh::start("hbp", net, &config, None, &keepalive, &[]);
     let echo = EchoServer::serve(m.server_listener());
     let mut live = m.connect(echo.addr).unwrap();
     live.write_all(b"up").unwrap();
