@@ -353,6 +353,28 @@ mod tests {
     }
 
     #[test]
+    fn zero_keepalive_idle_and_handshake_limits_are_rejected() {
+        let named = |cfg: EngineConfig| cfg.validate().unwrap_err().setting;
+        let mut cfg = EngineConfig::default();
+        cfg.keepalive.interval = Duration::ZERO;
+        assert_eq!(named(cfg), "--hbone-keepalive-interval");
+        let mut cfg = EngineConfig::default();
+        cfg.keepalive.timeout = Duration::ZERO;
+        assert_eq!(named(cfg), "--hbone-keepalive-timeout");
+        let cfg = EngineConfig {
+            hbone_idle_timeout: Duration::ZERO,
+            ..EngineConfig::default()
+        };
+        assert_eq!(named(cfg), "--hbone-idle-timeout");
+        let mut cfg = EngineConfig::default();
+        cfg.handshakes.max_per_source = 0;
+        assert_eq!(named(cfg), "--handshake-max-per-source");
+        let mut cfg = EngineConfig::default();
+        cfg.handshakes.max_pending = 0;
+        assert_eq!(named(cfg), "--handshake-max-pending");
+    }
+
+    #[test]
     fn buffer_bounds_are_checked() {
         let mut cfg = EngineConfig::default();
         cfg.buffers.min = 512;
