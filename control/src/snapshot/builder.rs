@@ -329,11 +329,6 @@ impl SnapshotBuilder {
         for (policy, reason) in compiled.invalid_policies() {
             tracing::warn!(%policy, "policy could not be understood; it denies its whole scope: {reason}");
         }
-        let none: &[&str] = &[];
-        self.next.unknown_target = Arc::new(compiled.resolve(&zpath_policy::Target {
-            namespace: "",
-            policies: none,
-        }));
         self.next.compiled = Arc::new(compiled);
         self.next.resolved = true;
         let mut local: HashSet<Uid> = self.next.targets.keys().cloned().collect();
