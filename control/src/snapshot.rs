@@ -34,7 +34,9 @@ pub(crate) use key::{FastMap, FastSet, FastState};
 pub use key::{Uid, UidRef};
 
 use crate::config::LocalConfig;
-use crate::model::{HealthStatus, NamespacedHostname, Service, Strng, TunnelProtocol, Workload};
+use crate::model::{
+    HealthStatus, NamespacedHostname, Service, Strng, TunnelProtocol, Waypoint, Workload,
+};
 
 /// The port a destination node's zpath (or ztunnel) listens on for HBONE.
 pub const HBONE_PORT: u16 = 15008;
@@ -108,6 +110,33 @@ pub enum Route {
     Passthrough(SocketAddr),
     /// A service VIP and port with no healthy endpoint, or a port the service does not expose.
     NoEndpoint(NamespacedHostname),
+    /// A destination whose traffic must go through a waypoint (its L7 policy lives
+    /// there). zpath does not route through waypoints yet, so this is refused: going
+    /// straight to the destination would bypass that policy.
+    Waypoint {
+        /// What the client addressed.
+        destination: Addressed,
+        /// Its waypoint.
+        waypoint: Waypoint,
+    },
+}
+
+/// What a client addressed: a workload (by one of its addresses) or a service (by a VIP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Addressed {
+    /// A workload.
+    Workload(Arc<Workload>),
+    /// A service.
+    Service(Arc<Service>),
+}
+
+impl std::fmt::Display for Addressed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Addressed::Workload(w) => write!(f, "workload {}", w.uid),
+            Addressed::Service(s) => write!(f, "service {}/{}", s.namespace, s.hostname),
+        }
+    }
 }
 
 impl Route {
@@ -293,8 +322,18 @@ impl Snapshot {
 
     /// Decides where a connection to `dst` goes. `pick` chooses among a service's
     /// healthy endpoints (any value; the caller supplies a cheap random number).
+    ///
+    /// A destination with a waypoint is [`Route::Waypoint`]: for a workload address
+    /// the workload's waypoint, for a VIP the service's (as Istio: traffic addressed
+    /// to a service goes through the service's waypoint only).
     pub fn route(&self, dst: SocketAddr, pick: u32) -> Route {
         if let Some(wl) = self.by_ip.get(dst.ip()) {
+            if let Some(waypoint) = &wl.waypoint {
+                return Route::Waypoint {
+                    destination: Addressed::Workload(wl.clone()),
+                    waypoint: waypoint.clone(),
+                };
+            }
             return Route::Workload {
                 workload: wl.clone(),
                 addr: dst,
@@ -303,6 +342,12 @@ impl Snapshot {
         let Some(route) = self.by_vip.get(&IpKey::from(dst.ip())) else {
             return Route::Passthrough(dst);
         };
+        if let Some(waypoint) = &route.service.waypoint {
+            return Route::Waypoint {
+                destination: Addressed::Service(route.service.clone()),
+                waypoint: waypoint.clone(),
+            };
+        }
         let Some(&target) = route.service.ports.get(&dst.port()) else {
             return Route::NoEndpoint(route.service.key());
         };

@@ -345,6 +345,22 @@ async fn dial_route(
                 });
         }
         Route::Passthrough(addr) | Route::Workload { addr, .. } => addr,
+        Route::Waypoint {
+            destination,
+            waypoint,
+        } => {
+            let failure = fail(
+                FailReason::WaypointUnsupported,
+                format!(
+                    "{destination} ({dst}) must be reached through its waypoint {waypoint}, \
+                     which zpath does not support yet: refused"
+                ),
+            );
+            return Err(DialFailure {
+                failure,
+                reply: Reply::NotAllowed,
+            });
+        }
         Route::NoEndpoint(svc) => {
             let failure = fail(
                 FailReason::NoEndpoint,

@@ -143,6 +143,7 @@ fn svc(host: &str, vip: &str) -> Arc<Service> {
         ports: [(80, 0)].into(),
         subject_alt_names: vec![],
         endpoints: Default::default(),
+        waypoint: None,
     })
 }
 
@@ -670,4 +671,107 @@ fn incremental_deltas_equal_a_build_from_scratch() {
         denied > 20,
         "only {denied} rounds had policies over local workloads"
     );
+}
+
+// ---- host-network workloads and waypoints ----
+
+fn host_network(w: &Workload) -> Arc<Workload> {
+    let mut w = w.clone();
+    w.network_mode = crate::model::NetworkMode::HostNetwork;
+    Arc::new(w)
+}
+
+fn with_waypoint(w: &Workload) -> Arc<Workload> {
+    let mut w = w.clone();
+    w.profile_mut().waypoint = Some(crate::model::Waypoint::Service(key("waypoint")));
+    Arc::new(w)
+}
+
+#[test]
+fn host_network_workloads_are_never_found_by_address() {
+    let mut b = SnapshotBuilder::new("n1");
+    // Two host-network pods on the node: both have the node's address.
+    b.upsert_workload(host_network(&wl("agent", "10.0.0.1", "n1", &[])));
+    b.upsert_workload(host_network(&wl("exporter", "10.0.0.1", "n1", &[])));
+    let s = b.finish();
+    let node_ip = "10.0.0.1".parse().unwrap();
+    assert!(s.workload_by_ip(node_ip).is_none());
+    assert!(
+        s.local_workload(node_ip).is_none(),
+        "no identity for the node's traffic"
+    );
+    assert!(s.workload("agent").is_some(), "kept by uid");
+    let dst: SocketAddr = "10.0.0.1:80".parse().unwrap();
+    assert_eq!(s.route(dst, 0), Route::Passthrough(dst));
+    assert!(matches!(
+        s.authorize(&conn("10.0.0.1")),
+        Err(UnknownDestination::NoWorkload { .. })
+    ));
+
+    // A workload that becomes host-network leaves the address index; back, it returns.
+    let mut b = s.builder();
+    b.upsert_workload(wl("pod", "10.0.0.2", "n1", &[]));
+    let s = b.finish();
+    assert!(s.local_workload("10.0.0.2".parse().unwrap()).is_some());
+    let mut b = s.builder();
+    b.upsert_workload(host_network(&wl("pod", "10.0.0.2", "n1", &[])));
+    let s = b.finish();
+    assert!(s.workload_by_ip("10.0.0.2".parse().unwrap()).is_none());
+    let mut b = s.builder();
+    b.upsert_workload(wl("pod", "10.0.0.2", "n1", &[]));
+    let s = b.finish();
+    assert!(s.workload_by_ip("10.0.0.2".parse().unwrap()).is_some());
+
+    // Removing a host-network workload leaves the pod that owns its address alone.
+    let mut b = s.builder();
+    b.upsert_workload(host_network(&wl("shadow", "10.0.0.2", "n1", &[])));
+    b.remove_workload("shadow");
+    let s = b.finish();
+    assert_eq!(
+        &*s.workload_by_ip("10.0.0.2".parse().unwrap()).unwrap().uid,
+        "pod"
+    );
+}
+
+#[test]
+fn a_workload_with_a_waypoint_routes_to_a_refusal() {
+    let mut b = SnapshotBuilder::new("n1");
+    b.upsert_workload(with_waypoint(&wl("a", "10.0.0.1", "n2", &[])));
+    let s = b.finish();
+    match s.route("10.0.0.1:80".parse().unwrap(), 0) {
+        Route::Waypoint {
+            destination: Addressed::Workload(w),
+            waypoint,
+        } => {
+            assert_eq!(&*w.uid, "a");
+            assert_eq!(waypoint.to_string(), "default/waypoint");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn a_service_with_a_waypoint_routes_to_a_refusal_and_one_without_uses_its_endpoints() {
+    let mut b = SnapshotBuilder::new("n1");
+    // The endpoint's own waypoint is for workload-addressed traffic only (as Istio).
+    b.upsert_workload(with_ports(
+        &with_waypoint(&wl("a", "10.0.0.1", "n2", &["default/echo"])),
+        8080,
+    ));
+    b.upsert_service(svc("echo", "10.96.0.1"));
+    let mut guarded = (*svc("guarded", "10.96.0.2")).clone();
+    guarded.waypoint = Some(crate::model::Waypoint::Service(key("waypoint")));
+    b.upsert_service(Arc::new(guarded));
+    let s = b.finish();
+    assert!(matches!(
+        s.route("10.96.0.1:80".parse().unwrap(), 0),
+        Route::Workload { addr, .. } if addr == "10.0.0.1:8080".parse().unwrap()
+    ));
+    match s.route("10.96.0.2:80".parse().unwrap(), 0) {
+        Route::Waypoint {
+            destination: Addressed::Service(svc),
+            ..
+        } => assert_eq!(&*svc.hostname, "guarded"),
+        other => panic!("unexpected {other:?}"),
+    }
 }
