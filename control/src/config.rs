@@ -30,8 +30,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::model::{
-    Endpoint, HealthStatus, NamespacedHostname, Service, Strng, TunnelProtocol, Workload,
-    WorkloadProfile,
+    Endpoint, HealthStatus, NamespacedHostname, NetworkMode, Service, Strng, TunnelProtocol,
+    Waypoint, Workload, WorkloadProfile,
 };
 use crate::ConfigError;
 
@@ -127,9 +127,9 @@ struct FileWorkload {
     #[serde(default)]
     hostname: String,
     #[serde(default)]
-    network_mode: Option<serde_yaml::Value>,
+    network_mode: FileNetworkMode,
     #[serde(default)]
-    waypoint: Option<serde_yaml::Value>,
+    waypoint: Option<FileWaypoint>,
     #[serde(default)]
     network_gateway: Option<serde_yaml::Value>,
     #[serde(default)]
@@ -149,6 +149,38 @@ enum FileProtocol {
     Tcp,
     #[serde(rename = "HBONE")]
     Hbone,
+}
+
+/// Istio's enum names, or ztunnel's local-config spelling.
+#[derive(Deserialize, Default, Clone, Copy)]
+enum FileNetworkMode {
+    #[default]
+    #[serde(rename = "STANDARD", alias = "Standard")]
+    Standard,
+    #[serde(rename = "HOST_NETWORK", alias = "HostNetwork")]
+    HostNetwork,
+}
+
+/// A waypoint, as ztunnel's local config writes it:
+/// `{destination: "network/ip" | {namespace: ns, hostname: host}, hboneMtlsPort: 15008}`.
+#[allow(dead_code)] // hboneMtlsPort: read once waypoints are supported.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FileWaypoint {
+    destination: FileWaypointDestination,
+    #[serde(default)]
+    hbone_mtls_port: u16,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum FileWaypointDestination {
+    /// `network/ip` (or a plain IP).
+    Address(String),
+    Hostname {
+        namespace: String,
+        hostname: String,
+    },
 }
 
 #[derive(Deserialize, Default, Clone, Copy)]
@@ -174,7 +206,7 @@ struct FileService {
     #[serde(default)]
     subject_alt_names: Vec<String>,
     #[serde(default)]
-    waypoint: Option<serde_yaml::Value>,
+    waypoint: Option<FileWaypoint>,
     #[serde(default)]
     load_balancer: Option<serde_yaml::Value>,
     #[serde(default)]
@@ -245,7 +277,12 @@ fn convert(file: FileConfig) -> Result<LocalConfig, ConfigError> {
                 format!("duplicate uid {}", wl.uid),
             ));
         }
-        for ip in &wl.workload_ips {
+        // Host-network workloads share their node's address.
+        let own_ips: &[IpAddr] = match wl.network_mode {
+            NetworkMode::Standard => &wl.workload_ips,
+            NetworkMode::HostNetwork => &[],
+        };
+        for ip in own_ips {
             if let Some(other) = by_ip.insert(*ip, i) {
                 return Err(ConfigError::invalid(
                     at("workloadIps"),
@@ -384,11 +421,16 @@ fn convert_workload(
         workload_name: fw.workload_name.into(),
         workload_type: file_workload_type(&fw.workload_type, at)?,
         cluster_id: or_default(&fw.cluster_id, "Kubernetes"),
+        waypoint: file_waypoint(fw.waypoint, at("waypoint"))?,
     };
     let mut wl = Workload::new(uid, &fw.name, Arc::new(profile));
     wl.node = fw.node.into();
     wl.workload_ips = ips.into();
     wl.status = status;
+    wl.network_mode = match fw.network_mode {
+        FileNetworkMode::Standard => NetworkMode::Standard,
+        FileNetworkMode::HostNetwork => NetworkMode::HostNetwork,
+    };
     Ok((wl, endpoints))
 }
 
@@ -436,6 +478,7 @@ fn convert_service(fs: FileService, at: &dyn Fn(&str) -> String) -> Result<Servi
             },
         );
     }
+    let waypoint = file_waypoint(fs.waypoint, at("waypoint"))?;
     Ok(Service {
         name: fs.name.into(),
         namespace,
@@ -444,7 +487,36 @@ fn convert_service(fs: FileService, at: &dyn Fn(&str) -> String) -> Result<Servi
         ports: fs.ports,
         subject_alt_names: fs.subject_alt_names.into_iter().map(Strng::from).collect(),
         endpoints,
+        waypoint,
     })
+}
+
+fn file_waypoint(w: Option<FileWaypoint>, field: String) -> Result<Option<Waypoint>, ConfigError> {
+    let Some(w) = w else { return Ok(None) };
+    match w.destination {
+        FileWaypointDestination::Hostname {
+            namespace,
+            hostname,
+        } => {
+            let key = format!("{namespace}/{hostname}")
+                .parse()
+                .map_err(|e: String| ConfigError::invalid(field, e))?;
+            Ok(Some(Waypoint::Service(key)))
+        }
+        FileWaypointDestination::Address(text) => {
+            let (network, ip) = text.rsplit_once('/').unwrap_or(("", &text));
+            let ip: IpAddr = ip.parse().map_err(|_| {
+                ConfigError::invalid(
+                    field,
+                    format!("{text:?} is not an address of the form network/ip"),
+                )
+            })?;
+            Ok(Some(Waypoint::Address {
+                network: network.into(),
+                ip,
+            }))
+        }
+    }
 }
 
 /// The owner kind: `deployment` when absent, else a lower-case word (any case is

@@ -23,8 +23,8 @@ use zpath_policy::model::{
 };
 
 use crate::model::{
-    Endpoint, HealthStatus, NamespacedHostname, Service, Strng, TunnelProtocol, Workload,
-    WorkloadProfile,
+    Endpoint, HealthStatus, NamespacedHostname, NetworkMode, Service, Strng, TunnelProtocol,
+    Waypoint, Workload, WorkloadProfile,
 };
 use crate::proto::istio::security as xsec;
 use crate::proto::istio::workload as xwl;
@@ -142,6 +142,8 @@ pub(crate) fn workload_with(
     let workload_ips = list("addresses", &w.addresses, |b| ip_from_bytes(b)).map_err(at)?;
     let protocol = tunnel_protocol(w.tunnel_protocol).map_err(|m| err("tunnel_protocol", m))?;
     let status = health(w.status).map_err(|m| err("status", m))?;
+    let network_mode = network_mode(w.network_mode).map_err(|m| err("network_mode", m))?;
+    let waypoint = waypoint(w.waypoint.as_ref(), intern).map_err(|m| err("waypoint", m))?;
     let authorization_policies = list("authorization_policies", &w.authorization_policies, |p| {
         policy_ref(p).map(&mut *intern)
     })
@@ -182,11 +184,13 @@ pub(crate) fn workload_with(
         workload_name: intern(&w.workload_name),
         workload_type: intern(workload_type(w.workload_type)),
         cluster_id: intern(or_default(&w.cluster_id, DEFAULT_CLUSTER_ID)),
+        waypoint,
     };
     let mut workload = Workload::new(uid, &w.name, share(profile));
     workload.node = intern(&w.node);
     workload.workload_ips = workload_ips.into();
     workload.status = status;
+    workload.network_mode = network_mode;
     Ok(WorkloadEndpoints {
         workload,
         endpoints,
@@ -208,10 +212,12 @@ pub(crate) fn workload_on_profile(
     let workload_ips = list("addresses", &w.addresses, |b| ip_from_bytes(b))
         .map_err(|(field, message)| err(&field, message))?;
     let status = health(w.status).map_err(|m| err("status", m))?;
+    let network_mode = network_mode(w.network_mode).map_err(|m| err("network_mode", m))?;
     let mut workload = Workload::new(w.uid.as_str().into(), &w.name, profile);
     workload.node = intern(&w.node);
     workload.workload_ips = workload_ips.into();
     workload.status = status;
+    workload.network_mode = network_mode;
     Ok(workload)
 }
 
@@ -234,6 +240,7 @@ pub(crate) fn profile_matches(p: &WorkloadProfile, w: &xwl::Workload) -> bool {
         && *p.workload_name == *w.workload_name
         && *p.workload_type == *workload_type(w.workload_type)
         && *p.cluster_id == *or_default(&w.cluster_id, DEFAULT_CLUSTER_ID)
+        && same_waypoint(p.waypoint.as_ref(), w.waypoint.as_ref())
         && p.authorization_policies.len() == w.authorization_policies.len()
         && p.authorization_policies
             .iter()
@@ -250,6 +257,21 @@ pub(crate) fn profile_matches(p: &WorkloadProfile, w: &xwl::Workload) -> bool {
                 .and_then(|i| p.service_ports.get(i)?.as_ref())
                 .is_some_and(|m| same_ports(m, &list.ports))
         })
+}
+
+/// Whether `g` converts (without error) to exactly `wp`, without allocating.
+fn same_waypoint(wp: Option<&Waypoint>, g: Option<&xwl::GatewayAddress>) -> bool {
+    use xwl::gateway_address::Destination;
+    match (wp, g.map(|g| g.destination.as_ref())) {
+        (None, None) => true,
+        (Some(Waypoint::Service(k)), Some(Some(Destination::Hostname(h)))) => {
+            *k.namespace == *h.namespace && *k.hostname == *h.hostname
+        }
+        (Some(Waypoint::Address { network, ip }), Some(Some(Destination::Address(a)))) => {
+            **network == *a.network && ip_from_bytes(&a.address).ok() == Some(*ip)
+        }
+        _ => false,
+    }
 }
 
 /// Whether `ports` converts (without error) to exactly `map`.
@@ -339,6 +361,8 @@ impl TryFrom<&xwl::Service> for Service {
             );
         }
         let ports = port_map(&s.ports).map_err(|m| err("ports", m))?;
+        let waypoint = waypoint(s.waypoint.as_ref(), &mut |v| Strng::from(v))
+            .map_err(|m| err("waypoint", m))?;
         Ok(Service {
             name: s.name.as_str().into(),
             namespace,
@@ -351,6 +375,7 @@ impl TryFrom<&xwl::Service> for Service {
                 .map(|n| Strng::from(n.as_str()))
                 .collect(),
             endpoints: BTreeMap::new(),
+            waypoint,
         })
     }
 }
@@ -530,6 +555,50 @@ fn workload_type(v: i32) -> &'static str {
         Ok(xwl::WorkloadType::Job) => "job",
         Ok(xwl::WorkloadType::Deployment) | Err(_) => "deployment",
     }
+}
+
+fn network_mode(v: i32) -> Result<NetworkMode, String> {
+    match xwl::NetworkMode::try_from(v) {
+        Ok(xwl::NetworkMode::Standard) => Ok(NetworkMode::Standard),
+        Ok(xwl::NetworkMode::HostNetwork) => Ok(NetworkMode::HostNetwork),
+        Err(_) => Err(format!(
+            "unknown value {v} (expected STANDARD or HOST_NETWORK)"
+        )),
+    }
+}
+
+/// A waypoint: a service `namespace/hostname` or a network address. One that names
+/// neither cannot be honoured, nor ignored without bypassing it: an error.
+fn waypoint(
+    g: Option<&xwl::GatewayAddress>,
+    intern: &mut dyn FnMut(&str) -> Strng,
+) -> Result<Option<Waypoint>, String> {
+    use xwl::gateway_address::Destination;
+    let Some(g) = g else { return Ok(None) };
+    match &g.destination {
+        Some(Destination::Hostname(h)) => {
+            let (ns, host) = service_key_parts(&h.namespace, &h.hostname)?;
+            Ok(Some(Waypoint::Service(NamespacedHostname {
+                namespace: intern(ns),
+                hostname: intern(host),
+            })))
+        }
+        Some(Destination::Address(a)) => Ok(Some(Waypoint::Address {
+            network: intern(&a.network),
+            ip: ip_from_bytes(&a.address)?,
+        })),
+        None => Err("a waypoint must name a hostname or an address".into()),
+    }
+}
+
+/// A service key given as its two parts, checked as [`service_key`] checks one.
+fn service_key_parts<'a>(ns: &'a str, host: &'a str) -> Result<(&'a str, &'a str), String> {
+    if ns.is_empty() || host.is_empty() || ns.contains('/') || host.contains('/') {
+        return Err(format!(
+            "{ns:?}/{host:?} is not a service key of the form namespace/hostname"
+        ));
+    }
+    Ok((ns, host))
 }
 
 fn tunnel_protocol(v: i32) -> Result<TunnelProtocol, String> {

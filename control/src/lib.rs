@@ -20,7 +20,7 @@ pub mod snapshot;
 pub mod watch;
 
 pub use config::LocalConfig;
-pub use snapshot::{Route, Snapshot, SnapshotCell};
+pub use snapshot::{Addressed, Route, Snapshot, SnapshotCell, UnknownDestination};
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -38,6 +38,51 @@ pub enum HealthStatus {
     Unhealthy,
 }
 
+/// Whether a workload's addresses are its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+pub enum NetworkMode {
+    /// Its addresses identify it.
+    #[default]
+    #[serde(rename = "STANDARD")]
+    Standard,
+    /// It runs in its node's network namespace (a host-network pod): its address is
+    /// the node's, shared by every process there, so it is never looked up by
+    /// address (that would give the node's traffic this workload's identity).
+    #[serde(rename = "HOST_NETWORK")]
+    HostNetwork,
+}
+
+/// The waypoint proxy that traffic to a destination must go through (its L7 policy
+/// lives there). zpath does not route through waypoints yet: a destination with one
+/// is refused rather than reached directly.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Waypoint {
+    /// A service `namespace/hostname`.
+    Service(NamespacedHostname),
+    /// An address on a network.
+    Address {
+        /// The network (empty: the default network).
+        network: Strng,
+        /// The address.
+        ip: IpAddr,
+    },
+}
+
+impl fmt::Display for Waypoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Waypoint::Service(key) => write!(f, "{key}"),
+            Waypoint::Address { network, ip } => write!(f, "{network}/{ip}"),
+        }
+    }
+}
+
+impl Serialize for Waypoint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// A service key: `namespace/hostname`, the primary key of a service in Istio.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NamespacedHostname {
@@ -226,6 +271,8 @@ pub struct WorkloadProfile {
     pub workload_type: Strng,
     /// Cluster id, for telemetry.
     pub cluster_id: Strng,
+    /// The waypoint that workload-addressed traffic to it must go through.
+    pub waypoint: Option<Waypoint>,
 }
 
 impl WorkloadProfile {
@@ -257,6 +304,8 @@ pub struct Workload {
     pub workload_ips: Addresses,
     /// Health.
     pub status: HealthStatus,
+    /// Whether its addresses are its own (only then is it found by address).
+    pub network_mode: NetworkMode,
     /// Everything it shares with the other replicas of its deployment.
     pub profile: Arc<WorkloadProfile>,
 }
@@ -283,6 +332,7 @@ impl Workload {
             node: Strng::from(""),
             workload_ips: Addresses::default(),
             status: HealthStatus::Healthy,
+            network_mode: NetworkMode::Standard,
             profile,
         };
         w.set_name(name);
@@ -321,7 +371,7 @@ impl Serialize for Workload {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let p = &*self.profile;
-        let mut st = s.serialize_struct("Workload", 17)?;
+        let mut st = s.serialize_struct("Workload", 19)?;
         st.serialize_field("uid", &*self.uid)?;
         st.serialize_field("name", self.name())?;
         st.serialize_field("namespace", &*p.namespace)?;
@@ -339,6 +389,8 @@ impl Serialize for Workload {
         st.serialize_field("workloadName", &*p.workload_name)?;
         st.serialize_field("workloadType", &*p.workload_type)?;
         st.serialize_field("clusterId", &*p.cluster_id)?;
+        st.serialize_field("networkMode", &self.network_mode)?;
+        st.serialize_field("waypoint", &p.waypoint)?;
         st.end()
     }
 }
@@ -373,6 +425,8 @@ pub struct Service {
     pub subject_alt_names: Vec<Strng>,
     /// Endpoints given with the service itself (a file may also list them on workloads).
     pub endpoints: BTreeMap<Strng, Endpoint>,
+    /// The waypoint that traffic addressed to the service must go through.
+    pub waypoint: Option<Waypoint>,
 }
 
 impl Service {
@@ -440,6 +494,7 @@ mod tests {
             workload_name: "web".into(),
             workload_type: "deployment".into(),
             cluster_id: "Kubernetes".into(),
+            waypoint: None,
         };
         let mut w = Workload::new("K//Pod/shop/web-0".into(), "web-0", Arc::new(profile));
         w.node = "node-1".into();
@@ -454,7 +509,7 @@ mod tests {
                 r#""network":"","status":"Unhealthy","authorizationPolicies":["shop/allow"],"#,
                 r#""services":["shop/web.shop.svc.cluster.local"],"canonicalName":"web","#,
                 r#""canonicalRevision":"v1","workloadName":"web","workloadType":"deployment","#,
-                r#""clusterId":"Kubernetes"}"#
+                r#""clusterId":"Kubernetes","networkMode":"STANDARD","waypoint":null}"#
             )
         );
         // Profile fields read through the workload.

@@ -34,7 +34,9 @@ pub(crate) use key::{FastMap, FastSet, FastState};
 pub use key::{Uid, UidRef};
 
 use crate::config::LocalConfig;
-use crate::model::{HealthStatus, NamespacedHostname, Service, Strng, TunnelProtocol, Workload};
+use crate::model::{
+    HealthStatus, NamespacedHostname, Service, Strng, TunnelProtocol, Waypoint, Workload,
+};
 
 /// The port a destination node's zpath (or ztunnel) listens on for HBONE.
 pub const HBONE_PORT: u16 = 15008;
@@ -108,6 +110,33 @@ pub enum Route {
     Passthrough(SocketAddr),
     /// A service VIP and port with no healthy endpoint, or a port the service does not expose.
     NoEndpoint(NamespacedHostname),
+    /// A destination whose traffic must go through a waypoint (its L7 policy lives
+    /// there). zpath does not route through waypoints yet, so this is refused: going
+    /// straight to the destination would bypass that policy.
+    Waypoint {
+        /// What the client addressed.
+        destination: Addressed,
+        /// Its waypoint.
+        waypoint: Waypoint,
+    },
+}
+
+/// What a client addressed: a workload (by one of its addresses) or a service (by a VIP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Addressed {
+    /// A workload.
+    Workload(Arc<Workload>),
+    /// A service.
+    Service(Arc<Service>),
+}
+
+impl std::fmt::Display for Addressed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Addressed::Workload(w) => write!(f, "workload {}", w.uid),
+            Addressed::Service(s) => write!(f, "service {}/{}", s.namespace, s.hostname),
+        }
+    }
 }
 
 impl Route {
@@ -146,14 +175,13 @@ pub struct Snapshot {
     #[serde(skip)]
     compiled: Arc<zpath_policy::CompiledPolicies>,
     /// Each local workload's applicable policies, by uid. Its keys are exactly the
-    /// workloads this node serves.
+    /// workloads this node serves; an inbound destination without an entry here is
+    /// refused ([`UnknownDestination`]), never authorized against a subset of policies.
     #[serde(skip)]
     targets: PMap<Uid, Arc<zpath_policy::ResolvedTarget>>,
-    /// For inbound destinations that are not a known local workload: global policies only.
-    #[serde(skip)]
-    unknown_target: Arc<zpath_policy::ResolvedTarget>,
-    /// Whether `targets` and `unknown_target` were resolved against `compiled`. False
-    /// only for [`Snapshot::default`], which denies every inbound connection.
+    /// Whether `targets` were resolved against `compiled`. False only for
+    /// [`Snapshot::default`], which serves no workload and so refuses every inbound
+    /// connection.
     #[serde(skip)]
     resolved: bool,
 }
@@ -225,14 +253,29 @@ impl Snapshot {
         SnapshotBuilder::from_snapshot(self)
     }
 
-    /// Authorizes an inbound connection to `conn.dst_ip`: against the local workload
-    /// there, or against global policies only when no local workload owns the address.
-    pub fn authorize<'s>(&'s self, conn: &zpath_policy::Conn<'_>) -> zpath_policy::Outcome<'s> {
-        let target = self
-            .local_workload(conn.dst_ip)
-            .and_then(|wl| self.targets.get(&UidRef::new(&wl.uid)))
-            .unwrap_or(&self.unknown_target);
-        self.compiled.evaluate(target, conn)
+    /// Authorizes an inbound connection to `conn.dst_ip` against the policies of the
+    /// local workload there. An address that is not a workload this node serves is
+    /// refused: its namespace and selector policies are unknown, and authorizing it
+    /// against the others would let through what they deny.
+    pub fn authorize<'s>(
+        &'s self,
+        conn: &zpath_policy::Conn<'_>,
+    ) -> Result<zpath_policy::Outcome<'s>, UnknownDestination<'s>> {
+        let ip = conn.dst_ip;
+        let Some(workload) = self.by_ip.get(ip) else {
+            return Err(UnknownDestination::NoWorkload { ip });
+        };
+        if !self.is_local(workload) {
+            return Err(UnknownDestination::OtherNode {
+                ip,
+                workload,
+                local: &self.node_name,
+            });
+        }
+        match self.targets.get(&UidRef::new(&workload.uid)) {
+            Some(target) => Ok(self.compiled.evaluate(target, conn)),
+            None => Err(UnknownDestination::Unresolved { ip, workload }),
+        }
     }
 
     /// The workload with this uid.
@@ -279,8 +322,18 @@ impl Snapshot {
 
     /// Decides where a connection to `dst` goes. `pick` chooses among a service's
     /// healthy endpoints (any value; the caller supplies a cheap random number).
+    ///
+    /// A destination with a waypoint is [`Route::Waypoint`]: for a workload address
+    /// the workload's waypoint, for a VIP the service's (as Istio: traffic addressed
+    /// to a service goes through the service's waypoint only).
     pub fn route(&self, dst: SocketAddr, pick: u32) -> Route {
         if let Some(wl) = self.by_ip.get(dst.ip()) {
+            if let Some(waypoint) = &wl.waypoint {
+                return Route::Waypoint {
+                    destination: Addressed::Workload(wl.clone()),
+                    waypoint: waypoint.clone(),
+                };
+            }
             return Route::Workload {
                 workload: wl.clone(),
                 addr: dst,
@@ -289,6 +342,12 @@ impl Snapshot {
         let Some(route) = self.by_vip.get(&IpKey::from(dst.ip())) else {
             return Route::Passthrough(dst);
         };
+        if let Some(waypoint) = &route.service.waypoint {
+            return Route::Waypoint {
+                destination: Addressed::Service(route.service.clone()),
+                waypoint: waypoint.clone(),
+            };
+        }
         let Some(&target) = route.service.ports.get(&dst.port()) else {
             return Route::NoEndpoint(route.service.key());
         };
@@ -310,6 +369,64 @@ impl Snapshot {
         Route::Workload {
             workload: wl.clone(),
             addr: SocketAddr::new(ip, port),
+        }
+    }
+}
+
+/// Why an inbound connection has no local workload to be authorized against: it is
+/// refused (ztunnel: `UnknownDestination`). Borrowed from the snapshot, so building
+/// one costs nothing on the data path.
+#[derive(Debug, Clone, Copy)]
+pub enum UnknownDestination<'s> {
+    /// No workload has the address: the control plane has not pushed it yet, or the
+    /// address was released.
+    NoWorkload {
+        /// The destination address.
+        ip: IpAddr,
+    },
+    /// The workload with the address runs on another node (a node-name mismatch, or
+    /// an address taken over before the configuration caught up).
+    OtherNode {
+        /// The destination address.
+        ip: IpAddr,
+        /// The workload that has it.
+        workload: &'s Workload,
+        /// This node's name.
+        local: &'s str,
+    },
+    /// A local workload whose policies were never resolved (only in a snapshot that
+    /// no builder finished).
+    Unresolved {
+        /// The destination address.
+        ip: IpAddr,
+        /// The workload.
+        workload: &'s Workload,
+    },
+}
+
+impl std::fmt::Display for UnknownDestination<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UnknownDestination::NoWorkload { ip } => write!(
+                f,
+                "unknown destination {ip}: no workload has this address (not pushed by the \
+                 control plane yet, or released)"
+            ),
+            UnknownDestination::OtherNode {
+                ip,
+                workload,
+                local,
+            } => write!(
+                f,
+                "unknown destination {ip}: workload {} has this address but runs on node \
+                 {:?}, not on this node {local:?} (is --node-name right?)",
+                workload.uid, workload.node
+            ),
+            UnknownDestination::Unresolved { ip, workload } => write!(
+                f,
+                "unknown destination {ip}: the policies of workload {} are not resolved",
+                workload.uid
+            ),
         }
     }
 }

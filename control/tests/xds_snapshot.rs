@@ -215,7 +215,7 @@ fn content(s: &Snapshot) -> serde_json::Value {
 
 fn allowed(s: &Snapshot, dst: &str) -> bool {
     let conn = zpath_policy_conn(dst);
-    s.authorize(&conn).decision.is_allow()
+    s.authorize(&conn).is_ok_and(|o| o.decision.is_allow())
 }
 
 fn zpath_policy_conn(dst: &str) -> zpath_policy::Conn<'static> {

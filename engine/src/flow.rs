@@ -75,7 +75,13 @@ pub async fn inbound(shard: &Rc<Shard>, client: TcpStream, info: &ConnInfo) -> R
         dst_port: dst.port(),
         peer: None,
     };
-    let outcome = snapshot.authorize(&conn);
+    let outcome = match snapshot.authorize(&conn) {
+        Ok(outcome) => outcome,
+        Err(unknown) => {
+            client.abort();
+            return Err(fail(FailReason::UnknownTarget, unknown.to_string()));
+        }
+    };
     log_dry_run(&outcome, info);
     shard.count_decision(&snapshot, &outcome.decision);
     let permit = match outcome.decision {
@@ -339,6 +345,22 @@ async fn dial_route(
                 });
         }
         Route::Passthrough(addr) | Route::Workload { addr, .. } => addr,
+        Route::Waypoint {
+            destination,
+            waypoint,
+        } => {
+            let failure = fail(
+                FailReason::WaypointUnsupported,
+                format!(
+                    "{destination} ({dst}) must be reached through its waypoint {waypoint}, \
+                     which zpath does not support yet: refused"
+                ),
+            );
+            return Err(DialFailure {
+                failure,
+                reply: Reply::NotAllowed,
+            });
+        }
         Route::NoEndpoint(svc) => {
             let failure = fail(
                 FailReason::NoEndpoint,

@@ -672,7 +672,16 @@ async fn serve_stream(
         dst_port: target.port(),
         peer,
     };
-    let outcome = snapshot.authorize(&conn);
+    let outcome = match snapshot.authorize(&conn) {
+        Ok(outcome) => outcome,
+        Err(unknown) => {
+            refuse(&mut respond, StatusCode::BAD_REQUEST);
+            return Err(fail(
+                FailReason::UnknownTarget,
+                format!("CONNECT {target}: {unknown}"),
+            ));
+        }
+    };
     crate::flow::log_dry_run(&outcome, info);
     shard.count_decision(&snapshot, &outcome.decision);
     let permit = match outcome.decision {

@@ -23,7 +23,7 @@ use crate::hbone::TunnelPool;
 use crate::signal::FlagSet;
 use crate::stats::{Direction, FailReason, PolicyCounts, ShardStats};
 use crate::sys;
-use crate::table::{ConnTable, TableGuard};
+use crate::table::{ConnInfo, ConnTable, TableGuard};
 use zpath_crypto::ClientConfigCache;
 
 /// The addresses every shard listens on, with `:0` ports already resolved.
@@ -367,39 +367,67 @@ async fn run(
 }
 
 /// Re-authorizes live inbound connections against the newest snapshot and aborts those
-/// it now denies.
+/// it now denies, and those whose destination is no longer a workload this node serves.
 fn recheck(shard: &Rc<Shard>) {
     let snapshot = shard.snapshot();
-    let closed = shard.table.borrow_mut().abort_matching(FailReason::Denied, |info| {
-        let Some(dst) = info.dst.get() else { return false };
-        if info.direction != Direction::Inbound {
-            return false;
-        }
-        let peer = info.peer.borrow().clone();
-        let conn = zpath_policy::Conn {
-            src_ip: info.src.ip().to_canonical(),
-            dst_ip: dst.ip().to_canonical(),
-            dst_port: dst.port(),
-            peer: peer.as_deref().and_then(|p| zpath_policy::Peer::parse(p).ok()),
-        };
-        let decision = snapshot.authorize(&conn).decision;
-        if !decision.is_allow() {
-            shard.count_decision(&snapshot, &decision);
-        }
-        match decision {
-            zpath_policy::Decision::Allow(_) => false,
-            zpath_policy::Decision::Deny(reason) => {
-                info!(shard = shard.id, src = %info.src, %dst, "closing connection now denied by policy: {reason}");
+    let mut table = shard.table.borrow_mut();
+    let mut closed = table.abort_matching(FailReason::UnknownTarget, |info| {
+        with_inbound_conn(info, |conn| match snapshot.authorize(conn) {
+            Ok(_) => false,
+            Err(unknown) => {
+                info!(shard = shard.id, src = %info.src, "closing connection: {unknown}");
                 true
             }
-        }
+        })
+        .unwrap_or(false)
     });
+    closed += table.abort_matching(FailReason::Denied, |info| {
+        with_inbound_conn(info, |conn| {
+            let Ok(outcome) = snapshot.authorize(conn) else {
+                return false; // Closed above.
+            };
+            let decision = outcome.decision;
+            if !decision.is_allow() {
+                shard.count_decision(&snapshot, &decision);
+            }
+            match decision {
+                zpath_policy::Decision::Allow(_) => false,
+                zpath_policy::Decision::Deny(reason) => {
+                    info!(shard = shard.id, src = %info.src, dst = %conn.dst_ip, "closing connection now denied by policy: {reason}");
+                    true
+                }
+            }
+        })
+        .unwrap_or(false)
+    });
+    drop(table);
     if closed > 0 {
         info!(
             shard = shard.id,
             closed, "policy change closed live connections"
         );
     }
+}
+
+/// Runs `f` on the policy view of a live inbound connection; `None` for outbound
+/// connections and those whose destination is not known yet.
+fn with_inbound_conn<R>(
+    info: &ConnInfo,
+    f: impl FnOnce(&zpath_policy::Conn<'_>) -> R,
+) -> Option<R> {
+    let dst = info.dst.get()?;
+    if info.direction != Direction::Inbound {
+        return None;
+    }
+    let peer = info.peer.borrow().clone();
+    Some(f(&zpath_policy::Conn {
+        src_ip: info.src.ip().to_canonical(),
+        dst_ip: dst.ip().to_canonical(),
+        dst_port: dst.port(),
+        peer: peer
+            .as_deref()
+            .and_then(|p| zpath_policy::Peer::parse(p).ok()),
+    }))
 }
 
 async fn drain(

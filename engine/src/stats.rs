@@ -96,10 +96,13 @@ pub enum FailReason {
     BadRequest = 13,
     /// No configuration applied yet (xDS has not answered): refused, failing closed.
     NoConfig = 14,
+    /// The destination has a waypoint, which zpath does not route through yet: refused
+    /// rather than reached directly (that would bypass the waypoint's L7 policy).
+    WaypointUnsupported = 15,
 }
 
 impl FailReason {
-    const ALL: [FailReason; 15] = [
+    const ALL: [FailReason; 16] = [
         FailReason::UpstreamConnect,
         FailReason::NoOriginalDst,
         FailReason::Loop,
@@ -115,6 +118,7 @@ impl FailReason {
         FailReason::Tunnel,
         FailReason::BadRequest,
         FailReason::NoConfig,
+        FailReason::WaypointUnsupported,
     ];
 
     /// The metric label.
@@ -135,6 +139,7 @@ impl FailReason {
             FailReason::Tunnel => "tunnel",
             FailReason::BadRequest => "bad_request",
             FailReason::NoConfig => "no_config",
+            FailReason::WaypointUnsupported => "waypoint_unsupported",
         }
     }
 }
@@ -151,7 +156,7 @@ pub struct DirectionStats {
     /// Bytes from the server back to the client (Istio: sent).
     pub sent_bytes: Counter,
     /// Failures by reason.
-    pub failed: [Counter; 15],
+    pub failed: [Counter; 16],
 }
 
 /// All counters of one shard.

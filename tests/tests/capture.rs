@@ -63,6 +63,7 @@ fn inbound_redirect_from_another_host_reaches_the_local_application() {
     let node = Node::start(NodeOptions {
         netns: Some(server.name.clone()),
         bind_ip: "[::]".into(),
+        config: "workloads:\n- {name: app, namespace: default, workloadIps: [\"10.77.0.2\"], node: node-a}\n".into(),
         ..NodeOptions::default()
     });
     server.exec(&format!(

@@ -6,10 +6,11 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
 
 use zpath_tests::echo::EchoServer;
 use zpath_tests::netns::HostPair;
-use zpath_tests::{closed_by_peer, is_root, Node, NodeOptions};
+use zpath_tests::{closed_by_peer, is_root, wait_for, Node, NodeOptions};
 
 const WORKLOAD: &str = "workloads:\n- name: app\n  namespace: default\n  workloadIps: [\"10.78.0.2\"]\n  node: node-a\n";
 
@@ -72,4 +73,95 @@ fn policy_denies_plaintext_inbound_and_a_policy_change_closes_live_connections()
     );
     // The application saw exactly one connection.
     drop(echo);
+}
+
+/// A namespace DENY-all for `default`: the policy a destination zpath does not serve
+/// must not escape by being authorized against global policies only.
+const DENY_NAMESPACE: &str =
+    "policies:\n- name: deny-all\n  namespace: default\n  scope: Namespace\n  action: Deny\n  rules:\n  - []\n";
+
+/// `app` at `ip` on node `node`, in namespace `default`.
+fn app_on(ip: &str, node: &str) -> String {
+    format!("workloads:\n- name: app\n  namespace: default\n  workloadIps: [\"{ip}\"]\n  node: {node}\n")
+}
+
+/// Rewrites the node's config and waits until it is applied.
+fn reload(node: &Node, config: &str) {
+    let applied = "zpath_config_loads_total{result=\"applied\"}";
+    let before = node.metric(applied);
+    std::fs::write(&node.config_path, config).unwrap();
+    node.signal(libc::SIGHUP);
+    wait_for("the new config", Duration::from_secs(10), || {
+        node.metric(applied) > before
+    });
+}
+
+/// Whether a new connection to `target` from `client` is closed without reaching the
+/// application (which would echo).
+fn refused(client: &zpath_tests::netns::Netns, target: SocketAddr) -> bool {
+    let mut s = client.enter(move || TcpStream::connect(target).unwrap());
+    let _ = s.write_all(b"ping");
+    closed_by_peer(&mut s)
+}
+
+#[test]
+fn inbound_to_a_destination_this_node_does_not_serve_is_refused_under_namespace_deny_all() {
+    if !is_root() {
+        eprintln!("skipped: iptables capture needs root");
+        return;
+    }
+    let hosts = HostPair::new("unk", "10.78.9");
+    let (client, server) = (&hosts.client, &hosts.server);
+    let echo = EchoServer::serve(server.enter(|| TcpListener::bind("10.78.9.2:0").unwrap()));
+    // The workload at the address runs on another node (a node-name mismatch).
+    let node = Node::start(NodeOptions {
+        netns: Some(server.name.clone()),
+        bind_ip: "0.0.0.0".into(),
+        config: format!("{}{DENY_NAMESPACE}", app_on("10.78.9.2", "node-b")),
+        ..NodeOptions::default()
+    });
+    server.exec(&format!(
+        "iptables -t nat -A PREROUTING -p tcp -d 10.78.9.2 --dport {} -j REDIRECT --to-ports {}",
+        echo.addr.port(),
+        node.inbound.port()
+    ));
+    let target: SocketAddr = echo.addr;
+    let unknown = "zpath_connections_failed_total{direction=\"inbound\",reason=\"unknown_target\"}";
+    assert!(refused(client, target), "node-name mismatch refused");
+    assert_eq!(node.metric(unknown), 1);
+
+    // No workload has the address yet (the control plane has not pushed the pod).
+    reload(
+        &node,
+        &format!("{}{DENY_NAMESPACE}", app_on("10.78.9.7", "node-a")),
+    );
+    assert!(refused(client, target), "address of no workload refused");
+    assert_eq!(node.metric(unknown), 2);
+
+    // Served here without a policy: allowed, and the connection stays open...
+    reload(&node, &app_on("10.78.9.2", "node-a"));
+    let mut live = client.enter(move || TcpStream::connect(target).unwrap());
+    live.write_all(b"ping").unwrap();
+    let mut b = [0u8; 4];
+    live.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"ping");
+
+    // ...until the workload goes and releases the address: the live connection is
+    // closed and a new one refused.
+    reload(
+        &node,
+        &format!("{}{DENY_NAMESPACE}", app_on("10.78.9.7", "node-a")),
+    );
+    assert!(
+        closed_by_peer(&mut live),
+        "live connection to a released address closed"
+    );
+    assert!(refused(client, target), "released address refused");
+    assert_eq!(node.metric(unknown), 4);
+    assert_eq!(
+        node.metric("zpath_connections_failed_total{direction=\"inbound\",reason=\"denied\"}"),
+        0,
+        "refused as unknown, never evaluated against the policies left"
+    );
+    node.assert_no_open_connections();
 }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::model::{NetworkMode, Waypoint};
 
 #[test]
 fn ztunnel_localhost_example_is_accepted() {
@@ -140,4 +141,76 @@ fn syntax_error_reports_line() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("line"), "{err}");
+}
+
+#[test]
+fn host_network_workloads_may_share_the_node_address() {
+    let cfg = LocalConfig::parse(
+        r#"
+workloads:
+- {name: a, namespace: kube-system, workloadIps: ["10.0.0.1"], networkMode: HOST_NETWORK}
+- {name: b, namespace: kube-system, workloadIps: ["10.0.0.1"], networkMode: HostNetwork}
+- {name: c, namespace: default, workloadIps: ["10.0.0.2"], networkMode: STANDARD}
+"#,
+    )
+    .unwrap();
+    let modes: Vec<NetworkMode> = cfg.workloads.iter().map(|w| w.network_mode).collect();
+    assert_eq!(
+        modes,
+        [
+            NetworkMode::HostNetwork,
+            NetworkMode::HostNetwork,
+            NetworkMode::Standard
+        ]
+    );
+    let e = LocalConfig::parse(
+        "workloads:\n- {name: a, namespace: d, workloadIps: [\"10.0.0.1\"], networkMode: BRIDGE}\n",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("networkMode"), "{e}");
+}
+
+#[test]
+fn waypoints_of_workloads_and_services_are_read_in_ztunnel_form() {
+    let cfg = LocalConfig::parse(
+        r#"
+workloads:
+- name: a
+  namespace: default
+  workloadIps: ["10.0.0.1"]
+  waypoint: {destination: "/10.0.0.9", hboneMtlsPort: 15008}
+- name: b
+  namespace: default
+  workloadIps: ["10.0.0.2"]
+services:
+- name: s
+  namespace: default
+  hostname: s.default.svc.cluster.local
+  waypoint:
+    destination: {namespace: default, hostname: waypoint.default.svc.cluster.local}
+    hboneMtlsPort: 15008
+"#,
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.workloads[0].waypoint,
+        Some(Waypoint::Address {
+            network: "".into(),
+            ip: "10.0.0.9".parse().unwrap()
+        })
+    );
+    assert_eq!(cfg.workloads[1].waypoint, None);
+    assert_eq!(
+        cfg.services[0]
+            .waypoint
+            .as_ref()
+            .map(|w| w.to_string())
+            .as_deref(),
+        Some("default/waypoint.default.svc.cluster.local")
+    );
+    let e = LocalConfig::parse(
+        "workloads:\n- {name: a, namespace: d, waypoint: {destination: \"net/not-an-ip\"}}\n",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("workloads[0].waypoint"), "{e}");
 }

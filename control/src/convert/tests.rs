@@ -892,6 +892,20 @@ fn any_shared_field_that_differs_breaks_the_match() {
                 ..base.clone()
             },
         ),
+        (
+            "waypoint",
+            xwl::Workload {
+                waypoint: Some(waypoint_at("10.0.0.9")),
+                ..base.clone()
+            },
+        ),
+        (
+            "empty waypoint",
+            xwl::Workload {
+                waypoint: Some(xwl::GatewayAddress::default()),
+                ..base.clone()
+            },
+        ),
     ];
     for (what, w) in changes {
         assert!(!profile_matches(&profile, &w), "{what} still matches");
@@ -972,4 +986,110 @@ fn per_workload_fields_are_still_checked_on_a_known_profile() {
     };
     let e = workload_on_profile(&no_uid, profile, &mut |v| Strng::from(v)).unwrap_err();
     assert_eq!(e.field, "uid");
+}
+
+fn waypoint_at(ip: &str) -> xwl::GatewayAddress {
+    xwl::GatewayAddress {
+        destination: Some(xwl::gateway_address::Destination::Address(
+            xwl::NetworkAddress {
+                network: "net1".into(),
+                address: ip_bytes(ip),
+            },
+        )),
+        hbone_mtls_port: 15008,
+    }
+}
+
+fn waypoint_service(ns: &str, host: &str) -> xwl::GatewayAddress {
+    xwl::GatewayAddress {
+        destination: Some(xwl::gateway_address::Destination::Hostname(
+            xwl::NamespacedHostname {
+                namespace: ns.into(),
+                hostname: host.into(),
+            },
+        )),
+        hbone_mtls_port: 15008,
+    }
+}
+
+#[test]
+fn workload_and_service_waypoints_are_kept_in_the_model() {
+    let w = xwl::Workload {
+        waypoint: Some(waypoint_service("shop", "waypoint.shop.svc.cluster.local")),
+        ..rich_wl()
+    };
+    let got = WorkloadEndpoints::try_from(&w).unwrap().workload;
+    assert_eq!(
+        got.waypoint.as_ref().map(|w| w.to_string()).as_deref(),
+        Some("shop/waypoint.shop.svc.cluster.local")
+    );
+    let profile = got.profile.clone();
+    assert!(profile_matches(&profile, &w));
+    let fast = workload_on_profile(&w, profile, &mut |v| Strng::from(v)).unwrap();
+    assert_eq!(fast, got);
+    let s = xwl::Service {
+        waypoint: Some(waypoint_at("10.0.0.9")),
+        ..svc()
+    };
+    let got = Service::try_from(&s).unwrap();
+    assert_eq!(
+        got.waypoint,
+        Some(Waypoint::Address {
+            network: "net1".into(),
+            ip: ip("10.0.0.9")
+        })
+    );
+    assert_eq!(Service::try_from(&svc()).unwrap().waypoint, None);
+}
+
+#[test]
+fn a_waypoint_naming_no_destination_is_rejected_not_ignored() {
+    let w = xwl::Workload {
+        waypoint: Some(xwl::GatewayAddress::default()),
+        ..wl()
+    };
+    assert_eq!(workload_err(&w).field, "waypoint");
+    let bad = xwl::Workload {
+        waypoint: Some(waypoint_service("", "w")),
+        ..wl()
+    };
+    assert_eq!(workload_err(&bad).field, "waypoint");
+    let s = xwl::Service {
+        waypoint: Some(xwl::GatewayAddress {
+            destination: Some(xwl::gateway_address::Destination::Address(
+                xwl::NetworkAddress {
+                    network: String::new(),
+                    address: vec![1, 2, 3],
+                },
+            )),
+            hbone_mtls_port: 0,
+        }),
+        ..svc()
+    };
+    assert_eq!(Service::try_from(&s).unwrap_err().field, "waypoint");
+}
+
+#[test]
+fn host_network_mode_is_kept_and_an_unknown_mode_rejected() {
+    let w = xwl::Workload {
+        network_mode: xwl::NetworkMode::HostNetwork as i32,
+        ..rich_wl()
+    };
+    let got = WorkloadEndpoints::try_from(&w).unwrap().workload;
+    assert_eq!(got.network_mode, NetworkMode::HostNetwork);
+    // Per workload: a known profile converts it too.
+    let profile = WorkloadEndpoints::try_from(&rich_wl())
+        .unwrap()
+        .workload
+        .profile;
+    assert!(profile_matches(&profile, &w));
+    let fast = workload_on_profile(&w, profile.clone(), &mut |v| Strng::from(v)).unwrap();
+    assert_eq!(fast.network_mode, NetworkMode::HostNetwork);
+    let bad = xwl::Workload {
+        network_mode: 7,
+        ..rich_wl()
+    };
+    assert_eq!(workload_err(&bad).field, "network_mode");
+    let e = workload_on_profile(&bad, profile, &mut |v| Strng::from(v)).unwrap_err();
+    assert_eq!(e.field, "network_mode");
 }

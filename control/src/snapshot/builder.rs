@@ -22,7 +22,7 @@ use zpath_policy::model::Authorization;
 use super::index::{Entry, Slots, NO_SLOT};
 use super::key::{FastMap, FastSet};
 use super::{HealthyEndpoint, IpKey, ServiceRoute, Snapshot, Uid};
-use crate::model::{HealthStatus, NamespacedHostname, Service, Workload};
+use crate::model::{HealthStatus, NamespacedHostname, NetworkMode, Service, Workload};
 
 /// An endpoint vector.
 type Endpoints = imbl::Vector<HealthyEndpoint>;
@@ -43,6 +43,15 @@ pub struct SnapshotBuilder {
 /// Whether a member can receive traffic.
 fn usable(w: &Workload) -> bool {
     w.status == HealthStatus::Healthy && !w.workload_ips.is_empty()
+}
+
+/// The addresses `w` is found by: none for a host-network workload, whose address
+/// is its node's (found by it, the node's own traffic would get its identity).
+fn indexed_ips(w: &Workload) -> &[IpAddr] {
+    match w.network_mode {
+        NetworkMode::Standard => &w.workload_ips,
+        NetworkMode::HostNetwork => &[],
+    }
 }
 
 /// The position of `workload` in the endpoint vector of `svc`, from its entry.
@@ -97,13 +106,13 @@ impl SnapshotBuilder {
     pub fn upsert_workload(&mut self, workload: Arc<Workload>) {
         let old = self.next.workloads.entry(&workload.uid);
         if let Some(old) = &old {
-            for ip in old.workload.workload_ips.iter() {
-                if !workload.workload_ips.contains(ip) {
+            for ip in indexed_ips(&old.workload) {
+                if !indexed_ips(&workload).contains(ip) {
                     self.unindex_ip(*ip, &workload.uid);
                 }
             }
         }
-        for ip in workload.workload_ips.iter() {
+        for ip in indexed_ips(&workload) {
             if let Some(prev) = self.next.by_ip.insert(*ip, workload.clone()) {
                 if prev.uid != workload.uid {
                     tracing::debug!(%ip, new = %workload.uid, old = %prev.uid, "address moved to another workload");
@@ -145,7 +154,7 @@ impl SnapshotBuilder {
     /// Removes the workload with this uid; returns it if it was present.
     pub fn remove_workload(&mut self, uid: &str) -> Option<Arc<Workload>> {
         let Entry { workload, slots } = self.next.workloads.remove(uid)?;
-        for ip in workload.workload_ips.iter() {
+        for ip in indexed_ips(&workload) {
             self.unindex_ip(*ip, &workload.uid);
         }
         for (i, svc) in workload.services.iter().enumerate() {
@@ -329,11 +338,6 @@ impl SnapshotBuilder {
         for (policy, reason) in compiled.invalid_policies() {
             tracing::warn!(%policy, "policy could not be understood; it denies its whole scope: {reason}");
         }
-        let none: &[&str] = &[];
-        self.next.unknown_target = Arc::new(compiled.resolve(&zpath_policy::Target {
-            namespace: "",
-            policies: none,
-        }));
         self.next.compiled = Arc::new(compiled);
         self.next.resolved = true;
         let mut local: HashSet<Uid> = self.next.targets.keys().cloned().collect();

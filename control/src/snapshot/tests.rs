@@ -143,6 +143,7 @@ fn svc(host: &str, vip: &str) -> Arc<Service> {
         ports: [(80, 0)].into(),
         subject_alt_names: vec![],
         endpoints: Default::default(),
+        waypoint: None,
     })
 }
 
@@ -150,6 +151,7 @@ fn key(host: &str) -> NamespacedHostname {
     format!("default/{host}").parse().unwrap()
 }
 
+/// A DENY-all for namespace `default`, where every test workload lives.
 fn deny_all(name: &str) -> Authorization {
     Authorization {
         name: name.into(),
@@ -168,6 +170,11 @@ fn endpoint_uids(s: &Snapshot, host: &str) -> BTreeSet<String> {
         .iter()
         .map(|w| w.uid.to_string())
         .collect()
+}
+
+/// Whether `s` authorizes a connection to `dst` (a refused destination is not).
+fn allows(s: &Snapshot, dst: &str) -> bool {
+    s.authorize(&conn(dst)).is_ok_and(|o| o.decision.is_allow())
 }
 
 fn conn(dst: &str) -> zpath_policy::Conn<'static> {
@@ -284,25 +291,25 @@ fn policy_push_denies_then_removal_allows_again() {
     let mut b = SnapshotBuilder::new("n1");
     b.upsert_workload(wl("a", "10.0.0.1", "n1", &[]));
     let s = b.finish();
-    assert!(s.authorize(&conn("10.0.0.1")).decision.is_allow());
+    assert!(allows(&s, "10.0.0.1"));
 
     let mut b = s.builder();
     b.upsert_policy(deny_all("deny"));
     let s = b.finish();
-    assert!(!s.authorize(&conn("10.0.0.1")).decision.is_allow());
+    assert!(!allows(&s, "10.0.0.1"));
 
     // A workload change after the push keeps the compiled policies.
     let mut b = s.builder();
     b.upsert_workload(wl("b", "10.0.0.2", "n1", &[]));
     let s = b.finish();
-    assert!(!s.authorize(&conn("10.0.0.2")).decision.is_allow());
+    assert!(!allows(&s, "10.0.0.2"));
 
     let mut b = s.builder();
     assert!(b.remove_policy("default/deny"));
     assert!(!b.remove_policy("default/deny"));
     let s = b.finish();
-    assert!(s.authorize(&conn("10.0.0.1")).decision.is_allow());
-    assert!(s.authorize(&conn("10.0.0.2")).decision.is_allow());
+    assert!(allows(&s, "10.0.0.1"));
+    assert!(allows(&s, "10.0.0.2"));
 }
 
 #[test]
@@ -326,9 +333,77 @@ fn local_workloads_track_node_moves() {
 #[test]
 fn default_snapshot_denies_until_a_configuration_arrives() {
     let s = Snapshot::default();
-    assert!(!s.authorize(&conn("10.0.0.1")).decision.is_allow());
-    let s = s.builder().finish();
-    assert!(s.authorize(&conn("10.0.0.1")).decision.is_allow());
+    assert!(!allows(&s, "10.0.0.1"));
+    let mut b = s.builder();
+    b.upsert_workload(wl("a", "10.0.0.1", "", &[]));
+    let s = b.finish();
+    assert!(!allows(&s, "10.0.0.1"), "no node name: nothing is local");
+    let mut b = SnapshotBuilder::new("n1");
+    b.upsert_workload(wl("a", "10.0.0.1", "n1", &[]));
+    assert!(allows(&b.finish(), "10.0.0.1"));
+}
+
+/// The refusal of `s` for a connection to `dst`, as the data path logs it.
+fn refusal(s: &Snapshot, dst: &str) -> String {
+    match s.authorize(&conn(dst)) {
+        Ok(o) => panic!("{dst} was authorized: {:?}", o.decision),
+        Err(unknown) => unknown.to_string(),
+    }
+}
+
+#[test]
+fn inbound_to_a_workload_of_another_node_is_refused_not_authorized_by_global_policies() {
+    let mut b = SnapshotBuilder::new("n1");
+    b.upsert_workload(wl("here", "10.0.0.1", "n1", &[]));
+    b.upsert_workload(wl("there", "10.0.0.2", "n2", &[]));
+    b.upsert_policy(deny_all("deny-namespace")); // namespace `default`
+    let s = b.finish();
+    assert!(matches!(
+        s.authorize(&conn("10.0.0.2")),
+        Err(UnknownDestination::OtherNode { workload, .. }) if &*workload.uid == "there"
+    ));
+    let why = refusal(&s, "10.0.0.2");
+    assert!(why.contains("there") && why.contains("\"n2\""), "{why}");
+    // The local workload of the same namespace is denied by its policy, not refused.
+    assert!(s.authorize(&conn("10.0.0.1")).is_ok());
+    assert!(!allows(&s, "10.0.0.1"));
+}
+
+#[test]
+fn inbound_to_an_address_no_workload_has_yet_is_refused() {
+    let mut b = SnapshotBuilder::new("n1");
+    b.upsert_workload(wl("here", "10.0.0.1", "n1", &[]));
+    b.upsert_policy(deny_all("deny-namespace")); // namespace `default`
+    let s = b.finish();
+    assert!(matches!(
+        s.authorize(&conn("10.0.0.3")),
+        Err(UnknownDestination::NoWorkload { ip }) if ip.to_string() == "10.0.0.3"
+    ));
+    assert!(refusal(&s, "10.0.0.3").contains("not pushed"));
+}
+
+#[test]
+fn inbound_to_an_address_released_by_a_removed_workload_is_refused() {
+    let mut b = SnapshotBuilder::new("n1");
+    b.upsert_workload(wl("gone", "10.0.0.1", "n1", &[]));
+    b.upsert_policy(deny_all("deny-namespace")); // namespace `default`
+    let s = b.finish();
+    assert!(s.authorize(&conn("10.0.0.1")).is_ok());
+    let mut b = s.builder();
+    b.remove_workload("gone");
+    let s = b.finish();
+    assert!(matches!(
+        s.authorize(&conn("10.0.0.1")),
+        Err(UnknownDestination::NoWorkload { .. })
+    ));
+    // Released and taken by a workload of another node: refused too.
+    let mut b = s.builder();
+    b.upsert_workload(wl("taker", "10.0.0.1", "n2", &[]));
+    let s = b.finish();
+    assert!(matches!(
+        s.authorize(&conn("10.0.0.1")),
+        Err(UnknownDestination::OtherNode { .. })
+    ));
 }
 
 #[test]
@@ -584,10 +659,7 @@ fn incremental_deltas_equal_a_build_from_scratch() {
         denied += usize::from(!snap.policies.is_empty() && snap.local_workloads().next().is_some());
         for w in snap.local_workloads() {
             let ip = w.workload_ips[0].to_string();
-            assert_eq!(
-                snap.authorize(&conn(&ip)).decision.is_allow(),
-                fresh.authorize(&conn(&ip)).decision.is_allow()
-            );
+            assert_eq!(allows(&snap, &ip), allows(&fresh, &ip));
         }
     }
     // The walk must have exercised multi-endpoint services and policies.
@@ -599,4 +671,107 @@ fn incremental_deltas_equal_a_build_from_scratch() {
         denied > 20,
         "only {denied} rounds had policies over local workloads"
     );
+}
+
+// ---- host-network workloads and waypoints ----
+
+fn host_network(w: &Workload) -> Arc<Workload> {
+    let mut w = w.clone();
+    w.network_mode = crate::model::NetworkMode::HostNetwork;
+    Arc::new(w)
+}
+
+fn with_waypoint(w: &Workload) -> Arc<Workload> {
+    let mut w = w.clone();
+    w.profile_mut().waypoint = Some(crate::model::Waypoint::Service(key("waypoint")));
+    Arc::new(w)
+}
+
+#[test]
+fn host_network_workloads_are_never_found_by_address() {
+    let mut b = SnapshotBuilder::new("n1");
+    // Two host-network pods on the node: both have the node's address.
+    b.upsert_workload(host_network(&wl("agent", "10.0.0.1", "n1", &[])));
+    b.upsert_workload(host_network(&wl("exporter", "10.0.0.1", "n1", &[])));
+    let s = b.finish();
+    let node_ip = "10.0.0.1".parse().unwrap();
+    assert!(s.workload_by_ip(node_ip).is_none());
+    assert!(
+        s.local_workload(node_ip).is_none(),
+        "no identity for the node's traffic"
+    );
+    assert!(s.workload("agent").is_some(), "kept by uid");
+    let dst: SocketAddr = "10.0.0.1:80".parse().unwrap();
+    assert_eq!(s.route(dst, 0), Route::Passthrough(dst));
+    assert!(matches!(
+        s.authorize(&conn("10.0.0.1")),
+        Err(UnknownDestination::NoWorkload { .. })
+    ));
+
+    // A workload that becomes host-network leaves the address index; back, it returns.
+    let mut b = s.builder();
+    b.upsert_workload(wl("pod", "10.0.0.2", "n1", &[]));
+    let s = b.finish();
+    assert!(s.local_workload("10.0.0.2".parse().unwrap()).is_some());
+    let mut b = s.builder();
+    b.upsert_workload(host_network(&wl("pod", "10.0.0.2", "n1", &[])));
+    let s = b.finish();
+    assert!(s.workload_by_ip("10.0.0.2".parse().unwrap()).is_none());
+    let mut b = s.builder();
+    b.upsert_workload(wl("pod", "10.0.0.2", "n1", &[]));
+    let s = b.finish();
+    assert!(s.workload_by_ip("10.0.0.2".parse().unwrap()).is_some());
+
+    // Removing a host-network workload leaves the pod that owns its address alone.
+    let mut b = s.builder();
+    b.upsert_workload(host_network(&wl("shadow", "10.0.0.2", "n1", &[])));
+    b.remove_workload("shadow");
+    let s = b.finish();
+    assert_eq!(
+        &*s.workload_by_ip("10.0.0.2".parse().unwrap()).unwrap().uid,
+        "pod"
+    );
+}
+
+#[test]
+fn a_workload_with_a_waypoint_routes_to_a_refusal() {
+    let mut b = SnapshotBuilder::new("n1");
+    b.upsert_workload(with_waypoint(&wl("a", "10.0.0.1", "n2", &[])));
+    let s = b.finish();
+    match s.route("10.0.0.1:80".parse().unwrap(), 0) {
+        Route::Waypoint {
+            destination: Addressed::Workload(w),
+            waypoint,
+        } => {
+            assert_eq!(&*w.uid, "a");
+            assert_eq!(waypoint.to_string(), "default/waypoint");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn a_service_with_a_waypoint_routes_to_a_refusal_and_one_without_uses_its_endpoints() {
+    let mut b = SnapshotBuilder::new("n1");
+    // The endpoint's own waypoint is for workload-addressed traffic only (as Istio).
+    b.upsert_workload(with_ports(
+        &with_waypoint(&wl("a", "10.0.0.1", "n2", &["default/echo"])),
+        8080,
+    ));
+    b.upsert_service(svc("echo", "10.96.0.1"));
+    let mut guarded = (*svc("guarded", "10.96.0.2")).clone();
+    guarded.waypoint = Some(crate::model::Waypoint::Service(key("waypoint")));
+    b.upsert_service(Arc::new(guarded));
+    let s = b.finish();
+    assert!(matches!(
+        s.route("10.96.0.1:80".parse().unwrap(), 0),
+        Route::Workload { addr, .. } if addr == "10.0.0.1:8080".parse().unwrap()
+    ));
+    match s.route("10.96.0.2:80".parse().unwrap(), 0) {
+        Route::Waypoint {
+            destination: Addressed::Service(svc),
+            ..
+        } => assert_eq!(&*svc.hostname, "guarded"),
+        other => panic!("unexpected {other:?}"),
+    }
 }

@@ -95,7 +95,7 @@ fn allowed(s: &Snapshot, dst: &str) -> bool {
         dst_port: 80,
         peer: None,
     };
-    s.authorize(&conn).decision.is_allow()
+    s.authorize(&conn).is_ok_and(|o| o.decision.is_allow())
 }
 
 #[test]
