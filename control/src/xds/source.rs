@@ -2,9 +2,12 @@
 //! the next [`Snapshot`] (incrementally, through a [`SnapshotBuilder`]) and publishes
 //! it, and [`XdsSource`], the entry point the daemon's control thread runs.
 //!
-//! A resource that cannot be decoded or converted is rejected (the client NACKs it)
-//! and the snapshot keeps its previous value for that name; the valid resources of the
-//! same response still apply. While istiod is away nothing changes, so the data path
+//! A workload or service that cannot be decoded or converted is rejected (the client
+//! NACKs it) and the snapshot keeps its previous value for that name; the valid
+//! resources of the same response still apply. A policy never fails open: one that
+//! cannot be understood (a malformed field, or a field this build does not define,
+//! found by [`super::wire`]) denies its scope; one that cannot be decoded is NACKed
+//! and denies every connection on the node until a decodable version replaces it. While istiod is away nothing changes, so the data path
 //! keeps serving the last published snapshot.
 
 use std::collections::HashMap;
