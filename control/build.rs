@@ -30,6 +30,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // stream only); the rest answer UNIMPLEMENTED.
         .generate_default_stubs(true)
         .include_file("zpath_proto.rs")
+        // The descriptors of the same protos: tests check hand-written field tables
+        // (`xds::wire`) against them.
+        .file_descriptor_set_path(
+            PathBuf::from(std::env::var("OUT_DIR")?).join("zpath_descriptors.bin"),
+        )
         .compile_with_config(config, &protos, &includes)?;
 
     println!("cargo:rerun-if-changed={}", proto_root.display());

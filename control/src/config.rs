@@ -9,8 +9,10 @@
 //!   workloadIps: ["10.0.0.2"]
 //!   protocol: HBONE          # or TCP (the default)
 //!   node: node-a
+//!   networkMode: STANDARD    # HOST_NETWORK: never looked up by address
 //!   services:                # service key -> { service port: target port }
 //!     default/echo.default.svc.cluster.local: {80: 8080}
+//!   # waypoint: {destination: "network/ip", hboneMtlsPort: 15008}: refused (unsupported)
 //! services:
 //! - name: echo
 //!   namespace: default

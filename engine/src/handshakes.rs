@@ -168,26 +168,25 @@ pub struct Ticket<G: Fn(usize)> {
 }
 
 impl<G: Fn(usize)> Ticket<G> {
-    /// Takes a place for `source`, or `Err(SourceFull)`; `on_change` is told the number
-    /// pending after every change (for a gauge). The `bool` says whether an older
-    /// handshake was evicted for it.
+    /// Takes a place for `source` (evicting the oldest handshake if the shard is
+    /// full), or `Err(SourceFull)`; `on_change` is told the number pending after every
+    /// change (for a gauge).
     pub fn take(
         pending: &Rc<RefCell<PendingHandshakes>>,
         source: IpAddr,
         on_change: G,
-    ) -> Result<(Self, bool), SourceFull> {
+    ) -> Result<Self, SourceFull> {
         let admitted = pending.borrow_mut().admit(source);
         match admitted {
             Admission::SourceFull => Err(SourceFull),
-            Admission::Admitted { id, evict, evicted } => {
+            Admission::Admitted { id, evict, .. } => {
                 on_change(pending.borrow().len());
-                let ticket = Ticket {
+                Ok(Ticket {
                     pending: pending.clone(),
                     id,
                     evict,
                     on_change,
-                };
-                Ok((ticket, evicted))
+                })
             }
         }
     }
@@ -313,12 +312,11 @@ mod tests {
             let s = seen.clone();
             move |n| s.set(n)
         };
-        let (first, evicted) = Ticket::take(&p, ip("10.0.0.1"), gauge(&seen)).unwrap();
-        assert!(!evicted);
+        let first = Ticket::take(&p, ip("10.0.0.1"), gauge(&seen)).unwrap();
         assert_eq!(seen.get(), 1);
         assert!(Ticket::take(&p, ip("10.0.0.1"), gauge(&seen)).is_err());
-        let (second, evicted) = Ticket::take(&p, ip("10.0.0.2"), gauge(&seen)).unwrap();
-        assert!(evicted && first.evict.is_raised());
+        let second = Ticket::take(&p, ip("10.0.0.2"), gauge(&seen)).unwrap();
+        assert!(first.evict.is_raised());
         drop(first);
         assert_eq!(seen.get(), 1, "the evicted ticket had no place left");
         drop(second);

@@ -389,7 +389,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         move |n: usize| s.stats.hbone.handshakes_in_flight.set(n as u64)
     };
     let ticket = match Ticket::take(&shard.handshakes, peer.ip(), gauge) {
-        Ok((ticket, _evicted)) => ticket,
+        Ok(ticket) => ticket,
         Err(SourceFull) => {
             stats.hbone.count_tls(true, Some("source_limit"));
             stats.dir(Direction::Inbound).failed[FailReason::Tls as usize].add(1);

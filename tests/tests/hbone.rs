@@ -548,3 +548,43 @@ fn a_tunnel_whose_server_stops_answering_pings_is_closed() {
     assert_eq!(roundtrip(s, b"awake"), b"awake");
     m.b.assert_no_open_connections();
 }
+
+#[test]
+fn a_draining_node_finishes_open_flows_and_its_tunnel_takes_no_new_stream() {
+    if skip_unless_root() {
+        return;
+    }
+    let net = "10.79.11";
+    let config = mesh::config(net, "");
+    let mut m = Mesh::start("hbd", net, &config, None, &[], &["--drain-deadline", "10s"]);
+    let echo = EchoServer::serve(m.server_listener());
+    let mut live = m.connect(echo.addr).unwrap();
+    let mut b = [0u8; 6];
+    live.write_all(b"before").unwrap();
+    live.read_exact(&mut b).unwrap();
+    m.b.signal(libc::SIGTERM);
+    wait_for(
+        "node B's GOAWAY on node A's tunnel",
+        std::time::Duration::from_secs(5),
+        || {
+            m.b.metric("zpath_hbone_connections_closed_total{side=\"server\",reason=\"drain\"}")
+                == 1
+        },
+    );
+    // Node A opens no stream on the tunnel that said GOAWAY: it tries a new one,
+    // which node B, no longer listening, refuses.
+    assert!(m.connect(echo.addr).is_err(), "a new flow while B drains");
+    // The open flow runs on to its end.
+    live.write_all(b"during").unwrap();
+    live.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"during");
+    assert_eq!(roundtrip(live, b"last"), b"last");
+    assert_eq!(
+        m.b.metric("zpath_hbone_connect_responses_total{side=\"server\",status=\"200\"}"),
+        1,
+        "node B answered one CONNECT"
+    );
+    let status = m.b.wait_exit(std::time::Duration::from_secs(10));
+    assert!(status.success(), "node B exited with {status}");
+    m.a.assert_no_open_connections();
+}

@@ -16,6 +16,7 @@ pub mod node;
 pub mod resource;
 pub mod source;
 pub mod state;
+pub mod wire;
 
 pub use backoff::{backoff_delay, Backoff, BackoffConfig};
 pub use client::{XdsClient, XdsClientConfig};

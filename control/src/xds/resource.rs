@@ -67,6 +67,7 @@ pub fn fuzz_decode<F: FnMut(&DecodedResource)>(data: &[u8], mut convert: F) {
     if let Ok(a) = decode_authorization(data) {
         convert(&DecodedResource::Authorization(a));
     }
+    let _ = super::wire::check_authorization(data);
     if let Ok(resp) = DeltaDiscoveryResponse::decode(data) {
         let mut handler = DecodingHandler {
             convert: &mut convert,

@@ -2,9 +2,12 @@
 //! the next [`Snapshot`] (incrementally, through a [`SnapshotBuilder`]) and publishes
 //! it, and [`XdsSource`], the entry point the daemon's control thread runs.
 //!
-//! A resource that cannot be decoded or converted is rejected (the client NACKs it)
-//! and the snapshot keeps its previous value for that name; the valid resources of the
-//! same response still apply. While istiod is away nothing changes, so the data path
+//! A workload or service that cannot be decoded or converted is rejected (the client
+//! NACKs it) and the snapshot keeps its previous value for that name; the valid
+//! resources of the same response still apply. A policy never fails open: one that
+//! cannot be understood (a malformed field, or a field this build does not define,
+//! found by [`super::wire`]) denies its scope; one that cannot be decoded is NACKed
+//! and denies every connection on the node until a decodable version replaces it. While istiod is away nothing changes, so the data path
 //! keeps serving the last published snapshot.
 
 use std::collections::HashMap;
@@ -421,14 +424,45 @@ impl SnapshotHandler {
         Ok(())
     }
 
+    /// Applies a policy. One that cannot be understood (a malformed field, or a field
+    /// this build does not know, at any depth) denies its whole scope; one that cannot
+    /// be decoded at all denies every connection on the node until a decodable version
+    /// replaces it, and is NACKed.
     fn apply_authorization(
         &mut self,
         b: &mut SnapshotBuilder,
         r: &XdsResource,
-    ) -> Result<(), String> {
-        let wire = decode_authorization(&r.resource.value).map_err(|e| e.to_string())?;
-        // Never fails: a policy that cannot be understood denies its whole scope.
-        let policy = zpath_policy::model::Authorization::from(&wire);
+    ) -> Result<(), Rejection> {
+        let policy = match decode_authorization(&r.resource.value) {
+            Ok(wire) => {
+                let policy = zpath_policy::model::Authorization::from(&wire);
+                match super::wire::check_authorization(&r.resource.value) {
+                    Ok(()) => policy,
+                    Err(unknown) => zpath_policy::model::Authorization::invalid(
+                        &policy.name,
+                        &policy.namespace,
+                        policy.scope,
+                        format!("{unknown}; the policy denies every connection in its scope"),
+                    ),
+                }
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                let policy = undecodable_policy(&r.name, &reason);
+                tracing::warn!(policy = %r.name, "policy fails closed: {}", policy.invalid.as_deref().unwrap_or(""));
+                self.rebind(
+                    b,
+                    &r.name,
+                    AUTHORIZATION_TYPE_URL,
+                    Held::Policy(policy.key()),
+                );
+                b.upsert_policy(policy);
+                return Err(Rejection {
+                    reason,
+                    changed: true,
+                });
+            }
+        };
         if let Some(reason) = &policy.invalid {
             tracing::warn!(policy = %r.name, "policy fails closed: {reason}");
         }
@@ -441,6 +475,39 @@ impl SnapshotHandler {
         b.upsert_policy(policy);
         Ok(())
     }
+}
+
+/// A resource the handler refused (NACKed); `changed` when refusing it still changed
+/// the snapshot (an undecodable policy is replaced by a deny-all).
+struct Rejection {
+    reason: String,
+    changed: bool,
+}
+
+impl From<String> for Rejection {
+    fn from(reason: String) -> Self {
+        Rejection {
+            reason,
+            changed: false,
+        }
+    }
+}
+
+/// What stands for a policy resource `name` that cannot be decoded: its scope cannot
+/// be read, so it denies every connection on the node (the only choice that never
+/// widens access) until a decodable version replaces it. Keyed by the resource name
+/// (`namespace/name`, as istiod names policies), so that version takes its place.
+fn undecodable_policy(name: &str, reason: &str) -> zpath_policy::model::Authorization {
+    let (namespace, policy) = name.split_once('/').unwrap_or(("", name));
+    zpath_policy::model::Authorization::invalid(
+        policy,
+        namespace,
+        zpath_policy::model::Scope::Global,
+        format!(
+            "the resource cannot be decoded ({reason}); it denies every connection on this \
+             node until a decodable version replaces it"
+        ),
+    )
 }
 
 impl XdsHandler for SnapshotHandler {
@@ -467,15 +534,20 @@ impl XdsHandler for SnapshotHandler {
         let mut b = self.current.builder();
         let mut rejected = Vec::new();
         let mut applied = 0u64;
+        // Whether a rejected resource changed the snapshot all the same.
+        let mut changed = false;
         for r in added {
             let result = if type_url == ADDRESS_TYPE_URL {
-                self.apply_address(&mut b, &r)
+                self.apply_address(&mut b, &r).map_err(Rejection::from)
             } else {
                 self.apply_authorization(&mut b, &r)
             };
             match result {
                 Ok(()) => applied += 1,
-                Err(reason) => rejected.push(RejectedResource::new(r.name, reason)),
+                Err(e) => {
+                    changed |= e.changed;
+                    rejected.push(RejectedResource::new(r.name, e.reason));
+                }
             }
         }
         for name in removed {
@@ -497,7 +569,8 @@ impl XdsHandler for SnapshotHandler {
         }
         self.answered[usize::from(type_url == AUTHORIZATION_TYPE_URL)] = true;
         let complete = self.answered.iter().all(|a| *a);
-        if complete && (applied > 0 || !self.published) {
+        let changed = changed || applied > 0;
+        if complete && (changed || !self.published) {
             b.set_generation(self.cell.generation().max(self.current.generation) + 1);
             let next = Arc::new(b.finish());
             self.cell.publish_shared(next.clone());
@@ -507,7 +580,7 @@ impl XdsHandler for SnapshotHandler {
                 .snapshots_published
                 .fetch_add(1, Ordering::Relaxed);
             self.interner.prune();
-        } else if !complete && applied > 0 {
+        } else if !complete && changed {
             // Kept for the next response; not published yet.
             b.set_generation(0);
             self.current = Arc::new(b.finish());

@@ -585,3 +585,158 @@ fn reused_decoding_equals_a_fresh_decode_of_the_address() {
     assert!(lone_workload(&[0x0a, 0x00, 0x0a, 0x00]).is_none());
     assert_eq!(lone_workload(&[0x0a, 0x00]), Some(&[][..]));
 }
+
+// ---- policies with fields this build does not know ----
+
+/// `uid` at `ip` on node n1 in namespace `ns`.
+fn workload_in(ns: &str, uid: &str, ip: [u8; 4]) -> XdsResource {
+    let w = xwl::Workload {
+        uid: uid.into(),
+        name: uid.into(),
+        namespace: ns.into(),
+        addresses: vec![ip.to_vec()],
+        node: "n1".into(),
+        ..Default::default()
+    };
+    address(uid, xwl::address::Type::Workload(w))
+}
+
+/// A handler with `web` (namespace default, 10.0.0.1) and `db` (namespace other,
+/// 10.0.0.2), both served here, and no policy.
+fn two_namespaces() -> (SnapshotHandler, Arc<SnapshotCell>) {
+    let (mut h, cell) = handler();
+    h.apply(
+        ADDRESS_TYPE_URL,
+        vec![
+            workload_in("default", "web", [10, 0, 0, 1]),
+            workload_in("other", "db", [10, 0, 0, 2]),
+        ],
+        vec![],
+    )
+    .unwrap();
+    assert!(allowed(&cell.load(), "10.0.0.1") && allowed(&cell.load(), "10.0.0.2"));
+    (h, cell)
+}
+
+/// An encoded Namespace policy `default/name` with one rule, one clause, and one match
+/// made of `known` plus field 990 (a field this build does not define).
+fn with_field_990(name: &str, action: xsec::Action, known: xsec::Match) -> XdsResource {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    let nested = |number: u32, payload: &[u8]| {
+        let mut b = Vec::new();
+        encode_key(number, WireType::LengthDelimited, &mut b);
+        encode_varint(payload.len() as u64, &mut b);
+        b.extend_from_slice(payload);
+        b
+    };
+    let mut m = known.encode_to_vec();
+    encode_key(990, WireType::LengthDelimited, &mut m);
+    encode_varint(3, &mut m);
+    m.extend_from_slice(b"new");
+    let mut bytes = xsec::Authorization {
+        name: name.into(),
+        namespace: "default".into(),
+        scope: xsec::Scope::Namespace as i32,
+        action: action as i32,
+        rules: vec![],
+        dry_run: false,
+    }
+    .encode_to_vec();
+    // rules (5) { clauses (1) { matches (2) { m } } }
+    bytes.extend(nested(5, &nested(1, &nested(2, &m))));
+    XdsResource {
+        name: format!("default/{name}"),
+        version: "1".into(),
+        resource: prost_types::Any {
+            type_url: AUTHORIZATION_TYPE_URL.into(),
+            value: bytes,
+        },
+    }
+}
+
+#[test]
+fn an_allow_with_an_unknown_restricting_field_is_not_widened_it_denies_its_scope() {
+    let (mut h, cell) = two_namespaces();
+    // ALLOW from 10.9.9.0/24 (the test client's range) AND a new field: prost alone
+    // would read "from 10.9.9.0/24", wider than what was written.
+    let known = xsec::Match {
+        source_ips: vec![xsec::Address {
+            address: vec![10, 9, 9, 0],
+            length: 24,
+        }],
+        ..Default::default()
+    };
+    h.apply(
+        AUTHORIZATION_TYPE_URL,
+        vec![with_field_990("allow-client", xsec::Action::Allow, known)],
+        vec![],
+    )
+    .unwrap();
+    let s = cell.load();
+    assert!(!allowed(&s, "10.0.0.1"), "the policy's namespace is denied");
+    assert!(allowed(&s, "10.0.0.2"), "another namespace is not");
+    let reason = s.policies["default/allow-client"].invalid.clone().unwrap();
+    assert!(reason.contains("990"), "{reason}");
+}
+
+#[test]
+fn a_deny_made_only_of_an_unknown_field_denies_its_scope() {
+    let (mut h, cell) = two_namespaces();
+    // prost reads the match as empty, and an empty match never holds: the DENY would
+    // never fire.
+    h.apply(
+        AUTHORIZATION_TYPE_URL,
+        vec![with_field_990(
+            "deny-new",
+            xsec::Action::Deny,
+            xsec::Match::default(),
+        )],
+        vec![],
+    )
+    .unwrap();
+    let s = cell.load();
+    assert!(!allowed(&s, "10.0.0.1"));
+    assert!(allowed(&s, "10.0.0.2"));
+}
+
+#[test]
+fn an_undecodable_policy_denies_globally_until_a_decodable_version_replaces_it() {
+    let (mut h, cell) = two_namespaces();
+    let broken = XdsResource {
+        name: "default/broken".into(),
+        version: "1".into(),
+        resource: prost_types::Any {
+            type_url: AUTHORIZATION_TYPE_URL.into(),
+            value: vec![0x2a, 0x7f, 0x0a],
+        },
+    };
+    let rejected = h
+        .apply(AUTHORIZATION_TYPE_URL, vec![broken], vec![])
+        .unwrap_err();
+    assert_eq!(rejected.len(), 1, "NACKed");
+    let s = cell.load();
+    assert!(!allowed(&s, "10.0.0.1"));
+    assert!(!allowed(&s, "10.0.0.2"), "every namespace is denied");
+    // A decodable version of the same resource takes its place (a policy without
+    // rules, which matches nothing).
+    let fixed = XdsResource {
+        name: "default/broken".into(),
+        version: "2".into(),
+        resource: to_any(
+            AUTHORIZATION_TYPE_URL,
+            &xsec::Authorization {
+                name: "broken".into(),
+                namespace: "default".into(),
+                scope: xsec::Scope::Namespace as i32,
+                action: xsec::Action::Deny as i32,
+                rules: vec![],
+                dry_run: false,
+            },
+        ),
+    };
+    h.apply(AUTHORIZATION_TYPE_URL, vec![fixed], vec![])
+        .unwrap();
+    let s = cell.load();
+    assert_eq!(s.policies.len(), 1);
+    assert!(allowed(&s, "10.0.0.1") && allowed(&s, "10.0.0.2"));
+}
