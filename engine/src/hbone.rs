@@ -163,6 +163,18 @@ async fn outbound_inner(
         src: src_ip,
     };
     info.state.set(ConnState::Connecting);
+    // At cold start the first connections of a workload can come before the CA
+    // answered: they wait for the certificate (as long as a connect may take).
+    let limit = shard.cfg.connect_timeout;
+    if !shard.wait_for_certificate(&key.src_id, limit).await {
+        return Err(fail(
+            FailReason::NoCertificate,
+            format!(
+                "no certificate for {} within {limit:?} (--connect-timeout): is the CA reachable?",
+                key.src_id
+            ),
+        ));
+    }
     // A pooled tunnel can turn out to take no new stream (a GOAWAY arrived): it is
     // then marked closed, and the request goes once more, on another tunnel.
     let mut attempts = 0;
@@ -182,6 +194,7 @@ async fn outbound_inner(
             let reason = match e.label {
                 "tls" => FailReason::Tls,
                 "certificate" => FailReason::NoCertificate,
+                "source_address" => FailReason::SourceAddress,
                 _ => FailReason::UpstreamConnect,
             };
             fail(reason, format!("tunnel to {} failed: {e}", key.dst))
@@ -249,7 +262,15 @@ async fn connect_tunnel(
     shard.stats.hbone.client_handshakes.add(1);
     let tcp = crate::flow::dial_from(&shard, key.dst, Some(key.src))
         .await
-        .map_err(|e| failed("connect", format!("connect to {} failed: {e}", key.dst)))?;
+        .map_err(|e| match e {
+            crate::sys::ConnectError::Source { .. } => failed(
+                "source_address",
+                format!("connect to {} refused: {e} (the workload's address is kept, never replaced by another)", key.dst),
+            ),
+            crate::sys::ConnectError::Socket(e) => {
+                failed("connect", format!("connect to {} failed: {e}", key.dst))
+            }
+        })?;
     let buffers = SessionBuffers::new(shard.cfg.tls_buffer);
     let limit = shard.cfg.handshake_timeout;
     let tls = glommio::timer::timeout(limit, async {
@@ -349,13 +370,17 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let snapshot = shard.snapshot();
     if snapshot.generation == 0 {
         stats.dir(Direction::Inbound).failed[FailReason::NoConfig as usize].add(1);
-        info!(%peer, %local, "no configuration applied yet; HBONE connection refused");
+        if shard.may_log(FailReason::NoConfig) {
+            info!(%peer, %local, "no configuration applied yet; HBONE connection refused");
+        }
         stream.abort();
         return;
     }
     let Some(wl) = snapshot.local_workload(local_ip) else {
         stats.dir(Direction::Inbound).failed[FailReason::UnknownTarget as usize].add(1);
-        info!(%peer, %local, "HBONE connection to an address this node serves no workload at; closed");
+        if shard.may_log(FailReason::UnknownTarget) {
+            info!(%peer, %local, "HBONE connection to an address this node serves no workload at; closed");
+        }
         stream.abort();
         return;
     };
@@ -363,7 +388,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     drop(snapshot);
     let Some(cert) = cert else {
         stats.dir(Direction::Inbound).failed[FailReason::NoCertificate as usize].add(1);
-        info!(%peer, %local, "no certificate for the workload at {local_ip}; HBONE connection closed");
+        if shard.may_log(FailReason::NoCertificate) {
+            info!(%peer, %local, "no certificate for the workload at {local_ip}; HBONE connection closed");
+        }
         stream.abort();
         return;
     };
@@ -371,7 +398,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     if stats.hbone.handshakes_in_flight.get() >= MAX_PENDING_HANDSHAKES {
         stats.hbone.count_tls(true, Some("overload"));
         stats.dir(Direction::Inbound).failed[FailReason::Tls as usize].add(1);
-        info!(%peer, %local, "{MAX_PENDING_HANDSHAKES} TLS handshakes already in progress on this shard; connection refused");
+        if shard.may_log(FailReason::Tls) {
+            info!(%peer, %local, "{MAX_PENDING_HANDSHAKES} TLS handshakes already in progress on this shard; connection refused");
+        }
         stream.abort();
         return;
     }
@@ -387,13 +416,17 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         Ok(Err(e)) => {
             stats.hbone.count_tls(true, Some(e.label()));
             stats.dir(Direction::Inbound).failed[FailReason::Tls as usize].add(1);
-            info!(%peer, %local, reason = e.label(), "HBONE TLS handshake failed: {e}");
+            if shard.may_log(FailReason::Tls) {
+                info!(%peer, %local, reason = e.label(), "HBONE TLS handshake failed: {e}");
+            }
             return;
         }
         Err(_) => {
             stats.hbone.count_tls(true, Some("timeout"));
             stats.dir(Direction::Inbound).failed[FailReason::Tls as usize].add(1);
-            info!(%peer, %local, "HBONE TLS handshake took longer than {limit:?}; closed");
+            if shard.may_log(FailReason::Tls) {
+                info!(%peer, %local, "HBONE TLS handshake took longer than {limit:?}; closed");
+            }
             return;
         }
     };
@@ -409,7 +442,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         Ok(c) => c,
         Err(e) => {
             stats.dir(Direction::Inbound).failed[FailReason::Tunnel as usize].add(1);
-            info!(%peer, %identity, "HTTP/2 handshake failed: {e}");
+            if shard.may_log(FailReason::Tunnel) {
+                info!(%peer, %identity, "HTTP/2 handshake failed: {e}");
+            }
             return;
         }
     };
@@ -424,7 +459,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         match conn.accept().await {
             Some(Ok((req, respond))) => spawn_stream(&shard, &outer, req, respond),
             Some(Err(e)) => {
-                info!(%peer, identity = %outer.identity, "HBONE connection failed: {e}");
+                if shard.may_log(FailReason::Tunnel) {
+                    info!(%peer, identity = %outer.identity, "HBONE connection failed: {e}");
+                }
                 break;
             }
             None => break,

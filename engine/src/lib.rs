@@ -17,6 +17,8 @@ pub mod config;
 pub mod daemon;
 pub mod flow;
 pub mod hbone;
+pub mod loglimit;
+pub mod notify;
 pub mod relay;
 pub mod shard;
 pub mod socks5;

@@ -96,10 +96,17 @@ pub enum FailReason {
     BadRequest = 13,
     /// No configuration applied yet (xDS has not answered): refused, failing closed.
     NoConfig = 14,
+    /// The source workload's address could not be bound for the upstream connection
+    /// (not local, and no `IP_TRANSPARENT`): refused rather than sent from another.
+    SourceAddress = 15,
 }
 
 impl FailReason {
-    const ALL: [FailReason; 15] = [
+    /// How many reasons there are.
+    pub const COUNT: usize = 16;
+
+    /// Every reason, in label order.
+    pub const ALL: [FailReason; FailReason::COUNT] = [
         FailReason::UpstreamConnect,
         FailReason::NoOriginalDst,
         FailReason::Loop,
@@ -115,6 +122,7 @@ impl FailReason {
         FailReason::Tunnel,
         FailReason::BadRequest,
         FailReason::NoConfig,
+        FailReason::SourceAddress,
     ];
 
     /// The metric label.
@@ -135,6 +143,7 @@ impl FailReason {
             FailReason::Tunnel => "tunnel",
             FailReason::BadRequest => "bad_request",
             FailReason::NoConfig => "no_config",
+            FailReason::SourceAddress => "source_address",
         }
     }
 }
@@ -151,7 +160,7 @@ pub struct DirectionStats {
     /// Bytes from the server back to the client (Istio: sent).
     pub sent_bytes: Counter,
     /// Failures by reason.
-    pub failed: [Counter; 15],
+    pub failed: [Counter; FailReason::COUNT],
 }
 
 /// All counters of one shard.
