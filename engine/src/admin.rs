@@ -29,6 +29,8 @@ pub struct AdminState {
     pub draining: AtomicBool,
     /// The workload certificates in use.
     pub certs: Arc<crate::certs::CertCell>,
+    /// Set once every workload known at start has its certificate.
+    pub certs_ready: Arc<AtomicBool>,
     /// Workload certificates issued (first issues and renewals).
     pub certs_issued: Arc<std::sync::atomic::AtomicU64>,
     /// xDS counters, once an xDS source runs.
@@ -36,10 +38,12 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    /// Ready once every shard listens, a snapshot is applied, and drain has not begun.
+    /// Ready once every shard listens, a snapshot is applied, the workloads known at
+    /// start have their certificates, and drain has not begun.
     pub fn ready(&self) -> bool {
         !self.draining.load(Ordering::Relaxed)
             && self.snapshots.generation() > 0
+            && self.certs_ready.load(Ordering::Relaxed)
             && self.shards.iter().all(|s| s.listening.get() > 0)
     }
 

@@ -5,7 +5,7 @@
 //! configuration they started with, so rotation never drops one.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -91,6 +91,10 @@ pub struct CertManager {
     renew_at: HashMap<Identity, SystemTime>,
     issued: Arc<AtomicU64>,
     in_flight: HashSet<Identity>,
+    /// Identities of the workloads known at start still waiting for a certificate;
+    /// `None` until the first configuration was seen with an issuer.
+    startup: Option<HashSet<Identity>>,
+    ready: Arc<AtomicBool>,
     fetched_tx: tokio::sync::mpsc::UnboundedSender<Fetched>,
     fetched_rx: Option<tokio::sync::mpsc::UnboundedReceiver<Fetched>>,
 }
@@ -109,6 +113,8 @@ impl CertManager {
             renew_at: HashMap::new(),
             issued: Arc::default(),
             in_flight: HashSet::new(),
+            startup: None,
+            ready: Arc::default(),
             fetched_tx,
             fetched_rx: Some(fetched_rx),
         }
@@ -130,6 +136,17 @@ impl CertManager {
         self.issued.clone()
     }
 
+    /// True once every workload known at start has its certificate (readiness waits
+    /// for it, so that the first connections do not find none).
+    pub fn ready(&self) -> Arc<AtomicBool> {
+        self.ready.clone()
+    }
+
+    /// Increases with every published set.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// The cell the certificates are published in.
     pub fn cell(&self) -> Arc<CertCell> {
         self.cell.clone()
@@ -148,6 +165,13 @@ impl CertManager {
                     warn!(workload = %wl.uid, "workload has no valid SPIFFE identity; no certificate issued")
                 }
             }
+        }
+        if self.startup.is_none() && self.issuer.is_some() && snapshot.generation > 0 {
+            self.startup = Some(wanted.iter().cloned().collect());
+        }
+        if let Some(startup) = &mut self.startup {
+            // A workload removed before its certificate came is no longer awaited.
+            startup.retain(|id| wanted.contains(id));
         }
         let mut changed = false;
         let before = self.current.len();
@@ -195,7 +219,20 @@ impl CertManager {
         if changed {
             self.publish();
         }
+        self.update_ready();
         issued
+    }
+
+    /// Marks readiness once no workload known at start waits for its certificate.
+    fn update_ready(&mut self) {
+        let Some(startup) = &mut self.startup else {
+            return;
+        };
+        startup.retain(|id| !self.current.contains_key(id));
+        if startup.is_empty() && !self.ready.load(Ordering::Relaxed) {
+            info!("every workload known at start has its certificate");
+            self.ready.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Takes in a certificate fetched from the remote CA (or logs why it failed; the
@@ -208,6 +245,7 @@ impl CertManager {
                 if self.insert(id, cert, renew) {
                     self.issued.fetch_add(1, Ordering::Relaxed);
                     self.publish();
+                    self.update_ready();
                 }
             }
             Err(e) => {
@@ -239,5 +277,89 @@ impl CertManager {
             generation: self.generation,
             by_identity: self.current.clone(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(yaml: &str, generation: u64) -> Snapshot {
+        let config = zpath_control::LocalConfig::parse(yaml).unwrap();
+        Snapshot::from_local(&config, "node-a", generation)
+    }
+
+    const TWO_LOCAL: &str = "workloads:
+- name: a
+  namespace: default
+  serviceAccount: a
+  workloadIps: [\"10.0.0.1\"]
+  node: node-a
+- name: b
+  namespace: default
+  serviceAccount: b
+  workloadIps: [\"10.0.0.2\"]
+  node: node-a
+";
+
+    #[test]
+    fn ready_only_once_the_workloads_known_at_start_have_certificates() {
+        let cell = Arc::new(CertCell::default());
+        let mut m = CertManager::new(None, Duration::from_secs(3600), cell);
+        let ready = m.ready();
+        let now = SystemTime::now();
+        // No issuer yet (a remote CA is set up later): nothing issued, not ready.
+        m.sync(&snapshot(TWO_LOCAL, 1), now);
+        assert!(!ready.load(Ordering::Relaxed));
+        m.set_issuer(Issuer::Local(Box::new(LocalCa::generate().unwrap())));
+        assert_eq!(m.sync(&snapshot(TWO_LOCAL, 1), now), 2);
+        assert!(ready.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn a_remote_certificate_that_fails_keeps_readiness_false_until_one_arrives() {
+        let cell = Arc::new(CertCell::default());
+        let mut m = CertManager::new(None, Duration::from_secs(3600), cell.clone());
+        let ready = m.ready();
+        let ca = LocalCa::generate().unwrap();
+        // Stands in for the remote CA: the identities are wanted, answers come later.
+        m.startup = Some(
+            ["a", "b"]
+                .map(|sa| Identity::new("cluster.local", "default", sa).unwrap())
+                .into(),
+        );
+        let a = Identity::new("cluster.local", "default", "a").unwrap();
+        let b = Identity::new("cluster.local", "default", "b").unwrap();
+        let now = SystemTime::now();
+        m.install((a.clone(), Err("CA down".into())), now);
+        assert!(!ready.load(Ordering::Relaxed));
+        m.install(
+            (
+                a.clone(),
+                Ok(ca.issue(&a, Duration::from_secs(3600)).unwrap()),
+            ),
+            now,
+        );
+        assert!(!ready.load(Ordering::Relaxed), "b still waits");
+        m.install(
+            (
+                b.clone(),
+                Ok(ca.issue(&b, Duration::from_secs(3600)).unwrap()),
+            ),
+            now,
+        );
+        assert!(ready.load(Ordering::Relaxed));
+        assert_eq!(cell.load().len(), 2);
+    }
+
+    #[test]
+    fn a_workload_removed_before_its_certificate_is_no_longer_awaited() {
+        let cell = Arc::new(CertCell::default());
+        let mut m = CertManager::new(None, Duration::from_secs(3600), cell);
+        let ready = m.ready();
+        m.startup = Some([Identity::new("cluster.local", "default", "gone").unwrap()].into());
+        m.set_issuer(Issuer::Local(Box::new(LocalCa::generate().unwrap())));
+        m.sync(&snapshot(TWO_LOCAL, 2), SystemTime::now());
+        assert!(ready.load(Ordering::Relaxed));
     }
 }

@@ -32,7 +32,8 @@ pub struct EngineConfig {
     pub inbound_addr: Option<SocketAddr>,
     /// HBONE listener (15008); reserved as one of our own ports (loop protection).
     pub hbone_addr: Option<SocketAddr>,
-    /// SOCKS5 listener (127.0.0.1:15080); `None` disables it.
+    /// SOCKS5 listener; `None` disables it. Default: see
+    /// [`EngineConfig::default_socks5_addr`] (on, as this default has no xDS).
     pub socks5_addr: Option<SocketAddr>,
     /// Admin listener (config dump), on the control thread.
     pub admin_addr: Option<SocketAddr>,
@@ -127,7 +128,7 @@ impl Default for EngineConfig {
             outbound_addr: any(15001),
             inbound_addr: any(15006),
             hbone_addr: any(15008),
-            socks5_addr: lo(15080),
+            socks5_addr: Self::default_socks5_addr(false),
             admin_addr: lo(15000),
             metrics_addr: any(15020),
             readiness_addr: any(15021),
@@ -188,6 +189,15 @@ fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigInvalid {
 }
 
 impl EngineConfig {
+    /// The SOCKS5 listener when no flag names one: `127.0.0.1:15080` when the
+    /// configuration is local (file or none), off when it comes from xDS. SOCKS5 lets
+    /// any local process speak for the workload whose address it binds, which a
+    /// single-host setup accepts and a cluster node must not by default (ztunnel's is
+    /// off by default).
+    pub fn default_socks5_addr(xds: bool) -> Option<SocketAddr> {
+        (!xds).then_some(SocketAddr::from(([127, 0, 0, 1], 15080)))
+    }
+
     /// Whether connections are steered to the shard of their CPU: asked for, and the
     /// shards are pinned (each on its own CPU, as [`EngineConfig::validate`] requires).
     pub fn steers_by_cpu(&self) -> bool {

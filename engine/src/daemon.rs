@@ -45,6 +45,8 @@ pub struct Daemon {
     state: Arc<AdminState>,
     source: FileSource,
     certs: CertManager,
+    /// Signalled by a shard whose connection waits for a certificate.
+    certs_wanted: Arc<tokio::sync::Notify>,
     admin: Vec<(std::net::TcpListener, Endpoints)>,
     addrs: Arc<BoundAddrs>,
 }
@@ -116,6 +118,7 @@ impl Daemon {
         if cfg.steering == Steering::Cpu && !cfg.steers_by_cpu() {
             tracing::warn!("--steering cpu needs pinned shards: spreading by hash instead");
         }
+        let certs_wanted = Arc::new(tokio::sync::Notify::new());
         let mut shards = Vec::with_capacity(cfg.cores.len());
         for (id, &core) in cfg.cores.iter().enumerate() {
             shards.push(shard::spawn(
@@ -124,7 +127,10 @@ impl Daemon {
                 cfg.clone(),
                 addrs.clone(),
                 cell.clone(),
-                cert_cell.clone(),
+                shard::CertSource {
+                    cell: cert_cell.clone(),
+                    wanted: certs_wanted.clone(),
+                },
             )?);
         }
         drop(holds);
@@ -134,6 +140,7 @@ impl Daemon {
             reloads: source.stats(),
             draining: Default::default(),
             certs: certs.cell(),
+            certs_ready: certs.ready(),
             certs_issued: certs.issued(),
             xds: Default::default(),
         });
@@ -151,6 +158,7 @@ impl Daemon {
             state,
             source,
             certs,
+            certs_wanted,
             admin,
             addrs,
         })
@@ -181,6 +189,7 @@ impl Daemon {
             state,
             mut source,
             mut certs,
+            certs_wanted,
             admin,
             ..
         } = self;
@@ -206,7 +215,15 @@ impl Daemon {
                 }
                 None => None,
             };
-            wait_for_stop(&cfg, &mut source, &mut certs, &state, &shards).await?;
+            wait_for_stop(
+                &cfg,
+                &mut source,
+                &mut certs,
+                &certs_wanted,
+                &state,
+                &shards,
+            )
+            .await?;
             let _ = stop_xds.send(());
             if let Some(x) = xds {
                 let _ = x.await;
@@ -235,6 +252,7 @@ async fn wait_for_stop(
     cfg: &EngineConfig,
     source: &mut FileSource,
     certs: &mut CertManager,
+    certs_wanted: &tokio::sync::Notify,
     state: &AdminState,
     shards: &[ShardHandle],
 ) -> std::io::Result<()> {
@@ -247,6 +265,7 @@ async fn wait_for_stop(
     let file = cfg.xds_address.is_none();
     let mut fetched = certs.take_fetched();
     let mut notified = state.snapshots.generation();
+    let mut certs_notified = certs.generation();
     loop {
         let result = tokio::select! {
             _ = tick.tick() => if file { source.reload_if_changed() } else { None },
@@ -255,6 +274,8 @@ async fn wait_for_stop(
                 certs.install(f, SystemTime::now());
                 None
             }
+            // A connection waits for a certificate: fetch it now, not at the next tick.
+            _ = certs_wanted.notified() => None,
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
         };
@@ -273,6 +294,13 @@ async fn wait_for_stop(
         }
         // New workloads get their certificates; due ones are renewed (half-life).
         certs.sync(&state.snapshots.load(), SystemTime::now());
+        // Connections waiting for a certificate are woken by their shard.
+        if certs.generation() != certs_notified {
+            certs_notified = certs.generation();
+            for s in shards {
+                s.send(ShardMsg::CertsChanged);
+            }
+        }
     }
 }
 

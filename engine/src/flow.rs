@@ -403,15 +403,18 @@ pub(crate) async fn dial_permitted(
 
 /// Connects to `dst` with our packet mark, within the connect timeout.
 pub async fn dial(shard: &Shard, dst: SocketAddr) -> io::Result<TcpStream> {
-    dial_from(shard, dst, None).await
+    dial_from(shard, dst, None)
+        .await
+        .map_err(sys::ConnectError::into_io)
 }
 
-/// As [`dial`], from `source` when that address is local.
+/// As [`dial`], from `source` when given (see [`sys::start_connect_from`]: that
+/// address or none, never silently another).
 pub async fn dial_from(
     shard: &Shard,
     dst: SocketAddr,
     source: Option<std::net::IpAddr>,
-) -> io::Result<TcpStream> {
+) -> Result<TcpStream, sys::ConnectError> {
     let sock = sys::start_connect_from(dst, shard.cfg.packet_mark, source)?;
     let mut stream = sys::into_glommio_stream(sock);
     let limit = shard.cfg.connect_timeout;
@@ -428,12 +431,13 @@ pub async fn dial_from(
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("no answer within {limit:?}"),
-            ))
+            )
+            .into())
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(io::Error::from(e).into()),
     }
     if let Some(e) = sys::take_error(&stream)? {
-        return Err(e);
+        return Err(e.into());
     }
     Ok(stream)
 }

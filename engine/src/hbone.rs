@@ -163,6 +163,18 @@ async fn outbound_inner(
         src: src_ip,
     };
     info.state.set(ConnState::Connecting);
+    // At cold start the first connections of a workload can come before the CA
+    // answered: they wait for the certificate (as long as a connect may take).
+    let limit = shard.cfg.connect_timeout;
+    if !shard.wait_for_certificate(&key.src_id, limit).await {
+        return Err(fail(
+            FailReason::NoCertificate,
+            format!(
+                "no certificate for {} within {limit:?} (--connect-timeout): is the CA reachable?",
+                key.src_id
+            ),
+        ));
+    }
     // A pooled tunnel can turn out to take no new stream (a GOAWAY arrived): it is
     // then marked closed, and the request goes once more, on another tunnel.
     let mut attempts = 0;
@@ -182,6 +194,7 @@ async fn outbound_inner(
             let reason = match e.label {
                 "tls" => FailReason::Tls,
                 "certificate" => FailReason::NoCertificate,
+                "source_address" => FailReason::SourceAddress,
                 _ => FailReason::UpstreamConnect,
             };
             fail(reason, format!("tunnel to {} failed: {e}", key.dst))
@@ -249,7 +262,15 @@ async fn connect_tunnel(
     shard.stats.hbone.client_handshakes.add(1);
     let tcp = crate::flow::dial_from(&shard, key.dst, Some(key.src))
         .await
-        .map_err(|e| failed("connect", format!("connect to {} failed: {e}", key.dst)))?;
+        .map_err(|e| match e {
+            crate::sys::ConnectError::Source { .. } => failed(
+                "source_address",
+                format!("connect to {} refused: {e} (the workload's address is kept, never replaced by another)", key.dst),
+            ),
+            crate::sys::ConnectError::Socket(e) => {
+                failed("connect", format!("connect to {} failed: {e}", key.dst))
+            }
+        })?;
     let buffers = SessionBuffers::new(shard.cfg.tls_buffer);
     let limit = shard.cfg.handshake_timeout;
     let tls = glommio::timer::timeout(limit, async {
@@ -300,7 +321,9 @@ async fn connect_tunnel(
             Some(Err(e)) => debug!(%dst, "HBONE connection ended: {e}"),
             None => {
                 s.stats.hbone.count_closed(false, CloseReason::KeepaliveTimeout);
-                info!(%dst, "HBONE peer left a PING unanswered for {:?}; connection closed", k.timeout);
+                if s.may_log(FailReason::Tunnel) {
+                    info!(%dst, "HBONE peer left a PING unanswered for {:?}; connection closed", k.timeout);
+                }
             }
         }
         drop(watchers);
@@ -364,13 +387,17 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let snapshot = shard.snapshot();
     if snapshot.generation == 0 {
         stats.dir(Direction::Inbound).failed[FailReason::NoConfig as usize].add(1);
-        info!(%peer, %local, "no configuration applied yet; HBONE connection refused");
+        if shard.may_log(FailReason::NoConfig) {
+            info!(%peer, %local, "no configuration applied yet; HBONE connection refused");
+        }
         stream.abort();
         return;
     }
     let Some(wl) = snapshot.local_workload(local_ip) else {
         stats.dir(Direction::Inbound).failed[FailReason::UnknownTarget as usize].add(1);
-        info!(%peer, %local, "HBONE connection to an address this node serves no workload at; closed");
+        if shard.may_log(FailReason::UnknownTarget) {
+            info!(%peer, %local, "HBONE connection to an address this node serves no workload at; closed");
+        }
         stream.abort();
         return;
     };
@@ -378,7 +405,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     drop(snapshot);
     let Some(cert) = cert else {
         stats.dir(Direction::Inbound).failed[FailReason::NoCertificate as usize].add(1);
-        info!(%peer, %local, "no certificate for the workload at {local_ip}; HBONE connection closed");
+        if shard.may_log(FailReason::NoCertificate) {
+            info!(%peer, %local, "no certificate for the workload at {local_ip}; HBONE connection closed");
+        }
         stream.abort();
         return;
     };
@@ -394,7 +423,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             stats.hbone.count_tls(true, Some("source_limit"));
             stats.dir(Direction::Inbound).failed[FailReason::Tls as usize].add(1);
             let max = shard.cfg.handshakes.max_per_source;
-            info!(%peer, %local, "{max} handshakes from this source already pending on this shard; connection refused");
+            if shard.may_log(FailReason::Tls) {
+                info!(%peer, %local, "{max} handshakes from this source already pending on this shard; connection refused");
+            }
             stream.abort();
             return;
         }
@@ -439,20 +470,26 @@ async fn handshake<G: Fn(usize)>(
         Some(Ok(Err(e))) => {
             stats.hbone.count_tls(true, Some(e.label()));
             failed_tls();
-            info!(%peer, %local, reason = e.label(), "HBONE TLS handshake failed: {e}");
+            if shard.may_log(FailReason::Tls) {
+                info!(%peer, %local, reason = e.label(), "HBONE TLS handshake failed: {e}");
+            }
             return None;
         }
         Some(Err(_)) => {
             stats.hbone.count_tls(true, Some("timeout"));
             failed_tls();
-            info!(%peer, %local, "HBONE TLS handshake took longer than {limit:?}; closed");
+            if shard.may_log(FailReason::Tls) {
+                info!(%peer, %local, "HBONE TLS handshake took longer than {limit:?}; closed");
+            }
             return None;
         }
         None => {
             stats.hbone.count_tls(true, Some("evicted"));
             stats.hbone.count_closed(true, CloseReason::Evicted);
             failed_tls();
-            info!(%peer, %local, "HBONE TLS handshake aborted: the shard's pending handshakes are full and this was the oldest");
+            if shard.may_log(FailReason::Tls) {
+                info!(%peer, %local, "HBONE TLS handshake aborted: the shard's pending handshakes are full and this was the oldest");
+            }
             return None;
         }
     };
@@ -471,19 +508,25 @@ async fn handshake<G: Fn(usize)>(
         Some(Ok(Ok(conn))) => Some((conn, identity)),
         Some(Ok(Err(e))) => {
             failed_tunnel();
-            info!(%peer, %identity, "HTTP/2 handshake failed: {e}");
+            if shard.may_log(FailReason::Tunnel) {
+                info!(%peer, %identity, "HTTP/2 handshake failed: {e}");
+            }
             None
         }
         Some(Err(_)) => {
             stats.hbone.count_closed(true, CloseReason::PrefaceTimeout);
             failed_tunnel();
-            info!(%peer, %identity, "no HTTP/2 preface within {limit:?} of the connection; closed");
+            if shard.may_log(FailReason::Tunnel) {
+                info!(%peer, %identity, "no HTTP/2 preface within {limit:?} of the connection; closed");
+            }
             None
         }
         None => {
             stats.hbone.count_closed(true, CloseReason::Evicted);
             failed_tunnel();
-            info!(%peer, %identity, "HBONE connection aborted before its HTTP/2 preface: the shard's pending handshakes are full and this was the oldest");
+            if shard.may_log(FailReason::Tunnel) {
+                info!(%peer, %identity, "HBONE connection aborted before its HTTP/2 preface: the shard's pending handshakes are full and this was the oldest");
+            }
             None
         }
     }
@@ -562,7 +605,9 @@ async fn serve_connection(
         match event {
             Event::Accepted(Some(Ok((req, respond)))) => spawn_stream(&shard, &outer, req, respond),
             Event::Accepted(Some(Err(e))) => {
-                info!(%peer, %identity, "HBONE connection failed: {e}");
+                if shard.may_log(FailReason::Tunnel) {
+                    info!(%peer, %identity, "HBONE connection failed: {e}");
+                }
                 break;
             }
             Event::Accepted(None) => break,
@@ -582,7 +627,9 @@ async fn serve_connection(
                 stats
                     .hbone
                     .count_closed(true, CloseReason::KeepaliveTimeout);
-                info!(%peer, %identity, "HBONE peer left a PING unanswered for {:?}; connection closed", shard.cfg.keepalive.timeout);
+                if shard.may_log(FailReason::Tunnel) {
+                    info!(%peer, %identity, "HBONE peer left a PING unanswered for {:?}; connection closed", shard.cfg.keepalive.timeout);
+                }
                 conn.abrupt_shutdown(h2::Reason::NO_ERROR);
                 let flush = futures_lite::future::poll_fn(|cx| conn.poll_closed(cx));
                 let _ = glommio::timer::timeout(GOAWAY_FLUSH, async { Ok(flush.await) }).await;

@@ -19,6 +19,8 @@ pub mod flow;
 pub mod handshakes;
 pub mod hbone;
 pub mod keepalive;
+pub mod loglimit;
+pub mod notify;
 pub mod relay;
 pub mod shard;
 pub mod signal;

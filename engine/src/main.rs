@@ -32,8 +32,12 @@ struct Args {
     #[arg(long, env = "ZPATH_HBONE_ADDR", default_value = "[::]:15008", value_parser = listen_addr)]
     hbone_addr: Listen,
     /// SOCKS5 entry for hosts without capture (no auth, CONNECT); "off" disables it.
-    #[arg(long, env = "ZPATH_SOCKS5_ADDR", default_value = "127.0.0.1:15080", value_parser = listen_addr)]
-    socks5_addr: Listen,
+    /// The client's source address picks the workload (and certificate) it speaks for,
+    /// so any local process can use it: it is on by default only when the configuration
+    /// is local (--config, or none), off when it comes from istiod (--xds-address)
+    /// [default: 127.0.0.1:15080 without --xds-address, off with it].
+    #[arg(long, env = "ZPATH_SOCKS5_ADDR", value_parser = listen_addr)]
+    socks5_addr: Option<Listen>,
     /// Admin endpoint (GET /config_dump); "off" disables it.
     #[arg(long, env = "ZPATH_ADMIN_ADDR", default_value = "127.0.0.1:15000", value_parser = listen_addr)]
     admin_addr: Listen,
@@ -291,7 +295,9 @@ impl Args {
             outbound_addr: self.outbound_addr,
             inbound_addr: self.inbound_addr,
             hbone_addr: self.hbone_addr,
-            socks5_addr: self.socks5_addr,
+            socks5_addr: self
+                .socks5_addr
+                .unwrap_or_else(|| EngineConfig::default_socks5_addr(self.xds_address.is_some())),
             admin_addr: self.admin_addr,
             metrics_addr: self.metrics_addr,
             readiness_addr: self.readiness_addr,
@@ -382,5 +388,43 @@ fn main() -> ExitCode {
             eprintln!("zpath: error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn socks5_of(args: &[&str]) -> Option<SocketAddr> {
+        let args = Args::try_parse_from(std::iter::once("zpath").chain(args.iter().copied()))
+            .expect("flags parse");
+        args.into_config().expect("valid flags").socks5_addr
+    }
+
+    #[test]
+    fn socks5_is_on_by_default_only_with_a_local_configuration() {
+        let on = Some(SocketAddr::from(([127, 0, 0, 1], 15080)));
+        assert_eq!(socks5_of(&[]), on);
+        assert_eq!(socks5_of(&["--config", "/dev/null"]), on);
+        assert_eq!(
+            socks5_of(&["--xds-address", "https://istiod:15012"]),
+            None,
+            "off by default when the configuration comes from istiod"
+        );
+    }
+
+    #[test]
+    fn the_socks5_flag_overrides_the_default_either_way() {
+        let given = Some(SocketAddr::from(([127, 0, 0, 1], 1080)));
+        assert_eq!(
+            socks5_of(&[
+                "--xds-address",
+                "https://istiod:15012",
+                "--socks5-addr",
+                "127.0.0.1:1080"
+            ]),
+            given
+        );
+        assert_eq!(socks5_of(&["--socks5-addr", "off"]), None);
     }
 }

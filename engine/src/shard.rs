@@ -20,6 +20,8 @@ use crate::config::EngineConfig;
 use crate::flow;
 use crate::handshakes::PendingHandshakes;
 use crate::hbone::TunnelPool;
+use crate::loglimit::LogLimiter;
+use crate::notify::LocalNotify;
 use crate::signal::FlagSet;
 use crate::stats::{Direction, FailReason, PolicyCounts, ShardStats};
 use crate::sys;
@@ -42,26 +44,37 @@ pub struct BoundAddrs {
 }
 
 impl BoundAddrs {
-    /// Whether `dst` is one of our own listeners (relaying there would loop).
+    /// Whether `dst` reaches one of our own listeners (relaying there would loop):
+    /// an unspecified address (`0.0.0.0`, `[::]`: connecting there reaches this host),
+    /// the connection's own local address, or one of our ports on an address of this
+    /// host (any loopback address, a local interface address, or the listener's own).
     pub fn is_own(&self, dst: SocketAddr, local: Option<SocketAddr>) -> bool {
         // IPv4-mapped IPv6 addresses (dual-stack sockets) compare as IPv4.
         let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
         let dst = canonical(dst);
         let local = local.map(canonical);
-        let ours = [self.outbound, self.inbound, self.socks5, self.hbone]
+        if dst.ip().is_unspecified() || Some(dst) == local {
+            return true;
+        }
+        let mut ours = [self.outbound, self.inbound, self.socks5, self.hbone]
             .into_iter()
             .flatten()
             .chain(self.reserved.iter().copied())
-            .map(canonical);
-        let dst_is_local = dst.ip().is_loopback()
-            || dst.ip().is_unspecified()
-            || local.is_some_and(|l| l.ip() == dst.ip());
-        let mut ours = ours;
-        Some(dst) == local
-            || ours.any(|a| {
-                a.port() == dst.port()
-                    && (a.ip() == dst.ip() || (a.ip().is_unspecified() && dst_is_local))
-            })
+            .map(canonical)
+            .filter(|a| a.port() == dst.port())
+            .peekable();
+        if ours.peek().is_none() {
+            return false;
+        }
+        let ip = dst.ip();
+        // Asked only for one of our ports: no system call for ordinary destinations.
+        let this_host =
+            ip.is_loopback() || local.is_some_and(|l| l.ip() == ip) || sys::is_local_address(ip);
+        ours.any(|a| {
+            a.ip() == ip
+                || (a.ip().is_unspecified() && this_host)
+                || (a.ip().is_loopback() && ip.is_loopback())
+        })
     }
 }
 
@@ -97,6 +110,17 @@ pub enum ShardMsg {
     },
     /// A new snapshot was published.
     SnapshotChanged,
+    /// A new certificate set was published: connections waiting for one re-check.
+    CertsChanged,
+}
+
+/// Where a shard gets workload certificates.
+#[derive(Debug, Clone)]
+pub struct CertSource {
+    /// The published set.
+    pub cell: Arc<CertCell>,
+    /// Tells the control thread that a connection waits for a certificate.
+    pub wanted: Arc<tokio::sync::Notify>,
 }
 
 /// The control thread's handle on a shard.
@@ -160,10 +184,14 @@ pub struct Shard {
     pub handshakes: Rc<RefCell<PendingHandshakes>>,
     /// The HBONE connections served on 15008, told together when drain starts.
     pub served: Rc<FlagSet>,
+    /// Rate limit of per-connection failure logs (see [`Shard::may_log`]).
+    pub logs: LogLimiter,
     cell: Arc<SnapshotCell>,
     current: RefCell<LocalSnapshot>,
     cert_cell: Arc<CertCell>,
     certs: RefCell<LocalCerts>,
+    certs_wanted: Arc<tokio::sync::Notify>,
+    certs_published: LocalNotify,
     rng: Cell<u64>,
 }
 
@@ -213,6 +241,27 @@ impl Shard {
         cur.clone()
     }
 
+    /// Waits until the current set has a certificate for `id`, at most `limit`; true if
+    /// it has. The control thread is told at once (it fetches certificates of new
+    /// workloads), and the wait is woken by [`ShardMsg::CertsChanged`]: no polling.
+    pub async fn wait_for_certificate(&self, id: &zpath_crypto::Identity, limit: Duration) -> bool {
+        if self.certs().get(id).is_some() {
+            return true;
+        }
+        self.certs_wanted.notify_one();
+        let found = glommio::timer::timeout(limit, async {
+            loop {
+                // Taken before the check: a set published in between still wakes it.
+                let published = self.certs_published.wait();
+                if self.certs().get(id).is_some() {
+                    return Ok(());
+                }
+                published.await;
+            }
+        });
+        found.await.is_ok()
+    }
+
     /// Refreshes the tunnel and pool-key gauges from the pool (it walks the pool:
     /// called when a tunnel is made or ends, and by the idle sweep, not per flow).
     pub fn update_pool_gauges(&self) {
@@ -220,6 +269,13 @@ impl Shard {
         let h = &self.stats.hbone;
         h.tunnels.set(p.tunnels as u64);
         h.pool_keys.set(p.keys as u64);
+    }
+
+    /// Whether a per-connection failure line for `reason` may be written now: every
+    /// data-path failure log asks first, so a flood of failures writes a few lines per
+    /// second and a summary (the failure counters are kept apart and stay exact).
+    pub fn may_log(&self, reason: FailReason) -> bool {
+        self.logs.admit(reason, Instant::now())
     }
 
     /// A cheap shard-local random number (xorshift), e.g. to pick an endpoint.
@@ -240,7 +296,7 @@ pub fn spawn(
     cfg: Arc<EngineConfig>,
     addrs: Arc<BoundAddrs>,
     cell: Arc<SnapshotCell>,
-    cert_cell: Arc<CertCell>,
+    certs: CertSource,
 ) -> std::io::Result<ShardHandle> {
     let stats = Arc::new(ShardStats::default());
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -272,12 +328,15 @@ pub fn spawn(
                 stats: shard_stats,
                 current: RefCell::new(Rc::new(initial)),
                 cell,
-                certs: RefCell::new(Rc::new(cert_cell.load())),
-                cert_cell,
+                certs: RefCell::new(Rc::new(certs.cell.load())),
+                cert_cell: certs.cell,
+                certs_wanted: certs.wanted,
+                certs_published: LocalNotify::default(),
                 client_tls: RefCell::new(ClientConfigCache::new(1024)),
                 tunnels: TunnelPool::new(cfg.pool_max_streams),
                 handshakes: Rc::new(RefCell::new(PendingHandshakes::new(cfg.handshakes))),
                 served: Rc::default(),
+                logs: LogLimiter::default(),
                 rng: Cell::new(
                     0x9E37_79B9_7F4A_7C15 ^ ((id as u64 + 1) << 32) ^ std::process::id() as u64,
                 ),
@@ -345,6 +404,7 @@ async fn run(
         }
     }
     accepting.push(glommio::spawn_local(sweep_pool(shard.clone())).detach());
+    accepting.push(glommio::spawn_local(flush_log_summaries(shard.clone())).detach());
     shard.stats.listening.add(1);
     let _ = started.send(Ok(()));
     let mut wake = sys::into_glommio_unix(wake);
@@ -357,6 +417,7 @@ async fn run(
             match msg {
                 ShardMsg::Drain { deadline: d } => deadline = Some(d),
                 ShardMsg::SnapshotChanged => recheck(&shard),
+                ShardMsg::CertsChanged => shard.certs_published.notify_all(),
             }
         }
         if let Some(d) = deadline {
@@ -375,7 +436,9 @@ fn recheck(shard: &Rc<Shard>) {
         with_inbound_conn(info, |conn| match snapshot.authorize(conn) {
             Ok(_) => false,
             Err(unknown) => {
-                info!(shard = shard.id, src = %info.src, "closing connection: {unknown}");
+                if shard.may_log(FailReason::UnknownTarget) {
+                    info!(shard = shard.id, src = %info.src, "closing connection: {unknown}");
+                }
                 true
             }
         })
@@ -393,7 +456,9 @@ fn recheck(shard: &Rc<Shard>) {
             match decision {
                 zpath_policy::Decision::Allow(_) => false,
                 zpath_policy::Decision::Deny(reason) => {
-                    info!(shard = shard.id, src = %info.src, dst = %conn.dst_ip, "closing connection now denied by policy: {reason}");
+                    if shard.may_log(FailReason::Denied) {
+                        info!(shard = shard.id, src = %info.src, dst = %conn.dst_ip, "closing connection now denied by policy: {reason}");
+                    }
                     true
                 }
             }
@@ -480,6 +545,14 @@ async fn sweep_pool(shard: Rc<Shard>) {
     }
 }
 
+/// Sums up suppressed failure logs of a flood that stopped.
+async fn flush_log_summaries(shard: Rc<Shard>) {
+    loop {
+        glommio::timer::sleep(Duration::from_secs(1)).await;
+        shard.logs.flush(Instant::now());
+    }
+}
+
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, kind: ListenerKind) {
     loop {
         match listener.accept().await {
@@ -549,10 +622,67 @@ pub(crate) fn finish(
     if let Err(f) = result {
         stats.failed[f.reason as usize].add(1);
         let level_info = !matches!(f.reason, FailReason::Reset);
+        if !shard.may_log(f.reason) {
+            return;
+        }
         if level_info {
             info!(shard = shard.id, src = %guard.info.src, dst = ?guard.info.dst.get(), reason = f.reason.label(), "connection failed: {}", f.message);
         } else {
             debug!(shard = shard.id, src = %guard.info.src, "connection reset: {}", f.message);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs() -> BoundAddrs {
+        let a = |s: &str| Some(s.parse::<SocketAddr>().unwrap());
+        BoundAddrs {
+            outbound: a("[::]:15001"),
+            inbound: a("[::]:15006"),
+            socks5: a("127.0.0.1:15080"),
+            hbone: a("[::]:15008"),
+            reserved: vec!["127.0.0.1:15000".parse().unwrap()],
+        }
+    }
+
+    fn own(dst: &str) -> bool {
+        addrs().is_own(dst.parse().unwrap(), None)
+    }
+
+    #[test]
+    fn unspecified_targets_are_this_host_on_any_port() {
+        assert!(own("0.0.0.0:15080"));
+        assert!(own("[::]:15080"));
+        assert!(own("[::ffff:0.0.0.0]:15001"));
+        assert!(own("0.0.0.0:8080"), "0.0.0.0 is never a destination");
+    }
+
+    #[test]
+    fn any_loopback_address_on_our_ports_is_a_loop() {
+        assert!(own("127.0.0.1:15080"));
+        assert!(own("127.0.0.2:15080"));
+        assert!(own("127.9.9.9:15000"));
+        assert!(own("[::1]:15001"));
+        assert!(own("[::ffff:127.0.0.3]:15008"));
+        assert!(!own("127.0.0.2:8080"));
+    }
+
+    #[test]
+    fn a_local_interface_address_on_a_wildcard_port_is_a_loop() {
+        // Whatever this host's addresses are, the probe must agree with a bind.
+        let lo_any = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        let _ = lo_any.connect("192.0.2.1:9");
+        if let Ok(a) = lo_any.local_addr() {
+            if !a.ip().is_unspecified() {
+                assert!(own(&format!("{}:15001", a.ip())), "{a} is local");
+            }
+        }
+        assert!(
+            !own("192.0.2.1:15001"),
+            "a documentation address is not local"
+        );
     }
 }

@@ -99,10 +99,17 @@ pub enum FailReason {
     /// The destination has a waypoint, which zpath does not route through yet: refused
     /// rather than reached directly (that would bypass the waypoint's L7 policy).
     WaypointUnsupported = 15,
+    /// The source workload's address could not be bound for the upstream connection
+    /// (not local, and no `IP_TRANSPARENT`): refused rather than sent from another.
+    SourceAddress = 16,
 }
 
 impl FailReason {
-    const ALL: [FailReason; 16] = [
+    /// How many reasons there are.
+    pub const COUNT: usize = 17;
+
+    /// Every reason, in label order.
+    pub const ALL: [FailReason; FailReason::COUNT] = [
         FailReason::UpstreamConnect,
         FailReason::NoOriginalDst,
         FailReason::Loop,
@@ -119,6 +126,7 @@ impl FailReason {
         FailReason::BadRequest,
         FailReason::NoConfig,
         FailReason::WaypointUnsupported,
+        FailReason::SourceAddress,
     ];
 
     /// The metric label.
@@ -140,6 +148,7 @@ impl FailReason {
             FailReason::BadRequest => "bad_request",
             FailReason::NoConfig => "no_config",
             FailReason::WaypointUnsupported => "waypoint_unsupported",
+            FailReason::SourceAddress => "source_address",
         }
     }
 }
@@ -156,7 +165,7 @@ pub struct DirectionStats {
     /// Bytes from the server back to the client (Istio: sent).
     pub sent_bytes: Counter,
     /// Failures by reason.
-    pub failed: [Counter; 16],
+    pub failed: [Counter; FailReason::COUNT],
 }
 
 /// All counters of one shard.

@@ -46,27 +46,51 @@ pub fn set_reset_on_close_fd(fd: RawFd) -> io::Result<()> {
 
 /// A new non-blocking TCP socket for an upstream connection: `SO_MARK` (so capture rules
 /// can exclude our own traffic) and `TCP_NODELAY`, connect started.
-/// Returns the socket and whether the connect already completed.
 pub fn start_connect(dst: SocketAddr, mark: u32) -> io::Result<Socket> {
-    start_connect_from(dst, mark, None)
+    start_connect_from(dst, mark, None).map_err(ConnectError::into_io)
 }
 
-/// As [`start_connect`], from `source` when that address is local to this host (a
-/// workload's own address), else from whatever address the kernel picks.
+/// Why an upstream socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The source address asked for cannot be used: the connection is not made from
+    /// another one, whose `sourceIps` policy would not be the workload's.
+    #[error("cannot connect from {ip}: {error}")]
+    Source {
+        /// The address asked for.
+        ip: std::net::IpAddr,
+        /// Why it cannot be bound.
+        error: io::Error,
+    },
+    /// The socket could not be created or the connect not started.
+    #[error(transparent)]
+    Socket(#[from] io::Error),
+}
+
+impl ConnectError {
+    /// As an `io::Error` (for callers that ask for no source address).
+    pub fn into_io(self) -> io::Error {
+        match self {
+            ConnectError::Socket(e) => e,
+            e @ ConnectError::Source { .. } => io::Error::new(io::ErrorKind::AddrNotAvailable, e),
+        }
+    }
+}
+
+/// As [`start_connect`], from `source` when given: the workload's own address, never
+/// silently another. An address of this host is bound as is; any other needs
+/// `IP_TRANSPARENT` (CAP_NET_ADMIN, and return traffic routed to this host, as in-pod
+/// or TPROXY setups do), else the connection fails with [`ConnectError::Source`].
 pub fn start_connect_from(
     dst: SocketAddr,
     mark: u32,
     source: Option<std::net::IpAddr>,
-) -> io::Result<Socket> {
+) -> Result<Socket, ConnectError> {
     let sock = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
     sock.set_nonblocking(true)?;
     sock.set_cloexec(true)?;
-    if let Some(ip) = source.filter(|ip| ip.is_ipv4() == dst.is_ipv4()) {
-        match sock.bind(&SocketAddr::new(ip, 0).into()) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {}
-            Err(e) => return Err(e),
-        }
+    if let Some(ip) = source {
+        bind_source(&sock, ip, dst).map_err(|error| ConnectError::Source { ip, error })?;
     }
     if mark != 0 {
         sock.set_mark(mark).map_err(|e| {
@@ -77,9 +101,57 @@ pub fn start_connect_from(
     match sock.connect(&dst.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     }
     Ok(sock)
+}
+
+/// Binds `sock` (for `dst`) to `ip`, port chosen by the kernel.
+fn bind_source(sock: &Socket, ip: std::net::IpAddr, dst: SocketAddr) -> io::Result<()> {
+    let ip = ip.to_canonical();
+    if ip.is_ipv4() != dst.ip().to_canonical().is_ipv4() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrNotAvailable,
+            format!(
+                "the source is IPv{} and the destination {dst} is not",
+                if ip.is_ipv4() { 4 } else { 6 }
+            ),
+        ));
+    }
+    // A v4 source on a socket for a v4-mapped destination is bound v4-mapped.
+    let local = match (ip, dst) {
+        (std::net::IpAddr::V4(v4), SocketAddr::V6(_)) => {
+            SocketAddr::new(v4.to_ipv6_mapped().into(), 0)
+        }
+        _ => SocketAddr::new(ip, 0),
+    };
+    match sock.bind(&local.into()) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {}
+        Err(e) => return Err(e),
+    }
+    let transparent = if dst.is_ipv4() {
+        sock.set_ip_transparent_v4(true)
+    } else {
+        sock.set_ip_transparent_v6(true)
+    };
+    transparent.map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("not an address of this host, and IP_TRANSPARENT is not permitted ({e}; it needs CAP_NET_ADMIN)"),
+        )
+    })?;
+    sock.bind(&local.into())
+}
+
+/// Whether `ip` is an address of this host (a bind to it succeeds without
+/// `IP_FREEBIND`/`IP_TRANSPARENT`; with `net.ipv4.ip_nonlocal_bind` every address is,
+/// which errs on the side of refusing).
+pub fn is_local_address(ip: std::net::IpAddr) -> bool {
+    let addr = SocketAddr::new(ip, 0);
+    Socket::new(Domain::for_address(addr), Type::DGRAM, None)
+        .and_then(|s| s.bind(&addr.into()))
+        .is_ok()
 }
 
 /// A listening socket with `SO_REUSEPORT`, so every shard can bind the same address and
@@ -211,6 +283,37 @@ mod tests {
         // Only the wildcard changes: a given IPv6 address fails loudly at bind instead.
         assert_eq!(usable_wildcard(one6, false), one6);
         assert_eq!(usable_wildcard(any4, false), any4);
+    }
+
+    #[test]
+    fn a_source_address_is_kept_or_the_connect_refused_never_replaced() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dst = l.local_addr().unwrap();
+        // TEST-NET-1: never an address of this host.
+        let ip: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        match start_connect_from(dst, 0, Some(ip)) {
+            // IP_TRANSPARENT was permitted (CAP_NET_ADMIN).
+            Ok(sock) => assert_eq!(sock.local_addr().unwrap().as_socket().unwrap().ip(), ip),
+            Err(ConnectError::Source { ip: refused, .. }) => assert_eq!(refused, ip),
+            Err(e) => panic!("neither kept nor refused: {e}"),
+        }
+        let local: std::net::IpAddr = "127.0.0.3".parse().unwrap();
+        let sock = start_connect_from(dst, 0, Some(local)).unwrap();
+        assert_eq!(sock.local_addr().unwrap().as_socket().unwrap().ip(), local);
+    }
+
+    #[test]
+    fn a_source_of_the_other_family_is_refused() {
+        let dst: SocketAddr = "[::1]:9".parse().unwrap();
+        if !ipv6_available() {
+            eprintln!("skipped: this host has no IPv6");
+            return;
+        }
+        let v4 = "127.0.0.1".parse().unwrap();
+        assert!(matches!(
+            start_connect_from(dst, 0, Some(v4)),
+            Err(ConnectError::Source { .. })
+        ));
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub struct NodeOptions {
     pub state_dir: Option<PathBuf>,
     /// Pass `--config` (false when the configuration comes from xDS).
     pub config_file: bool,
+    /// A command (and its arguments) that runs zpath, e.g. `setpriv` to drop
+    /// capabilities; empty: zpath itself.
+    pub wrapper: Vec<String>,
 }
 
 impl Default for NodeOptions {
@@ -60,6 +63,7 @@ impl Default for NodeOptions {
             hbone_port: None,
             state_dir: None,
             config_file: true,
+            wrapper: Vec::new(),
         }
     }
 }
@@ -137,14 +141,14 @@ impl Node {
         let lo = |port: u16| -> SocketAddr { SocketAddr::from(([127, 0, 0, 1], port)) };
         let (admin, metrics, readiness) = (lo(p[3]), lo(p[4]), lo(p[5]));
         let hbone = addr(opts.hbone_port.unwrap_or(p[6]));
-        let mut cmd = match &opts.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(zpath_bin());
-                c
-            }
-            None => Command::new(zpath_bin()),
-        };
+        let mut line: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(ns) = &opts.netns {
+            line.extend(["ip", "netns", "exec", ns].map(Into::into));
+        }
+        line.extend(opts.wrapper.iter().map(Into::into));
+        line.push(zpath_bin().into());
+        let mut cmd = Command::new(&line[0]);
+        cmd.args(&line[1..]);
         if opts.config_file {
             cmd.arg("--config").arg(&config_path);
         }

@@ -332,6 +332,27 @@ fn socks5_target_that_is_zpath_itself_is_refused() {
 }
 
 #[test]
+fn socks5_wildcard_and_other_loopback_targets_on_our_ports_are_refused_as_a_loop() {
+    let n = node();
+    let port = n.socks5.port();
+    let targets: [SocketAddr; 4] = [
+        SocketAddr::from(([0, 0, 0, 0], port)),
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+        SocketAddr::from(([127, 0, 0, 2], port)),
+        SocketAddr::from(([127, 0, 0, 2], n.outbound.port())),
+    ];
+    for target in targets {
+        let reply = socks5::connect(n.socks5, target).unwrap().unwrap_err();
+        assert_eq!(reply, 2, "{target}: not allowed");
+    }
+    n.assert_no_open_connections();
+    assert_eq!(
+        n.metric("zpath_connections_failed_total{direction=\"outbound\",reason=\"loop\"}"),
+        4
+    );
+}
+
+#[test]
 fn direct_connection_to_outbound_port_is_refused_as_a_loop() {
     let n = node();
     let mut s = TcpStream::connect(n.outbound).unwrap();
