@@ -15,6 +15,7 @@ use zpath_crypto::LocalCa;
 use crate::admin::{self, AdminState, Endpoints};
 use crate::certs::{CertCell, CertManager, Issuer};
 use crate::config::{ConfigInvalid, EngineConfig, Steering};
+use crate::fds::FdBudget;
 use crate::shard::{self, BoundAddrs, ShardHandle, ShardMsg};
 use crate::sys;
 
@@ -53,9 +54,7 @@ impl Daemon {
     /// Validates `cfg`, loads the config file, binds and starts the shards.
     pub fn start(cfg: EngineConfig) -> Result<Daemon, StartError> {
         cfg.validate()?;
-        if let Err(e) = sys::raise_fd_limit() {
-            warn!("cannot raise the open-file limit: {e}");
-        }
+        let fds = fd_budget(&cfg);
         let cfg = Arc::new(cfg);
         let cell = Arc::new(SnapshotCell::new(Snapshot::default()));
         let mut source =
@@ -125,6 +124,7 @@ impl Daemon {
                 addrs.clone(),
                 cell.clone(),
                 cert_cell.clone(),
+                fds,
             )?);
         }
         drop(holds);
@@ -136,6 +136,9 @@ impl Daemon {
             certs: certs.cell(),
             certs_issued: certs.issued(),
             xds: Default::default(),
+            limits: cfg.admin,
+            fds,
+            endpoints: Default::default(),
         });
         info!(
             shards = shards.len(),
@@ -274,6 +277,30 @@ async fn wait_for_stop(
         // New workloads get their certificates; due ones are renewed (half-life).
         certs.sync(&state.snapshots.load(), SystemTime::now());
     }
+}
+
+/// Raises the open-file limit to the hard limit and shares it out (see [`FdBudget`]).
+fn fd_budget(cfg: &EngineConfig) -> FdBudget {
+    let limit = match sys::raise_fd_limit() {
+        Ok(l) => l,
+        Err(e) => {
+            warn!("cannot raise the open-file limit: {e}");
+            sys::fd_limit().unwrap_or(1024)
+        }
+    };
+    // Two descriptors per passthrough connection (client and upstream).
+    let wanted = (cfg.cores.len() as u64)
+        .saturating_mul(cfg.max_connections_per_shard as u64)
+        .saturating_mul(2);
+    if wanted > limit {
+        warn!(
+            limit,
+            wanted,
+            "the open-file limit is below 2 x --max-connections-per-shard x shards: \
+             connections beyond it are refused as overload"
+        );
+    }
+    FdBudget::new(limit, cfg.fd_reserve)
 }
 
 /// The remote CA client, when `--ca-address` is set (inside the control runtime).

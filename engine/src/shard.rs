@@ -17,8 +17,10 @@ use zpath_control::{Snapshot, SnapshotCell};
 use crate::buffers::BufPool;
 use crate::certs::{CertCell, CertStore};
 use crate::config::EngineConfig;
+use crate::fds::FdBudget;
 use crate::flow;
 use crate::hbone::TunnelPool;
+use crate::log_limit::LogLimit;
 use crate::stats::{Direction, FailReason, PolicyCounts, ShardStats};
 use crate::sys;
 use crate::table::{ConnTable, TableGuard};
@@ -159,6 +161,20 @@ pub struct Shard {
     cert_cell: Arc<CertCell>,
     certs: RefCell<LocalCerts>,
     rng: Cell<u64>,
+    /// Accepted connections being served now (bounded by `--max-connections-per-shard`).
+    accepted: Cell<usize>,
+    fds: FdBudget,
+    overload_log: LogLimit,
+}
+
+/// A connection's place among the shard's `--max-connections-per-shard`, held for as
+/// long as it is served.
+struct Admitted(Rc<Shard>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.accepted.set(self.0.accepted.get() - 1);
+    }
 }
 
 impl Shard {
@@ -216,6 +232,14 @@ impl Shard {
         h.pool_keys.set(p.keys as u64);
     }
 
+    /// Turns on TCP keepalive on a data-path socket, if configured (ztunnel's defaults).
+    pub fn set_keepalive(&self, socket: &impl std::os::fd::AsRawFd) {
+        let Some(k) = self.cfg.keepalive else { return };
+        if let Err(e) = sys::set_keepalive(socket, k.time, k.interval, k.retries) {
+            debug!(shard = self.id, "cannot set TCP keepalive: {e}");
+        }
+    }
+
     /// A cheap shard-local random number (xorshift), e.g. to pick an endpoint.
     pub fn random(&self) -> u32 {
         let mut x = self.rng.get();
@@ -235,6 +259,7 @@ pub fn spawn(
     addrs: Arc<BoundAddrs>,
     cell: Arc<SnapshotCell>,
     cert_cell: Arc<CertCell>,
+    fds: FdBudget,
 ) -> std::io::Result<ShardHandle> {
     let stats = Arc::new(ShardStats::default());
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -273,6 +298,9 @@ pub fn spawn(
                 rng: Cell::new(
                     0x9E37_79B9_7F4A_7C15 ^ ((id as u64 + 1) << 32) ^ std::process::id() as u64,
                 ),
+                accepted: Cell::new(0),
+                fds,
+                overload_log: LogLimit::default(),
                 cfg,
                 addrs,
             });
@@ -442,10 +470,22 @@ async fn sweep_pool(shard: Rc<Shard>) {
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, kind: ListenerKind) {
     loop {
         match listener.accept().await {
-            Ok(stream) if kind == ListenerKind::Hbone => {
-                glommio::spawn_local(crate::hbone::serve(shard.clone(), stream)).detach();
+            Ok(stream) => {
+                let Some(admitted) = admit(&shard, &stream, kind) else {
+                    continue;
+                };
+                shard.set_keepalive(&stream);
+                if kind == ListenerKind::Hbone {
+                    let s = shard.clone();
+                    glommio::spawn_local(async move {
+                        crate::hbone::serve(s, stream).await;
+                        drop(admitted);
+                    })
+                    .detach();
+                } else {
+                    spawn_connection(&shard, stream, kind, admitted);
+                }
             }
-            Ok(stream) => spawn_connection(&shard, stream, kind),
             Err(e) => {
                 // Out of descriptors or memory: back off instead of spinning.
                 warn!(shard = shard.id, ?kind, "accept failed: {e}");
@@ -455,19 +495,50 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, kind: ListenerKind
     }
 }
 
-fn spawn_connection(shard: &Rc<Shard>, stream: TcpStream, kind: ListenerKind) {
+/// Takes a place for a new connection, or refuses it (reset, counted as `overload`)
+/// when the shard holds its cap or the process is near its open-file limit.
+fn admit(shard: &Rc<Shard>, stream: &TcpStream, kind: ListenerKind) -> Option<Admitted> {
+    use std::os::fd::AsRawFd;
+    let held = shard.accepted.get();
+    let cap = shard.cfg.max_connections_per_shard;
+    let at_cap = held >= cap;
+    if !at_cap && shard.fds.data_allows(stream.as_raw_fd()) {
+        shard.accepted.set(held + 1);
+        return Some(Admitted(shard.clone()));
+    }
+    crate::relay::Abort::abort(stream);
+    shard.stats.dir(kind.direction()).failed[FailReason::Overload as usize].add(1);
+    if let Some(held_back) = shard.overload_log.allow(Instant::now()) {
+        let src = stream.peer_addr().ok();
+        if at_cap {
+            warn!(shard = shard.id, ?kind, ?src, held_back, "connection refused: the shard holds {held} connections (--max-connections-per-shard {cap})");
+        } else {
+            warn!(
+                shard = shard.id,
+                ?kind,
+                ?src,
+                held_back,
+                "connection refused: the process is near its open-file limit (raise RLIMIT_NOFILE)"
+            );
+        }
+    }
+    None
+}
+
+fn spawn_connection(shard: &Rc<Shard>, stream: TcpStream, kind: ListenerKind, admitted: Admitted) {
     let Ok(src) = stream.peer_addr() else { return };
     let dir = kind.direction();
     let guard = ConnTable::insert(&shard.table, dir, src);
-    let id = guard.info.id;
+    let key = guard.key();
     shard.stats.dir(dir).opened.add(1);
     let s = shard.clone();
     let task = glommio::spawn_local(async move {
         let result = serve(&s, stream, kind, &guard).await;
         finish(&s, dir, &guard, result);
+        drop(admitted);
     })
     .detach();
-    shard.table.borrow_mut().set_task(id, task);
+    shard.table.borrow_mut().set_task(key, task);
 }
 
 async fn serve(

@@ -96,10 +96,13 @@ pub enum FailReason {
     BadRequest = 13,
     /// No configuration applied yet (xDS has not answered): refused, failing closed.
     NoConfig = 14,
+    /// Refused at accept: the shard holds `--max-connections-per-shard` connections, or
+    /// the process is near its open-file limit.
+    Overload = 15,
 }
 
 impl FailReason {
-    const ALL: [FailReason; 15] = [
+    const ALL: [FailReason; 16] = [
         FailReason::UpstreamConnect,
         FailReason::NoOriginalDst,
         FailReason::Loop,
@@ -115,6 +118,7 @@ impl FailReason {
         FailReason::Tunnel,
         FailReason::BadRequest,
         FailReason::NoConfig,
+        FailReason::Overload,
     ];
 
     /// The metric label.
@@ -135,6 +139,7 @@ impl FailReason {
             FailReason::Tunnel => "tunnel",
             FailReason::BadRequest => "bad_request",
             FailReason::NoConfig => "no_config",
+            FailReason::Overload => "overload",
         }
     }
 }
@@ -151,7 +156,7 @@ pub struct DirectionStats {
     /// Bytes from the server back to the client (Istio: sent).
     pub sent_bytes: Counter,
     /// Failures by reason.
-    pub failed: [Counter; 15],
+    pub failed: [Counter; 16],
 }
 
 /// All counters of one shard.
