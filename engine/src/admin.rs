@@ -4,17 +4,25 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
-use tracing::debug;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tracing::{debug, warn};
 use zpath_control::watch::ReloadStats;
 use zpath_control::SnapshotCell;
 
-use crate::stats::{render_prometheus, ShardStats};
+use crate::config::AdminLimits;
+use crate::fds::FdBudget;
+use crate::loglimit::LogLimiter;
+use crate::stats::{render_prometheus, FailReason, ShardStats};
 
 /// What the endpoints read.
 #[derive(Debug)]
@@ -35,6 +43,25 @@ pub struct AdminState {
     pub certs_issued: Arc<std::sync::atomic::AtomicU64>,
     /// xDS counters, once an xDS source runs.
     pub xds: std::sync::OnceLock<Arc<zpath_control::xds::XdsStats>>,
+    /// Timeouts and connection cap of each endpoint.
+    pub limits: AdminLimits,
+    /// Where the endpoints stop accepting, so the data path keeps its descriptors.
+    pub fds: FdBudget,
+    /// Connection counts by endpoint (index: `Endpoints as usize`).
+    pub endpoints: [EndpointStats; 3],
+}
+
+/// Connections of one endpoint (updated by the control thread only).
+#[derive(Debug, Default)]
+pub struct EndpointStats {
+    /// Open now.
+    pub open: AtomicU64,
+    /// Closed at accept: the endpoint held `--admin-max-connections`.
+    pub refused_cap: AtomicU64,
+    /// Closed at accept: the process was within `--fd-reserve` of its open-file limit.
+    pub refused_fds: AtomicU64,
+    /// Closed for sending no request headers in time, or for idling.
+    pub timed_out: AtomicU64,
 }
 
 impl AdminState {
@@ -61,7 +88,46 @@ impl AdminState {
             certs.len()
         );
         let xds = self.xds.get().map(|x| x.prometheus()).unwrap_or_default();
-        render_prometheus(&self.shards, &format!("{extra}{xds}"))
+        let endpoints = self.endpoint_metrics();
+        render_prometheus(&self.shards, &format!("{extra}{xds}{endpoints}"))
+    }
+
+    fn endpoint_metrics(&self) -> String {
+        use std::fmt::Write;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = String::from(
+            "# HELP zpath_admin_connections Connections open now on the admin, metrics and readiness endpoints.\n\
+             # TYPE zpath_admin_connections gauge\n",
+        );
+        for which in Endpoints::ALL {
+            let e = &self.endpoints[which as usize];
+            let _ = writeln!(
+                out,
+                "zpath_admin_connections{{endpoint=\"{}\"}} {}",
+                which.label(),
+                get(&e.open)
+            );
+        }
+        out.push_str(
+            "# HELP zpath_admin_connections_closed_total Admin, metrics and readiness connections refused at accept or timed out, by reason.\n\
+             # TYPE zpath_admin_connections_closed_total counter\n",
+        );
+        for which in Endpoints::ALL {
+            let e = &self.endpoints[which as usize];
+            for (reason, c) in [
+                ("max_connections", &e.refused_cap),
+                ("fd_reserve", &e.refused_fds),
+                ("timeout", &e.timed_out),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "zpath_admin_connections_closed_total{{endpoint=\"{}\",reason=\"{reason}\"}} {}",
+                    which.label(),
+                    get(c)
+                );
+            }
+        }
+        out
     }
 
     fn config_dump(&self) -> String {
@@ -78,14 +144,26 @@ impl AdminState {
 }
 
 /// Which endpoints a listener serves.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoints {
     /// `/config_dump` (and the others, for convenience on the local admin port).
-    Admin,
+    Admin = 0,
     /// `/stats/prometheus` and `/metrics`.
-    Metrics,
+    Metrics = 1,
     /// `/healthz/ready`.
-    Readiness,
+    Readiness = 2,
+}
+
+impl Endpoints {
+    const ALL: [Endpoints; 3] = [Endpoints::Admin, Endpoints::Metrics, Endpoints::Readiness];
+
+    fn label(self) -> &'static str {
+        match self {
+            Endpoints::Admin => "admin",
+            Endpoints::Metrics => "metrics",
+            Endpoints::Readiness => "readiness",
+        }
+    }
 }
 
 fn respond(
@@ -131,8 +209,11 @@ fn respond(
     }
 }
 
-/// Serves `which` on `listener` until the runtime stops.
+/// Serves `which` on `listener` until the runtime stops. Beyond the endpoint's cap, or
+/// once the process is within the descriptor reserve of its limit, new connections
+/// are closed at once (counted); idle ones are closed after the timeouts.
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AdminState>, which: Endpoints) {
+    let refusals = LogLimiter::default();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(a) => a,
@@ -142,20 +223,164 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AdminState>, wh
                 continue;
             }
         };
+        let Some(open) = admit(&state, which, &stream) else {
+            if refusals.admit(FailReason::Overload, Instant::now()) {
+                warn!(endpoint = which.label(), %peer,
+                    "{} connection refused: at --admin-max-connections {} or within --fd-reserve of the open-file limit",
+                    which.label(), state.limits.max_connections);
+            }
+            let _ = crate::sys::set_reset_on_close(&stream);
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let resp = respond(&state, which, &req);
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, svc)
-                .await
-            {
-                debug!(%peer, "admin connection ended: {e}");
-            }
+            serve_connection(stream, peer, &state, which).await;
+            drop(open);
         });
+    }
+}
+
+/// One open connection of an endpoint, counted while it lives.
+struct Open(Arc<AdminState>, Endpoints);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.endpoints[self.1 as usize]
+            .open
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn admit(
+    state: &Arc<AdminState>,
+    which: Endpoints,
+    stream: &tokio::net::TcpStream,
+) -> Option<Open> {
+    let stats = &state.endpoints[which as usize];
+    if stats.open.load(Ordering::Relaxed) >= state.limits.max_connections as u64 {
+        stats.refused_cap.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    if !state.fds.admin_allows(stream.as_raw_fd()) {
+        stats.refused_fds.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    stats.open.fetch_add(1, Ordering::Relaxed);
+    Some(Open(state.clone(), which))
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    state: &Arc<AdminState>,
+    which: Endpoints,
+) {
+    let limits = state.limits;
+    let activity = Arc::new(Activity::new());
+    let io = hyper_util::rt::TokioIo::new(Watched {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let svc_state = state.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let resp = respond(&svc_state, which, &req);
+        async move { Ok::<_, Infallible>(resp) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(8 << 10)
+        .serve_connection(io, svc);
+    tokio::pin!(conn);
+    loop {
+        let idle = activity.idle_for();
+        if idle >= limits.idle_timeout {
+            state.endpoints[which as usize]
+                .timed_out
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, "admin connection idle for {idle:?}; closed");
+            return;
+        }
+        tokio::select! {
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    if e.is_timeout() {
+                        state.endpoints[which as usize].timed_out.fetch_add(1, Ordering::Relaxed);
+                    }
+                    debug!(%peer, "admin connection ended: {e}");
+                }
+                return;
+            }
+            _ = tokio::time::sleep(limits.idle_timeout - idle) => {}
+        }
+    }
+}
+
+/// When a connection last read or wrote a byte.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let since_start = self.start.elapsed();
+        since_start.saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// A stream that records in [`Activity`] each read or write that moves bytes.
+struct Watched {
+    inner: tokio::net::TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

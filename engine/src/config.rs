@@ -23,6 +23,52 @@ pub enum Steering {
     Cpu,
 }
 
+/// TCP keepalive probes on data-path sockets (ztunnel's defaults: 180 s idle, then
+/// every 180 s, 9 unanswered probes end the connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpKeepalive {
+    /// Idle time before the first probe (`TCP_KEEPIDLE`).
+    pub time: Duration,
+    /// Time between probes (`TCP_KEEPINTVL`).
+    pub interval: Duration,
+    /// Unanswered probes before the kernel resets the connection (`TCP_KEEPCNT`).
+    pub retries: u32,
+}
+
+impl Default for TcpKeepalive {
+    fn default() -> Self {
+        Self {
+            time: Duration::from_secs(180),
+            interval: Duration::from_secs(180),
+            retries: 9,
+        }
+    }
+}
+
+/// Limits of the admin, metrics and readiness endpoints (each endpoint on its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminLimits {
+    /// Time a client has to send a request's headers; also how long a kept-alive
+    /// connection may wait for its next request. Default 2 s, as ztunnel's.
+    pub header_timeout: Duration,
+    /// A connection on which nothing is read or written this long is closed (e.g. a
+    /// client that stops reading its answer). Default 30 s.
+    pub idle_timeout: Duration,
+    /// Connections one endpoint holds at once; more are closed at accept. Default 128
+    /// (memory: ~10 KiB each, plus an answer being written).
+    pub max_connections: usize,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(30),
+            max_connections: 128,
+        }
+    }
+}
+
 /// Everything the engine needs to start.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -70,6 +116,19 @@ pub struct EngineConfig {
     pub buffers: BufferConfig,
     /// Listen backlog of every data-path listener.
     pub accept_backlog: i32,
+    /// Connections one shard serves at once (15001, 15006, SOCKS5 and 15008
+    /// together); more are refused at accept, counted as `overload`. Default 16384:
+    /// ~10 KiB each when idle (2 x `buffers.min` plus state), 160 MiB per shard at the
+    /// cap; busy passthrough up to 2 x `buffers.max` each, HBONE 2 x `tls_buffer`.
+    pub max_connections_per_shard: usize,
+    /// TCP keepalive on accepted and upstream data-path sockets; `None`: off.
+    pub tcp_keepalive: Option<TcpKeepalive>,
+    /// Limits of the admin, metrics and readiness endpoints.
+    pub admin: AdminLimits,
+    /// Descriptors the admin endpoints leave to the data path and the control thread:
+    /// they refuse connections once the process holds more than its open-file limit
+    /// minus this (at most half the limit). Default 1024.
+    pub fd_reserve: u64,
     /// How often the config file is checked for changes.
     pub config_poll: Duration,
     /// Mesh root certificate (PEM) to issue from; `None`: the root kept in `state_dir`.
@@ -146,6 +205,10 @@ impl Default for EngineConfig {
             io_memory: 2 << 20,
             buffers: BufferConfig::default(),
             accept_backlog: 1024,
+            max_connections_per_shard: 16384,
+            tcp_keepalive: Some(TcpKeepalive::default()),
+            admin: AdminLimits::default(),
+            fd_reserve: 1024,
             config_poll: Duration::from_secs(1),
             ca_cert: None,
             ca_key: None,
@@ -292,6 +355,29 @@ impl EngineConfig {
         }
         if self.hbone_idle_timeout.is_zero() {
             return Err(invalid("--hbone-idle-timeout", "must be more than zero"));
+        }
+        if self.max_connections_per_shard == 0 {
+            return Err(invalid("--max-connections-per-shard", "must be at least 1"));
+        }
+        if let Some(k) = self.tcp_keepalive {
+            if k.time < Duration::from_secs(1) || k.interval < Duration::from_secs(1) {
+                return Err(invalid(
+                    "--keepalive-time",
+                    "keepalive time and interval must be at least 1 s (0 disables keepalive)",
+                ));
+            }
+            if k.retries == 0 || k.retries > 127 {
+                return Err(invalid("--keepalive-retries", "must be between 1 and 127"));
+            }
+        }
+        if self.admin.header_timeout.is_zero() || self.admin.idle_timeout.is_zero() {
+            return Err(invalid(
+                "--admin-header-timeout",
+                "admin header and idle timeouts must be more than zero",
+            ));
+        }
+        if self.admin.max_connections == 0 {
+            return Err(invalid("--admin-max-connections", "must be at least 1"));
         }
         if self.pool_max_streams == 0 {
             return Err(invalid("--pool-max-streams", "must be at least 1"));

@@ -15,6 +15,7 @@ use zpath_crypto::LocalCa;
 use crate::admin::{self, AdminState, Endpoints};
 use crate::certs::{CertCell, CertManager, Issuer};
 use crate::config::{ConfigInvalid, EngineConfig, Steering};
+use crate::fds::FdBudget;
 use crate::shard::{self, BoundAddrs, ShardHandle, ShardMsg};
 use crate::sys;
 
@@ -55,9 +56,7 @@ impl Daemon {
     /// Validates `cfg`, loads the config file, binds and starts the shards.
     pub fn start(cfg: EngineConfig) -> Result<Daemon, StartError> {
         cfg.validate()?;
-        if let Err(e) = sys::raise_fd_limit() {
-            warn!("cannot raise the open-file limit: {e}");
-        }
+        let fds = fd_budget(&cfg);
         let cfg = Arc::new(cfg);
         let cell = Arc::new(SnapshotCell::new(Snapshot::default()));
         let mut source =
@@ -131,6 +130,7 @@ impl Daemon {
                     cell: cert_cell.clone(),
                     wanted: certs_wanted.clone(),
                 },
+                fds,
             )?);
         }
         drop(holds);
@@ -143,6 +143,9 @@ impl Daemon {
             certs_ready: certs.ready(),
             certs_issued: certs.issued(),
             xds: Default::default(),
+            limits: cfg.admin,
+            fds,
+            endpoints: Default::default(),
         });
         info!(
             shards = shards.len(),
@@ -302,6 +305,30 @@ async fn wait_for_stop(
             }
         }
     }
+}
+
+/// Raises the open-file limit to the hard limit and shares it out (see [`FdBudget`]).
+fn fd_budget(cfg: &EngineConfig) -> FdBudget {
+    let limit = match sys::raise_fd_limit() {
+        Ok(l) => l,
+        Err(e) => {
+            warn!("cannot raise the open-file limit: {e}");
+            sys::fd_limit().unwrap_or(1024)
+        }
+    };
+    // Two descriptors per passthrough connection (client and upstream).
+    let wanted = (cfg.cores.len() as u64)
+        .saturating_mul(cfg.max_connections_per_shard as u64)
+        .saturating_mul(2);
+    if wanted > limit {
+        warn!(
+            limit,
+            wanted,
+            "the open-file limit is below 2 x --max-connections-per-shard x shards: \
+             connections beyond it are refused as overload"
+        );
+    }
+    FdBudget::new(limit, cfg.fd_reserve)
 }
 
 /// The remote CA client, when `--ca-address` is set (inside the control runtime).

@@ -417,6 +417,7 @@ pub async fn dial_from(
 ) -> Result<TcpStream, sys::ConnectError> {
     let sock = sys::start_connect_from(dst, shard.cfg.packet_mark, source)?;
     let mut stream = sys::into_glommio_stream(sock);
+    shard.set_keepalive(&stream);
     let limit = shard.cfg.connect_timeout;
     // A zero-length send completes when the connect does: it waits for writability
     // while the handshake is in flight and reports the connect error if it failed.

@@ -656,7 +656,7 @@ fn spawn_stream(
 ) {
     let guard = ConnTable::insert(&shard.table, Direction::Inbound, outer.peer);
     *guard.info.peer.borrow_mut() = Some(outer.identity.clone());
-    let id = guard.info.id;
+    let key = guard.key();
     shard.stats.dir(Direction::Inbound).opened.add(1);
     let s = shard.clone();
     let outer = outer.clone();
@@ -668,7 +668,7 @@ fn spawn_stream(
         crate::shard::finish(&s, Direction::Inbound, &guard, result);
     })
     .detach();
-    shard.table.borrow_mut().set_task(id, task);
+    shard.table.borrow_mut().set_task(key, task);
 }
 
 async fn serve_stream(

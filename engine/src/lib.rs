@@ -15,6 +15,7 @@ pub mod buffers;
 pub mod certs;
 pub mod config;
 pub mod daemon;
+pub mod fds;
 pub mod flow;
 pub mod handshakes;
 pub mod hbone;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use zpath_engine::buffers::BufferConfig;
-use zpath_engine::config::Steering;
+use zpath_engine::config::{AdminLimits, Steering, TcpKeepalive};
 use zpath_engine::{Daemon, EngineConfig};
 
 /// zpath: a node dataplane for Istio ambient mode (drop-in for ztunnel).
@@ -101,6 +101,40 @@ struct Args {
     /// Listen backlog of each data-path listener, per shard.
     #[arg(long, env = "ZPATH_ACCEPT_BACKLOG", default_value_t = 1024)]
     accept_backlog: i32,
+    /// Connections one shard serves at once (15001, 15006, SOCKS5 and 15008 together);
+    /// more are reset at accept and counted as failed with reason "overload". Memory:
+    /// ~10 KiB per idle connection (2 x --buffer-min plus state), so ~160 MiB per shard
+    /// at the default; a busy one up to 2 x --buffer-max (HBONE: 2 x --tls-buffer).
+    #[arg(long, env = "ZPATH_MAX_CONNECTIONS_PER_SHARD", default_value_t = 16384)]
+    max_connections_per_shard: usize,
+    /// Idle time before TCP keepalive probes start on accepted and upstream data-path
+    /// sockets (ztunnel's default); 0 turns keepalive off.
+    #[arg(long, env = "ZPATH_KEEPALIVE_TIME", default_value = "180s", value_parser = duration)]
+    keepalive_time: Duration,
+    /// Time between TCP keepalive probes.
+    #[arg(long, env = "ZPATH_KEEPALIVE_INTERVAL", default_value = "180s", value_parser = duration)]
+    keepalive_interval: Duration,
+    /// Unanswered TCP keepalive probes before the kernel resets the connection.
+    #[arg(long, env = "ZPATH_KEEPALIVE_RETRIES", default_value_t = 9)]
+    keepalive_retries: u32,
+    /// Time a client of the admin, metrics or readiness endpoint has to send a
+    /// request's headers; also how long a kept-alive connection waits for its next request.
+    #[arg(long, env = "ZPATH_ADMIN_HEADER_TIMEOUT", default_value = "2s", value_parser = duration)]
+    admin_header_timeout: Duration,
+    /// An admin, metrics or readiness connection on which nothing is read or written
+    /// this long is closed (a client that stops reading its answer).
+    #[arg(long, env = "ZPATH_ADMIN_IDLE_TIMEOUT", default_value = "30s", value_parser = duration)]
+    admin_idle_timeout: Duration,
+    /// Connections each of the admin, metrics and readiness endpoints holds at once;
+    /// more are closed at accept (memory: ~10 KiB each).
+    #[arg(long, env = "ZPATH_ADMIN_MAX_CONNECTIONS", default_value_t = 128)]
+    admin_max_connections: usize,
+    /// Descriptors the admin, metrics and readiness endpoints leave to the data path and
+    /// the control thread: they refuse connections once the process holds more than its
+    /// open-file limit (raised to the hard limit at start) minus this; at most half the
+    /// limit. The data path itself stops 64 descriptors before the limit, for xDS and the CA.
+    #[arg(long, env = "ZPATH_FD_RESERVE", default_value_t = 1024)]
+    fd_reserve: u64,
     /// Mesh root certificate (PEM) the built-in CA issues from; with --ca-key. Two nodes
     /// (or a node and another mesh proxy) given the same root trust each other
     /// [default: a root created once and kept in --state-dir].
@@ -319,6 +353,18 @@ impl Args {
                 ..BufferConfig::default()
             },
             accept_backlog: self.accept_backlog,
+            max_connections_per_shard: self.max_connections_per_shard,
+            tcp_keepalive: (!self.keepalive_time.is_zero()).then_some(TcpKeepalive {
+                time: self.keepalive_time,
+                interval: self.keepalive_interval,
+                retries: self.keepalive_retries,
+            }),
+            admin: AdminLimits {
+                header_timeout: self.admin_header_timeout,
+                idle_timeout: self.admin_idle_timeout,
+                max_connections: self.admin_max_connections,
+            },
+            fd_reserve: self.fd_reserve,
             ca_cert: self.ca_cert,
             ca_key: self.ca_key,
             cert_lifetime: self.cert_lifetime,

@@ -17,6 +17,7 @@ use zpath_control::{Snapshot, SnapshotCell};
 use crate::buffers::BufPool;
 use crate::certs::{CertCell, CertStore};
 use crate::config::EngineConfig;
+use crate::fds::FdBudget;
 use crate::flow;
 use crate::handshakes::PendingHandshakes;
 use crate::hbone::TunnelPool;
@@ -193,6 +194,19 @@ pub struct Shard {
     certs_wanted: Arc<tokio::sync::Notify>,
     certs_published: LocalNotify,
     rng: Cell<u64>,
+    /// Accepted connections being served now (bounded by `--max-connections-per-shard`).
+    accepted: Cell<usize>,
+    fds: FdBudget,
+}
+
+/// A connection's place among the shard's `--max-connections-per-shard`, held for as
+/// long as it is served.
+struct Admitted(Rc<Shard>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.accepted.set(self.0.accepted.get() - 1);
+    }
 }
 
 impl Shard {
@@ -278,6 +292,16 @@ impl Shard {
         self.logs.admit(reason, Instant::now())
     }
 
+    /// Turns on TCP keepalive on a data-path socket, if configured (ztunnel's defaults).
+    pub fn set_keepalive(&self, socket: &impl std::os::fd::AsRawFd) {
+        let Some(k) = self.cfg.tcp_keepalive else {
+            return;
+        };
+        if let Err(e) = sys::set_keepalive(socket, k.time, k.interval, k.retries) {
+            debug!(shard = self.id, "cannot set TCP keepalive: {e}");
+        }
+    }
+
     /// A cheap shard-local random number (xorshift), e.g. to pick an endpoint.
     pub fn random(&self) -> u32 {
         let mut x = self.rng.get();
@@ -297,6 +321,7 @@ pub fn spawn(
     addrs: Arc<BoundAddrs>,
     cell: Arc<SnapshotCell>,
     certs: CertSource,
+    fds: FdBudget,
 ) -> std::io::Result<ShardHandle> {
     let stats = Arc::new(ShardStats::default());
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -340,6 +365,8 @@ pub fn spawn(
                 rng: Cell::new(
                     0x9E37_79B9_7F4A_7C15 ^ ((id as u64 + 1) << 32) ^ std::process::id() as u64,
                 ),
+                accepted: Cell::new(0),
+                fds,
                 cfg,
                 addrs,
             });
@@ -556,10 +583,22 @@ async fn flush_log_summaries(shard: Rc<Shard>) {
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, kind: ListenerKind) {
     loop {
         match listener.accept().await {
-            Ok(stream) if kind == ListenerKind::Hbone => {
-                glommio::spawn_local(crate::hbone::serve(shard.clone(), stream)).detach();
+            Ok(stream) => {
+                let Some(admitted) = admit(&shard, &stream, kind) else {
+                    continue;
+                };
+                shard.set_keepalive(&stream);
+                if kind == ListenerKind::Hbone {
+                    let s = shard.clone();
+                    glommio::spawn_local(async move {
+                        crate::hbone::serve(s, stream).await;
+                        drop(admitted);
+                    })
+                    .detach();
+                } else {
+                    spawn_connection(&shard, stream, kind, admitted);
+                }
             }
-            Ok(stream) => spawn_connection(&shard, stream, kind),
             Err(e) => {
                 // Out of descriptors or memory: back off instead of spinning.
                 warn!(shard = shard.id, ?kind, "accept failed: {e}");
@@ -569,19 +608,49 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, kind: ListenerKind
     }
 }
 
-fn spawn_connection(shard: &Rc<Shard>, stream: TcpStream, kind: ListenerKind) {
+/// Takes a place for a new connection, or refuses it (reset, counted as `overload`)
+/// when the shard holds its cap or the process is near its open-file limit.
+fn admit(shard: &Rc<Shard>, stream: &TcpStream, kind: ListenerKind) -> Option<Admitted> {
+    use std::os::fd::AsRawFd;
+    let held = shard.accepted.get();
+    let cap = shard.cfg.max_connections_per_shard;
+    let at_cap = held >= cap;
+    if !at_cap && shard.fds.data_allows(stream.as_raw_fd()) {
+        shard.accepted.set(held + 1);
+        return Some(Admitted(shard.clone()));
+    }
+    crate::relay::Abort::abort(stream);
+    shard.stats.dir(kind.direction()).failed[FailReason::Overload as usize].add(1);
+    if shard.may_log(FailReason::Overload) {
+        let src = stream.peer_addr().ok();
+        if at_cap {
+            warn!(shard = shard.id, ?kind, ?src, "connection refused: the shard holds {held} connections (--max-connections-per-shard {cap})");
+        } else {
+            warn!(
+                shard = shard.id,
+                ?kind,
+                ?src,
+                "connection refused: the process is near its open-file limit (raise RLIMIT_NOFILE)"
+            );
+        }
+    }
+    None
+}
+
+fn spawn_connection(shard: &Rc<Shard>, stream: TcpStream, kind: ListenerKind, admitted: Admitted) {
     let Ok(src) = stream.peer_addr() else { return };
     let dir = kind.direction();
     let guard = ConnTable::insert(&shard.table, dir, src);
-    let id = guard.info.id;
+    let key = guard.key();
     shard.stats.dir(dir).opened.add(1);
     let s = shard.clone();
     let task = glommio::spawn_local(async move {
         let result = serve(&s, stream, kind, &guard).await;
         finish(&s, dir, &guard, result);
+        drop(admitted);
     })
     .detach();
-    shard.table.borrow_mut().set_task(id, task);
+    shard.table.borrow_mut().set_task(key, task);
 }
 
 async fn serve(

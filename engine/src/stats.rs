@@ -102,11 +102,14 @@ pub enum FailReason {
     /// The source workload's address could not be bound for the upstream connection
     /// (not local, and no `IP_TRANSPARENT`): refused rather than sent from another.
     SourceAddress = 16,
+    /// Refused at accept: the shard holds `--max-connections-per-shard` connections, or
+    /// the process is near its open-file limit.
+    Overload = 17,
 }
 
 impl FailReason {
     /// How many reasons there are.
-    pub const COUNT: usize = 17;
+    pub const COUNT: usize = 18;
 
     /// Every reason, in label order.
     pub const ALL: [FailReason; FailReason::COUNT] = [
@@ -127,6 +130,7 @@ impl FailReason {
         FailReason::NoConfig,
         FailReason::WaypointUnsupported,
         FailReason::SourceAddress,
+        FailReason::Overload,
     ];
 
     /// The metric label.
@@ -149,6 +153,7 @@ impl FailReason {
             FailReason::NoConfig => "no_config",
             FailReason::WaypointUnsupported => "waypoint_unsupported",
             FailReason::SourceAddress => "source_address",
+            FailReason::Overload => "overload",
         }
     }
 }

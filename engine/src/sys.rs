@@ -44,6 +44,21 @@ pub fn set_reset_on_close_fd(fd: RawFd) -> io::Result<()> {
     with_sock(fd, |s| s.set_linger(Some(Duration::ZERO)))
 }
 
+/// Turns on TCP keepalive probes with these timings (`SO_KEEPALIVE`, `TCP_KEEPIDLE`,
+/// `TCP_KEEPINTVL`, `TCP_KEEPCNT`).
+pub fn set_keepalive(
+    stream: &impl AsRawFd,
+    time: Duration,
+    interval: Duration,
+    retries: u32,
+) -> io::Result<()> {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(time)
+        .with_interval(interval)
+        .with_retries(retries);
+    with_sock(stream.as_raw_fd(), |s| s.set_tcp_keepalive(&ka))
+}
+
 /// A new non-blocking TCP socket for an upstream connection: `SO_MARK` (so capture rules
 /// can exclude our own traffic) and `TCP_NODELAY`, connect started.
 pub fn start_connect(dst: SocketAddr, mark: u32) -> io::Result<Socket> {
@@ -249,7 +264,7 @@ pub fn allowed_cpus() -> Vec<usize> {
 }
 
 /// Raises the soft open-file limit to the hard limit: a proxy holds two descriptors per
-/// connection. Returns the new soft limit.
+/// connection. Returns the new soft limit (the old one if it cannot be raised).
 pub fn raise_fd_limit() -> io::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -265,6 +280,19 @@ pub fn raise_fd_limit() -> io::Result<u64> {
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
             return Err(io::Error::last_os_error());
         }
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// The soft open-file limit (`RLIMIT_NOFILE`); `u64::MAX` when unlimited.
+pub fn fd_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass; no other memory is touched.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(lim.rlim_cur)
 }
@@ -314,6 +342,21 @@ mod tests {
             start_connect_from(dst, 0, Some(v4)),
             Err(ConnectError::Source { .. })
         ));
+    }
+
+    #[test]
+    fn keepalive_timings_are_set_on_the_socket() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        set_keepalive(&s, Duration::from_secs(180), Duration::from_secs(60), 9).unwrap();
+        let sock = SockRef::from(&s);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(180));
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(60)
+        );
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 9);
     }
 
     #[test]

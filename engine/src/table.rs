@@ -62,12 +62,30 @@ pub struct ConnTable {
     stats: std::sync::Arc<ShardStats>,
 }
 
+/// Where an entry lives: its slot, and the id it was given, so that a key kept past
+/// its connection never reaches a newer one that reuses the slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnKey {
+    slot: usize,
+    id: u64,
+}
+
 /// Removes its connection from the table when dropped (finished or cancelled).
 pub struct TableGuard {
     table: Rc<RefCell<ConnTable>>,
     slot: usize,
     /// The connection's shared record.
     pub info: Rc<ConnInfo>,
+}
+
+impl TableGuard {
+    /// The entry's key, to reach it again without searching.
+    pub fn key(&self) -> ConnKey {
+        ConnKey {
+            slot: self.slot,
+            id: self.info.id,
+        }
+    }
 }
 
 impl Drop for TableGuard {
@@ -151,10 +169,14 @@ impl ConnTable {
         }
     }
 
-    /// Records the task serving the entry `id`, so drain can cancel it.
-    pub fn set_task(&mut self, id: u64, task: JoinHandle<()>) {
-        if let Some(e) = self.slots.iter_mut().flatten().find(|e| e.info.id == id) {
-            e.task = Some(task);
+    /// Records the task serving the entry `key`, so drain can cancel it. Reaches the
+    /// entry by its slot (accept stays O(1) however many connections are open); a
+    /// stale key (its connection gone, the slot reused) changes nothing.
+    pub fn set_task(&mut self, key: ConnKey, task: JoinHandle<()>) {
+        if let Some(Some(e)) = self.slots.get_mut(key.slot) {
+            if e.info.id == key.id {
+                e.task = Some(task);
+            }
         }
     }
 
@@ -221,5 +243,62 @@ impl ConnTable {
                 state: e.info.state.get(),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn pending() -> JoinHandle<()> {
+        glommio::spawn_local(futures_lite::future::pending::<()>()).detach()
+    }
+
+    #[test]
+    fn a_key_reaches_its_own_entry_and_a_stale_key_reaches_nothing() {
+        let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
+        ex.run(async {
+            let table = ConnTable::new(Default::default());
+            let first = ConnTable::insert(&table, Direction::Outbound, src(1));
+            let stale = first.key();
+            drop(first);
+            // The freed slot is reused by the next connection, under a new id.
+            let second = ConnTable::insert(&table, Direction::Outbound, src(2));
+            assert_eq!(second.key().slot, stale.slot);
+            assert_ne!(second.key(), stale);
+            table.borrow_mut().set_task(stale, pending());
+            assert_eq!(table.borrow_mut().abort_all(), 0, "a stale key set a task");
+            table.borrow_mut().set_task(second.key(), pending());
+            assert_eq!(table.borrow_mut().abort_all(), 1);
+        });
+    }
+
+    #[test]
+    fn keys_of_many_entries_each_reach_their_own() {
+        let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
+        ex.run(async {
+            let table = ConnTable::new(Default::default());
+            let guards: Vec<_> = (0..1000)
+                .map(|i| ConnTable::insert(&table, Direction::Inbound, src(i)))
+                .collect();
+            for g in guards.iter().filter(|g| g.info.src.port() % 2 == 0) {
+                table.borrow_mut().set_task(g.key(), pending());
+            }
+            let aborted =
+                table
+                    .borrow_mut()
+                    .abort_matching(crate::stats::FailReason::Drained, |i| {
+                        assert_eq!(i.src.port() % 2, 0, "an entry got another's task");
+                        true
+                    });
+            assert_eq!(aborted, 500);
+            assert_eq!(table.borrow().len(), 1000);
+            drop(guards);
+            assert!(table.borrow().is_empty());
+        });
     }
 }

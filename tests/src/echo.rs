@@ -80,3 +80,38 @@ where
     });
     addr
 }
+
+/// A server that accepts connections and holds them open, reading nothing: an idle
+/// upstream for many connections at once (one thread, whatever their number).
+pub struct HoldServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    held: Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl HoldServer {
+    /// Starts on an ephemeral port of 127.0.0.1.
+    pub fn start() -> HoldServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind hold server");
+        let addr = listener.local_addr().expect("hold server address");
+        let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let h = held.clone();
+        thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                h.lock().expect("held connections").push(conn);
+            }
+        });
+        HoldServer { addr, held }
+    }
+
+    /// Connections accepted so far (open or closed by their client).
+    pub fn accepted(&self) -> usize {
+        self.held.lock().expect("held connections").len()
+    }
+
+    /// The held connections' peer addresses.
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        let held = self.held.lock().expect("held connections");
+        held.iter().filter_map(|c| c.peer_addr().ok()).collect()
+    }
+}

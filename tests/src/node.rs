@@ -49,6 +49,8 @@ pub struct NodeOptions {
     /// A command (and its arguments) that runs zpath, e.g. `setpriv` to drop
     /// capabilities; empty: zpath itself.
     pub wrapper: Vec<String>,
+    /// Start the process with this open-file limit, soft and hard (`ulimit -n`).
+    pub open_files: Option<u64>,
 }
 
 impl Default for NodeOptions {
@@ -64,6 +66,7 @@ impl Default for NodeOptions {
             state_dir: None,
             config_file: true,
             wrapper: Vec::new(),
+            open_files: None,
         }
     }
 }
@@ -172,6 +175,23 @@ impl Node {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("zpath.log")).expect("log file"));
+        if let Some(n) = opts.open_files {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: runs in the forked child before exec; setrlimit only reads `lim`,
+            // which was copied into the child, and is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let child = cmd.spawn().expect("start zpath");
         let netns = opts.netns.clone();
         Node {
@@ -187,6 +207,23 @@ impl Node {
             netns,
             dir,
         }
+    }
+
+    /// The process id (of `ip netns exec`'s child when in a namespace: the same process).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("node process").id()
+    }
+
+    /// The process's resident memory, in bytes (`VmRSS`).
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read the node's /proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc status");
+        kib * 1024
     }
 
     /// The node's temporary directory.
