@@ -117,6 +117,10 @@ impl AsyncRead for TokioStream {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if out.remaining() == 0 {
+            // Nothing to fill: taking a buffer now would report end of stream.
+            return Poll::Ready(Ok(()));
+        }
         if this.partial.is_none() {
             match ready!(this.recv.poll_recv(cx))? {
                 Some(buf) => this.partial = Some((buf, 0)),

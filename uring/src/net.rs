@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::{Shutdown, SocketAddr};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -380,13 +380,17 @@ impl TcpStream {
         let Some(owned) = fd.0.take() else {
             return Ok(());
         };
-        let op = Op::submit(owned, |owned, _| {
-            Entries::One(opcode::Close::new(types::Fd(owned.as_raw_fd())).build())
+        // The op owns the number only: once the SQE is submitted the kernel closes it, so
+        // nothing may close it again, even if this future is dropped first.
+        let raw = owned.into_raw_fd();
+        let op = Op::submit(raw, |raw, _| {
+            Entries::One(opcode::Close::new(types::Fd(*raw)).build())
         })
-        .map_err(|(e, _)| e)?;
-        let (res, owned) = op.await;
-        // The kernel closed the descriptor: the number must not be closed again.
-        std::mem::forget(owned);
+        .map_err(|(e, raw)| {
+            drop(crate::sys::owned_fd(raw));
+            e
+        })?;
+        let (res, _) = op.await;
         check(res).map(drop)
     }
 
@@ -513,6 +517,20 @@ impl RecvStream {
                 }
             }
         }
+    }
+
+    /// Bytes already received and queued, without waiting: `None` when nothing is.
+    pub fn try_recv(&mut self) -> Option<io::Result<Option<BufRef>>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.poll_recv(&mut cx) {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => None,
+        }
+    }
+
+    /// Buffers of the runtime's ring the kernel can still fill.
+    pub fn buffers_available(&self) -> u32 {
+        self.bufs.available()
     }
 
     fn arm(&mut self) -> io::Result<()> {

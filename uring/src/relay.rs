@@ -5,30 +5,54 @@
 use std::io;
 use std::net::Shutdown;
 
+use crate::buf::BufRef;
 use crate::net::TcpStream;
-use crate::runtime::spawn;
+use crate::runtime::{spawn, MAX_IOV};
 
 /// Relays `from` to `to` until `from` ends, then shuts `to` down for writing. Returns
-/// the bytes relayed.
+/// the bytes relayed. Buffers that arrived while a send was in flight go out together in
+/// one vectored send (up to [`MAX_IOV`]), so a bulk flow costs one send per batch, not per
+/// buffer.
 pub async fn copy(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
     let mut rx = from.recv_stream()?;
     let mut total = 0u64;
+    let mut batch: Vec<BufRef> = Vec::with_capacity(MAX_IOV);
+    let mut ended = false;
     loop {
         match rx.recv().await {
-            Ok(Some(buf)) => {
-                let len = buf.len() as u64;
-                let (res, _buf) = to.send_all(buf).await;
-                res?;
-                total += len;
-            }
-            Ok(None) => {
-                to.shutdown(Shutdown::Write).await?;
-                return Ok(total);
-            }
+            Ok(Some(buf)) => batch.push(buf),
+            Ok(None) => ended = true,
             Err(e) => {
                 let _ = to.shutdown(Shutdown::Write).await;
                 return Err(e);
             }
+        }
+        while !ended && batch.len() < MAX_IOV {
+            match rx.try_recv() {
+                Some(Ok(Some(buf))) => batch.push(buf),
+                Some(Ok(None)) => ended = true,
+                Some(Err(_)) | None => break,
+            }
+        }
+        let len: u64 = batch.iter().map(|b| b.len() as u64).sum();
+        let res = match batch.len() {
+            0 => Ok(()),
+            1 => match batch.pop() {
+                Some(buf) => to.send_all(buf).await.0,
+                None => Ok(()),
+            },
+            _ => {
+                let (res, mut back) = to.send_all_vectored(std::mem::take(&mut batch)).await;
+                back.clear();
+                batch = back;
+                res
+            }
+        };
+        res?;
+        total += len;
+        if ended {
+            to.shutdown(Shutdown::Write).await?;
+            return Ok(total);
         }
     }
 }

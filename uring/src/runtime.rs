@@ -378,7 +378,8 @@ impl Core {
             (slot.kind, leftovers, slot.finished)
         };
         for c in leftovers {
-            self.discard(kind, c);
+            // Their buffers were counted as taken when they were dispatched.
+            self.discard(kind, c, true);
         }
         if finished {
             drop(keep);
@@ -426,9 +427,13 @@ impl Core {
         }
     }
 
-    fn discard(&self, kind: OpKind, c: Completion) {
+    /// Releases what a completion nobody will read carries. `counted`: its buffer was
+    /// already counted as taken (it went through `dispatch` to a live op).
+    fn discard(&self, kind: OpKind, c: Completion, counted: bool) {
         if let Some(bid) = cqueue::buffer_select(c.flags) {
-            self.bufs.note_taken();
+            if !counted {
+                self.bufs.note_taken();
+            }
             self.bufs.recycle(bid);
         }
         if kind == OpKind::Accept && c.res >= 0 {
@@ -500,7 +505,7 @@ impl Core {
             }
         };
         if state == SlotState::Orphaned {
-            self.discard(kind, c);
+            self.discard(kind, c, false);
             if !more {
                 self.free_slot(id);
             }

@@ -441,3 +441,29 @@ fn connect_times_out_through_the_linked_timeout() {
     assert_eq!(rt.stats().ops_in_flight, 0);
     drop(fillers);
 }
+
+#[test]
+fn dropped_receiver_hands_its_queued_buffers_back() {
+    let rt = Runtime::new(Config::default()).unwrap();
+    rt.block_on(async {
+        let listener = TcpListener::bind(loopback(), false).unwrap();
+        let (mut client, conn) = pair(&listener).await;
+        let mut rx = conn.recv_stream().unwrap();
+        client.write_all(b"first").unwrap();
+        assert_eq!(&*rx.recv().await.unwrap().unwrap(), b"first");
+        // Three more completions queue on the armed receive while nobody reads.
+        for chunk in [&b"a"[..], b"b", b"c"] {
+            client.write_all(chunk).unwrap();
+            time::sleep(Duration::from_millis(5)).await.unwrap();
+        }
+        assert_eq!(stats().unwrap().buffers_out, 3);
+        drop(rx);
+        assert_eq!(
+            stats().unwrap().buffers_out,
+            0,
+            "queued buffers not handed back"
+        );
+        assert_eq!(conn.recv_stream().unwrap().buffers_available(), 256);
+    })
+    .unwrap();
+}
