@@ -468,7 +468,7 @@ impl Core {
         for &(user_data, res, flags) in &batch {
             match user_data {
                 IGNORE => {}
-                EVENTFD => self.on_eventfd()?,
+                EVENTFD => self.on_eventfd(res)?,
                 id => self.dispatch(id as u32, Completion { res, flags }),
             }
         }
@@ -477,8 +477,16 @@ impl Core {
         Ok(())
     }
 
-    fn on_eventfd(&self) -> io::Result<()> {
+    fn on_eventfd(&self, res: i32) -> io::Result<()> {
         self.eventfd_armed.set(false);
+        if res < 0 && res != -libc::EINTR && res != -libc::EAGAIN && !self.shutting_down.get() {
+            // Re-arming a read that fails would spin; without it wakes from other
+            // threads would be lost, so the loop stops with the reason.
+            return Err(io::Error::other(format!(
+                "reading the runtime's eventfd failed: {}",
+                io::Error::from_raw_os_error(-res)
+            )));
+        }
         let mut keys = std::mem::take(&mut *self.wake_scratch.borrow_mut());
         self.remote.drain(&mut keys);
         for key in keys.drain(..) {

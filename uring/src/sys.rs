@@ -112,10 +112,12 @@ pub(crate) fn empty_msghdr() -> libc::msghdr {
     unsafe { std::mem::zeroed() }
 }
 
-/// A new non-blocking-agnostic, close-on-exec eventfd.
+/// A new close-on-exec eventfd. Blocking on purpose: io_uring may complete a read of
+/// an `O_NONBLOCK` file at once with `EAGAIN` instead of waiting, and a write only blocks
+/// when the counter would overflow (never: each wake adds one, each read empties it).
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; a non-negative result is a fresh descriptor we own.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
