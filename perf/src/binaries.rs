@@ -77,13 +77,11 @@ pub fn find_ztunnel(env: Option<OsString>, cwd: &Path) -> Result<PathBuf> {
         return Ok(std::fs::canonicalize(found).unwrap_or_else(|_| found.clone()));
     }
     let looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
-    Err(Error::MissingTool {
-        tool: "ztunnel".into(),
-        install: format!(
-            "set ZTUNNEL_BIN to a ztunnel built with `--features testing` (looked at {})",
-            looked.join(", ")
-        ),
-    })
+    Err(Error::Usage(format!(
+        "ztunnel not found (looked at {}): set ZTUNNEL_BIN to a ztunnel built with \
+         --features testing, or put one at ../shared/ztunnel/ztunnel beside the repository",
+        looked.join(", ")
+    )))
 }
 
 /// [`find_ztunnel`] with the process's `ZTUNNEL_BIN` and current directory.
