@@ -19,6 +19,7 @@ use crate::generators::{
     LatencySummary, LoadResult, RrParams,
 };
 use crate::procstat::{ProcUsage, Sampler};
+use crate::syscalls::{SyscallCounter, SyscallCounts};
 use crate::target::{launch, LaunchOptions, RenderContext, RunningProxy, TargetSpec};
 use crate::topology::{NetnsPair, Node, Redirect, Topology};
 use crate::{sys, Error, Result};
@@ -124,8 +125,12 @@ pub struct CompareConfig {
     pub perf_record: Option<String>,
     /// The `zpath-perf` binary (for `serve` and the built-in `relay`).
     pub self_exe: PathBuf,
-    /// The zpath binary for `${zpath_bin}`.
+    /// The zpath binary for `${zpath_bin}` (absolute: targets start in their own
+    /// directories; see [`crate::binaries::resolve_zpath_bin`]).
     pub zpath_bin: Option<PathBuf>,
+    /// The ztunnel binary for `${ztunnel_bin}` (absolute; see
+    /// [`crate::binaries::find_ztunnel`]).
+    pub ztunnel_bin: Option<PathBuf>,
     /// Load shapes.
     pub load: LoadSettings,
     /// Print progress to stderr.
@@ -165,10 +170,28 @@ pub struct Sample {
     pub cpu_ms_per_1k_req: Option<f64>,
     /// Proxy RSS growth per idle connection, KiB.
     pub rss_kib_per_conn: Option<f64>,
+    /// System calls the proxies made while the load ran (every thread, all nodes), see
+    /// [`crate::syscalls`].
+    #[serde(default)]
+    pub proxy_syscalls: Option<SyscallCounts>,
+    /// Why `proxy_syscalls` is missing from a proxied sample.
+    #[serde(default)]
+    pub syscalls_unavailable: Option<String>,
+    /// Proxy system calls per exchange (`rr`, `crr`).
+    #[serde(default)]
+    pub syscalls_per_req: Option<f64>,
+    /// Proxy `io_uring_enter` calls per exchange (`rr`, `crr`).
+    #[serde(default)]
+    pub io_uring_enter_per_req: Option<f64>,
     /// The proxies' `istio_tcp_*` counters after the sample (summed over nodes and
     /// labels), for targets with a metrics URL.
     #[serde(default)]
     pub proxy_counters: std::collections::BTreeMap<String, f64>,
+    /// The same counters per node (`client`, `server`): on the server node of a tunnel
+    /// target they show that traffic arrived through the tunnel, the only way in there.
+    #[serde(default)]
+    pub proxy_counters_by_node:
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>>,
     /// Why the sample failed, if it did.
     pub error: Option<String>,
 }
@@ -192,7 +215,12 @@ impl Sample {
             cpu_s_per_gb: None,
             cpu_ms_per_1k_req: None,
             rss_kib_per_conn: None,
+            proxy_syscalls: None,
+            syscalls_unavailable: None,
+            syscalls_per_req: None,
+            io_uring_enter_per_req: None,
             proxy_counters: Default::default(),
+            proxy_counters_by_node: Default::default(),
             error: None,
         }
     }
@@ -325,6 +353,19 @@ fn validate(cfg: &CompareConfig) -> Result<()> {
     if cfg.duration.is_zero() {
         return Err(Error::Usage("duration must be positive".into()));
     }
+    for t in &cfg.targets {
+        if t.uses("${zpath_bin}") && cfg.zpath_bin.is_none() {
+            return Err(Error::Usage(format!(
+                "target {} needs the zpath binary: build it with `cargo build --release -p \
+                 zpath-engine` and pass --zpath-bin PATH or set ZPATH_BIN",
+                t.name
+            )));
+        }
+        if t.uses("${ztunnel_bin}") && cfg.ztunnel_bin.is_none() {
+            // Say where it was looked for.
+            crate::binaries::find_ztunnel_here()?;
+        }
+    }
     if let Some(p) = &cfg.perf_record {
         if !cfg.targets.iter().any(|t| &t.name == p) {
             return Err(Error::Usage(format!(
@@ -356,8 +397,13 @@ fn progress(n: usize, total: usize, s: &Sample) {
                 .latency
                 .map(|l| format!(", p50 {:.0} µs p99 {:.0} µs", l.p50_us, l.p99_us))
                 .unwrap_or_default();
+            let sys = match (s.syscalls_per_req, &s.syscalls_unavailable) {
+                (Some(n), _) => format!(", {n:.1} proxy syscalls/req"),
+                (None, Some(why)) => format!(", syscalls not counted: {why}"),
+                (None, None) => String::new(),
+            };
             format!(
-                "{:.2} {}{lat}, proxy cpu {:.2} s",
+                "{:.2} {}{lat}, proxy cpu {:.2} s{sys}",
                 s.value,
                 s.scenario.unit(),
                 s.proxy.cpu_s
@@ -410,6 +456,7 @@ fn deploy(
             app_port: app.port(),
             dir,
             zpath_bin: cfg.zpath_bin.clone(),
+            ztunnel_bin: cfg.ztunnel_bin.clone(),
             zpath_perf_bin: cfg.self_exe.clone(),
             ports: Default::default(),
             files: Default::default(),
@@ -477,9 +524,12 @@ fn run_sample(
     for p in &deployed.proxies {
         match p.counters("istio_tcp_") {
             Ok(c) => {
-                for (k, v) in c {
-                    *sample.proxy_counters.entry(k).or_insert(0.0) += v;
+                for (k, v) in &c {
+                    *sample.proxy_counters.entry(k.clone()).or_insert(0.0) += v;
                 }
+                sample
+                    .proxy_counters_by_node
+                    .insert(p.node.role.to_string(), c);
             }
             Err(e) => eprintln!("zpath-perf: {}: reading metrics: {e}", p.name),
         }
@@ -488,15 +538,25 @@ fn run_sample(
         let _ = p.stop();
     }
     match outcome {
-        Ok((result, usage, idle_rss)) => fill(&mut sample, scenario, &result, usage, idle_rss),
+        Ok(m) => fill(&mut sample, scenario, m),
         Err(e) => sample.error = Some(e.to_string()),
     }
     Ok(sample)
 }
 
-/// What a measured scenario produced: the load result, the proxies' usage and, for
-/// `idle`, the proxies' RSS (KiB) before opening and while holding the connections.
-type Measured = (LoadResult, ProcUsage, Option<(u64, u64)>);
+/// What a measured scenario produced.
+struct Measured {
+    /// The load result.
+    result: LoadResult,
+    /// The proxies' CPU and memory.
+    usage: ProcUsage,
+    /// For `idle`, the proxies' RSS (KiB) before opening and while holding the
+    /// connections.
+    idle_rss: Option<(u64, u64)>,
+    /// The proxies' system calls, or why they could not be counted; `None` without
+    /// proxies.
+    syscalls: Option<Result<SyscallCounts, String>>,
+}
 
 /// Runs the scenario with the sampler around it; for `idle`, also the RSS reading taken
 /// while the connections are held.
@@ -507,6 +567,7 @@ fn measure(
     roots: Vec<u32>,
 ) -> Result<Measured> {
     let l = &cfg.load;
+    let counter = (!roots.is_empty()).then(|| SyscallCounter::start(&roots));
     let sampler = Sampler::start(roots, Duration::from_millis(100));
     let mut idle_rss = None;
     let result = match scenario {
@@ -556,17 +617,23 @@ fn measure(
             })
         }
     };
+    let syscalls = counter.map(|c| c.and_then(SyscallCounter::finish));
     let usage = sampler.finish();
-    Ok((result?, usage, idle_rss))
+    Ok(Measured {
+        result: result?,
+        usage,
+        idle_rss,
+        syscalls,
+    })
 }
 
-fn fill(
-    s: &mut Sample,
-    scenario: Scenario,
-    r: &LoadResult,
-    usage: ProcUsage,
-    idle_rss: Option<(u64, u64)>,
-) {
+fn fill(s: &mut Sample, scenario: Scenario, m: Measured) {
+    let Measured {
+        result: r,
+        usage,
+        idle_rss,
+        syscalls,
+    } = m;
     s.elapsed_s = r.elapsed.as_secs_f64();
     s.bytes_sent = r.bytes_sent;
     s.bytes_received = r.bytes_received;
@@ -593,6 +660,18 @@ fn fill(
         if let (Some((before, during)), true) = (idle_rss, r.connections > 0) {
             s.rss_kib_per_conn = Some(during.saturating_sub(before) as f64 / r.connections as f64);
         }
+    }
+    match syscalls {
+        Some(Ok(c)) => {
+            if r.requests > 0 && matches!(scenario, Scenario::Rr | Scenario::Crr) {
+                let per_req = |n: u64| n as f64 / r.requests as f64;
+                s.syscalls_per_req = Some(per_req(c.total));
+                s.io_uring_enter_per_req = c.io_uring_enter.map(per_req);
+            }
+            s.proxy_syscalls = Some(c);
+        }
+        Some(Err(why)) => s.syscalls_unavailable = Some(why),
+        None => {}
     }
     s.proxy = usage;
     if s.value <= 0.0 {

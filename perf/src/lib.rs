@@ -9,7 +9,9 @@
 //! * [`topology`]: two network namespaces joined by a veth pair with an iptables REDIRECT
 //!   on the client node (root), or a loopback fallback with a SOCKS5 entry.
 //! * [`target`]: how a proxy is started on each node, as data (TOML), with built-ins.
+//! * [`binaries`]: where the zpath and ztunnel binaries are, as absolute paths.
 //! * [`procstat`]: CPU time and RSS of the proxy processes, read from `/proc`.
+//! * [`syscalls`]: system calls of the proxy processes, counted by kernel tracepoints.
 //! * [`compare`]: runs every scenario for every target, interleaved, with repeats.
 //! * [`report`]: summary statistics, the text table, the JSON file and SVG charts.
 //! * [`relay`]: a minimal reference relay, so the harness can be tested without a real proxy.
@@ -22,6 +24,7 @@
 //! owned by a guard that removes it on drop, and registered with [`cleanup`] so that
 //! Ctrl-C removes it too. It never touches the root namespace's interfaces or rules.
 
+pub mod binaries;
 pub mod cleanup;
 pub mod compare;
 pub mod generators;
@@ -30,6 +33,7 @@ pub mod relay;
 pub mod report;
 pub mod server;
 pub mod sys;
+pub mod syscalls;
 pub mod target;
 pub mod topology;
 

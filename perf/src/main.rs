@@ -15,7 +15,7 @@ use zpath_perf::generators::{
 use zpath_perf::report::{self, JsonReport};
 use zpath_perf::server::Server;
 use zpath_perf::target::TargetSpec;
-use zpath_perf::{cleanup, sys};
+use zpath_perf::{binaries, cleanup, sys};
 
 #[derive(Parser)]
 #[command(
@@ -98,7 +98,8 @@ struct LoadArgs {
 
 #[derive(Args)]
 struct CompareArgs {
-    /// Comma-separated targets: direct, zpath, zpath-hbone, relay, or paths to target files.
+    /// Comma-separated targets: direct, zpath, zpath-hbone, ztunnel, relay, or paths to
+    /// target files.
     #[arg(long, default_value = "direct,zpath", value_delimiter = ',')]
     targets: Vec<String>,
     /// Comma-separated scenarios.
@@ -119,7 +120,8 @@ struct CompareArgs {
     /// Run this target's proxies under `perf record -e cpu-clock -g`.
     #[arg(long)]
     perf_record: Option<String>,
-    /// The zpath binary for the built-in zpath targets.
+    /// The zpath binary for the built-in zpath targets (relative to the current
+    /// directory); default: the `zpath` beside this `zpath-perf`, if there is one.
     #[arg(long, env = "ZPATH_BIN")]
     zpath_bin: Option<PathBuf>,
     #[command(flatten)]
@@ -286,6 +288,14 @@ fn compare(a: CompareArgs) -> anyhow::Result<()> {
             eprintln!("zpath-perf: target {} is experimental: {why}", t.name);
         }
     }
+    let self_exe = std::env::current_exe().context("locating the zpath-perf binary")?;
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    let zpath_bin = binaries::resolve_zpath_bin(a.zpath_bin.as_deref(), &cwd, &self_exe)?;
+    let ztunnel_bin = if targets.iter().any(|t| t.uses("${ztunnel_bin}")) {
+        Some(binaries::find_ztunnel_here()?)
+    } else {
+        None
+    };
     let cfg = CompareConfig {
         targets,
         scenarios,
@@ -294,8 +304,9 @@ fn compare(a: CompareArgs) -> anyhow::Result<()> {
         out: a.out.clone(),
         loopback,
         perf_record: a.perf_record.clone(),
-        self_exe: std::env::current_exe().context("locating the zpath-perf binary")?,
-        zpath_bin: a.zpath_bin.clone(),
+        self_exe,
+        zpath_bin,
+        ztunnel_bin,
         load: LoadSettings {
             bulk_flows: a.load.flows,
             rr_connections: a.load.connections,
@@ -325,6 +336,8 @@ fn compare(a: CompareArgs) -> anyhow::Result<()> {
         "targets": cfg.targets.iter().map(|t| serde_json::json!({
             "name": t.name, "description": t.description, "experimental": t.experimental,
         })).collect::<Vec<_>>(),
+        "zpath_bin": cfg.zpath_bin,
+        "ztunnel_bin": cfg.ztunnel_bin,
         "load": cfg.load,
         "perf_record": a.perf_record,
         "cores": cores,

@@ -72,28 +72,50 @@ fn all_processes() -> HashMap<u32, (u32, u64, u64)> {
     m
 }
 
-/// Sums CPU ticks and RSS pages over the trees rooted at `roots`.
-fn tree_totals(procs: &HashMap<u32, (u32, u64, u64)>, roots: &[u32]) -> (u64, u64) {
+/// The live pids of the trees rooted at `roots` in `procs`, each once.
+fn tree_members(procs: &HashMap<u32, (u32, u64, u64)>, roots: &[u32]) -> Vec<u32> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     for (pid, (ppid, _, _)) in procs {
         children.entry(*ppid).or_default().push(*pid);
     }
-    let (mut ticks, mut pages) = (0, 0);
+    let mut members = Vec::new();
     let mut stack: Vec<u32> = roots.to_vec();
     let mut seen = std::collections::HashSet::new();
     while let Some(pid) = stack.pop() {
         if !seen.insert(pid) {
             continue;
         }
-        if let Some((_, t, r)) = procs.get(&pid) {
-            ticks += t;
-            pages += r;
+        if procs.contains_key(&pid) {
+            members.push(pid);
         }
         if let Some(c) = children.get(&pid) {
             stack.extend(c);
         }
     }
-    (ticks, pages)
+    members
+}
+
+/// Sums CPU ticks and RSS pages over the trees rooted at `roots`.
+fn tree_totals(procs: &HashMap<u32, (u32, u64, u64)>, roots: &[u32]) -> (u64, u64) {
+    tree_members(procs, roots)
+        .iter()
+        .filter_map(|pid| procs.get(pid))
+        .fold((0, 0), |(t, p), (_, ticks, pages)| (t + ticks, p + pages))
+}
+
+/// Every live thread id of every process in the trees rooted at `roots`.
+pub fn tree_threads(roots: &[u32]) -> Vec<u32> {
+    let mut tids = Vec::new();
+    for pid in tree_members(&all_processes(), roots) {
+        let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        tids.extend(
+            dir.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok())),
+        );
+    }
+    tids
 }
 
 /// Reads the trees rooted at `roots` once.

@@ -43,6 +43,12 @@ pub struct Summary {
     pub rss_kib_per_conn: Option<f64>,
     /// Median of the proxies' largest RSS, KiB.
     pub rss_max_kib: Option<f64>,
+    /// Median proxy system calls per exchange (`rr`, `crr`).
+    #[serde(default)]
+    pub syscalls_per_req: Option<f64>,
+    /// Median proxy `io_uring_enter` calls per exchange (`rr`, `crr`).
+    #[serde(default)]
+    pub io_uring_enter_per_req: Option<f64>,
 }
 
 /// The median of `v` (mean of the middle two for even lengths); `None` if empty.
@@ -103,6 +109,8 @@ pub fn summarise(samples: &[Sample]) -> Vec<Summary> {
                 rss_max_kib: med(&|s| {
                     (!s.proxy.readings.is_empty()).then_some(s.proxy.rss_max_kib as f64)
                 }),
+                syscalls_per_req: med(&|s| s.syscalls_per_req),
+                io_uring_enter_per_req: med(&|s| s.io_uring_enter_per_req),
                 target,
             }
         })
@@ -154,7 +162,7 @@ pub fn table(summaries: &[Summary]) -> String {
         let _ = writeln!(t, "\n{} ({})", sc.name(), sc.unit());
         let _ = writeln!(
             t,
-            "  {:<16} {:>12} {:>25} {:>8} {:>9} {:>9} {:>9} {:>10} {:>12} {:>10} {:>10}",
+            "  {:<16} {:>12} {:>25} {:>8} {:>9} {:>9} {:>9} {:>10} {:>12} {:>10} {:>10} {:>8} {:>9}",
             "target",
             "median",
             "min-max",
@@ -165,7 +173,9 @@ pub fn table(summaries: &[Summary]) -> String {
             "cpu s/GB",
             "cpu ms/1k",
             "KiB/conn",
-            "RSS MiB"
+            "RSS MiB",
+            "sys/req",
+            "uring/req"
         );
         for s in summaries.iter().filter(|s| s.scenario == sc) {
             let spread = format!("{}-{}", fmt_value(s.min), fmt_value(s.max));
@@ -175,7 +185,7 @@ pub fn table(summaries: &[Summary]) -> String {
             }
             let _ = writeln!(
                 t,
-                "  {:<16} {:>12} {:>25} {:>8} {:>9} {:>9} {:>9} {:>10} {:>12} {:>10} {:>10}",
+                "  {:<16} {:>12} {:>25} {:>8} {:>9} {:>9} {:>9} {:>10} {:>12} {:>10} {:>10} {:>8} {:>9}",
                 name,
                 fmt_value(s.median),
                 spread,
@@ -187,6 +197,8 @@ pub fn table(summaries: &[Summary]) -> String {
                 opt(s.cpu_ms_per_1k_req, 2),
                 opt(s.rss_kib_per_conn, 2),
                 opt(s.rss_max_kib.map(|k| k / 1024.0), 1),
+                opt(s.syscalls_per_req, 2),
+                opt(s.io_uring_enter_per_req, 2),
             );
         }
     }

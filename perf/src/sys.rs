@@ -234,3 +234,94 @@ pub fn connect_marked(dst: std::net::SocketAddr, mark: u32) -> io::Result<std::n
     }
     Ok(stream)
 }
+
+/// `struct perf_event_attr` up to `PERF_ATTR_SIZE_VER0` (64 bytes), the fields a
+/// counting tracepoint event needs; the kernel accepts this size from any version.
+#[repr(C)]
+#[derive(Default)]
+struct PerfEventAttr {
+    kind: u32,
+    size: u32,
+    config: u64,
+    sample_period: u64,
+    sample_type: u64,
+    read_format: u64,
+    /// Bit 0 `disabled`, bit 1 `inherit`, ...: only `inherit` is set.
+    flags: u64,
+    wakeup_events: u32,
+    bp_type: u32,
+    config1: u64,
+}
+
+const PERF_TYPE_TRACEPOINT: u32 = 2;
+const PERF_ATTR_FLAG_INHERIT: u64 = 1 << 1;
+const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
+
+/// A kernel counter of one tracepoint in one thread and the threads and processes it
+/// starts after the counter opens (perf's `inherit`), counting from the moment it opens.
+#[derive(Debug)]
+pub struct TracepointCounter {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl TracepointCounter {
+    /// Counts the tracepoint with tracefs id `id` (`events/GROUP/NAME/id`) in thread `tid`.
+    /// Needs root, or `kernel.perf_event_paranoid` ≤ -1 for the kernel's tracepoints.
+    pub fn open(id: u64, tid: u32) -> io::Result<TracepointCounter> {
+        use std::os::fd::FromRawFd;
+        let tid = libc::pid_t::try_from(tid)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "thread id out of range"))?;
+        let attr = PerfEventAttr {
+            kind: PERF_TYPE_TRACEPOINT,
+            size: std::mem::size_of::<PerfEventAttr>() as u32,
+            config: id,
+            flags: PERF_ATTR_FLAG_INHERIT,
+            ..PerfEventAttr::default()
+        };
+        // SAFETY: `attr` is a valid perf_event_attr of the size it declares and outlives
+        // the call; cpu -1 with a thread id counts that thread on every CPU; no group fd.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_perf_event_open,
+                &attr as *const PerfEventAttr,
+                tid,
+                -1 as libc::c_int,
+                -1 as libc::c_int,
+                PERF_FLAG_FD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = libc::c_int::try_from(fd)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "fd out of range"))?;
+        // SAFETY: perf_event_open returned a fresh fd that nothing else owns.
+        Ok(TracepointCounter {
+            fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// The count so far (including exited inherited threads); the counter keeps running.
+    pub fn read(&self) -> io::Result<u64> {
+        let mut v: u64 = 0;
+        // SAFETY: without a read_format the kernel writes exactly one u64 into `v`, which
+        // is valid and 8 bytes long for the call.
+        let n = unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                (&mut v as *mut u64).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+        if n == std::mem::size_of::<u64>() as isize {
+            Ok(v)
+        } else if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "short read of a perf counter",
+            ))
+        }
+    }
+}

@@ -13,7 +13,8 @@
 //! | `${dir}` | a fresh directory for this proxy run (state, certificates) |
 //! | `${file:NAME}` | the path of the rendered `[[NODE.files]]` entry NAME |
 //! | `${port:NAME}` | port NAME from `[NODE.ports]` in netns mode; a free port in loopback mode |
-//! | `${zpath_bin}` | the zpath binary (`--zpath-bin` or `ZPATH_BIN`) |
+//! | `${zpath_bin}` | the zpath binary (`--zpath-bin` or `ZPATH_BIN`, else the `zpath` beside `zpath-perf`), absolute |
+//! | `${ztunnel_bin}` | the ztunnel binary (`ZTUNNEL_BIN`, else `../shared/ztunnel/ztunnel`), absolute |
 //! | `${zpath_perf_bin}` | this harness's own binary (for the built-in `relay`) |
 //! | `${env:VAR}` | the harness's environment variable VAR |
 
@@ -120,9 +121,10 @@ pub struct FileSpec {
 const BUILTIN_ZPATH: &str = include_str!("../targets/zpath.toml");
 const BUILTIN_ZPATH_HBONE: &str = include_str!("../targets/zpath-hbone.toml");
 const BUILTIN_RELAY: &str = include_str!("../targets/relay.toml");
+const BUILTIN_ZTUNNEL: &str = include_str!("../targets/ztunnel.example.toml");
 
 /// Names of the built-in targets.
-pub const BUILTIN: [&str; 4] = ["direct", "zpath", "zpath-hbone", "relay"];
+pub const BUILTIN: [&str; 5] = ["direct", "zpath", "zpath-hbone", "relay", "ztunnel"];
 
 impl TargetSpec {
     /// The `direct` target: no proxy.
@@ -154,6 +156,7 @@ impl TargetSpec {
             "zpath" => TargetSpec::parse(BUILTIN_ZPATH, "built-in zpath"),
             "zpath-hbone" => TargetSpec::parse(BUILTIN_ZPATH_HBONE, "built-in zpath-hbone"),
             "relay" => TargetSpec::parse(BUILTIN_RELAY, "built-in relay"),
+            "ztunnel" => TargetSpec::parse(BUILTIN_ZTUNNEL, "built-in ztunnel"),
             path => {
                 let text = fs::read_to_string(path).map_err(|e| Error::Target {
                     target: path.into(),
@@ -205,6 +208,19 @@ impl TargetSpec {
     pub fn supports(&self, mode: &str) -> bool {
         self.modes.iter().any(|m| m == mode)
     }
+
+    /// Whether any node's command, arguments or environment names `placeholder` (e.g.
+    /// `${ztunnel_bin}`), so a missing binary is reported before anything starts.
+    pub fn uses(&self, placeholder: &str) -> bool {
+        [&self.client, &self.server].into_iter().flatten().any(|n| {
+            std::iter::once(&n.command)
+                .chain(&n.args)
+                .chain(&n.netns_args)
+                .chain(&n.loopback_args)
+                .chain(n.env.values())
+                .any(|s| s.contains(placeholder))
+        })
+    }
 }
 
 /// Values for placeholders.
@@ -222,6 +238,8 @@ pub struct RenderContext {
     pub dir: PathBuf,
     /// The zpath binary, if known.
     pub zpath_bin: Option<PathBuf>,
+    /// The ztunnel binary, if found.
+    pub ztunnel_bin: Option<PathBuf>,
     /// The zpath-perf binary.
     pub zpath_perf_bin: PathBuf,
     /// Resolved `${port:NAME}` values.
@@ -265,6 +283,12 @@ impl RenderContext {
                 "zpath_bin" => {
                     let bin = self.zpath_bin.as_ref().ok_or_else(|| Error::Usage(
                         "the zpath binary is not known: build it with `cargo build --release -p zpath-engine` and pass --zpath-bin PATH or set ZPATH_BIN".into(),
+                    ))?;
+                    Some(bin.display().to_string())
+                }
+                "ztunnel_bin" => {
+                    let bin = self.ztunnel_bin.as_ref().ok_or_else(|| Error::Usage(
+                        "the ztunnel binary is not known: set ZTUNNEL_BIN to a ztunnel built with `--features testing`, or put it at ../shared/ztunnel/ztunnel beside the repository".into(),
                     ))?;
                     Some(bin.display().to_string())
                 }
@@ -659,6 +683,7 @@ mod tests {
             app_port: 5201,
             dir: PathBuf::from("/tmp/x"),
             zpath_bin: None,
+            ztunnel_bin: None,
             zpath_perf_bin: PathBuf::from("/bin/zpath-perf"),
             ports: BTreeMap::from([("outbound".to_string(), 15001)]),
             files: BTreeMap::from([("a.yaml".to_string(), PathBuf::from("/tmp/x/a.yaml"))]),
@@ -714,12 +739,94 @@ mod tests {
             .supports("loopback"));
     }
 
+    /// ztunnel's `LocalConfig` (src/xds.rs), as far as the target uses it: unknown
+    /// fields are refused as ztunnel refuses them, and what ztunnel needs in practice is
+    /// required (`uid`, each workload's `services`).
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct ZtunnelLocalConfig {
+        #[serde(default)]
+        workloads: Vec<ZtunnelWorkload>,
+        #[serde(default)]
+        policies: Vec<serde_yaml::Value>,
+        #[serde(default)]
+        services: Vec<serde_yaml::Value>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct ZtunnelWorkload {
+        uid: String,
+        name: String,
+        namespace: String,
+        service_account: String,
+        workload_ips: Vec<std::net::IpAddr>,
+        protocol: String,
+        node: String,
+        services: BTreeMap<String, BTreeMap<u16, u16>>,
+    }
+
     #[test]
-    fn example_ztunnel_target_parses() {
-        let text = include_str!("../targets/ztunnel.example.toml");
-        let t = TargetSpec::parse(text, "ztunnel.example.toml").unwrap();
-        assert!(t.client.is_some() && t.server.is_some());
+    fn ztunnel_target_renders_a_local_config_ztunnel_accepts() {
+        let t = TargetSpec::resolve("ztunnel").unwrap();
         assert!(!t.supports("loopback"));
+        assert!(t.uses("${ztunnel_bin}"));
+        let dir = tempfile::tempdir().unwrap();
+        for (role, spec, ip) in [
+            ("client", t.client.as_ref().unwrap(), "10.0.0.1"),
+            ("server", t.server.as_ref().unwrap(), "10.0.0.2"),
+        ] {
+            let mut c = ctx();
+            c.node.role = role;
+            c.node.ip = ip.parse().unwrap();
+            c.client_ip = "10.0.0.1".into();
+            c.server_ip = "10.0.0.2".into();
+            c.dir = dir.path().join(role);
+            c.ztunnel_bin = Some(PathBuf::from("/opt/ztunnel"));
+            c.files.clear();
+            prepare_run_dir(spec, &mut c, "netns").unwrap();
+            let env: BTreeMap<&str, String> = spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.as_str(), c.render(v).unwrap()))
+                .collect();
+            let yaml = fs::read_to_string(&env["LOCAL_XDS_PATH"]).unwrap();
+            let cfg: ZtunnelLocalConfig = serde_yaml::from_str(&yaml).unwrap();
+            assert!(cfg.policies.is_empty() && cfg.services.is_empty());
+            assert_eq!(cfg.workloads.len(), 2);
+            let mut uids: Vec<&str> = cfg.workloads.iter().map(|w| w.uid.as_str()).collect();
+            uids.dedup();
+            assert_eq!(uids.len(), 2, "workload uids must differ: {uids:?}");
+            for w in &cfg.workloads {
+                assert!(!w.uid.is_empty() && w.services.is_empty(), "{w:?}");
+                assert_eq!(w.protocol, "HBONE");
+            }
+            // PROXY_WORKLOAD_INFO names the workload on this node, at this node's address.
+            let mine = cfg
+                .workloads
+                .iter()
+                .find(|w| w.node == env["NODE_NAME"])
+                .unwrap();
+            assert_eq!(
+                env["PROXY_WORKLOAD_INFO"],
+                format!("{}/{}/{}", mine.namespace, mine.name, mine.service_account)
+            );
+            assert_eq!(mine.workload_ips, vec![c.node.ip]);
+            assert_eq!(env["FAKE_CA"], "true");
+            assert_eq!(env["ZTUNNEL_WORKER_THREADS"], "1");
+            let args: Vec<String> = spec.args.iter().map(|a| c.render(a).unwrap()).collect();
+            assert_eq!(spec.command, "taskset");
+            assert_eq!(args[0], "-c");
+            assert_eq!(args[2], "/opt/ztunnel");
+        }
+    }
+
+    #[test]
+    fn ztunnel_target_without_a_binary_says_how_to_get_one() {
+        let t = TargetSpec::resolve("ztunnel").unwrap();
+        let spec = t.client.unwrap();
+        let e = ctx().render(&spec.args[2]).unwrap_err().to_string();
+        assert!(e.contains("ZTUNNEL_BIN"), "{e}");
     }
 
     #[test]

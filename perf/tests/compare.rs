@@ -2,7 +2,9 @@
 //! successful, ratios to `direct` in (0, 2]. Timing is never asserted.
 //!
 //! `direct` vs the built-in reference `relay` always runs (netns mode as root, loopback
-//! otherwise); `direct` vs `zpath` passthrough runs when ZPATH_BIN names a zpath binary.
+//! otherwise); `direct` vs `zpath` passthrough runs when ZPATH_BIN names a zpath binary;
+//! `direct` vs `ztunnel` (rr only) runs as root when a ztunnel binary is found
+//! (ZTUNNEL_BIN or ../shared/ztunnel/ztunnel).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
 
@@ -29,6 +31,7 @@ fn config(targets: &[&str], loopback: bool, out: PathBuf) -> CompareConfig {
         perf_record: None,
         self_exe: PathBuf::from(env!("CARGO_BIN_EXE_zpath-perf")),
         zpath_bin: std::env::var_os("ZPATH_BIN").map(PathBuf::from),
+        ztunnel_bin: zpath_perf::binaries::find_ztunnel_here().ok(),
         load: LoadSettings {
             bulk_flows: 2,
             rr_connections: 2,
@@ -54,7 +57,7 @@ fn run_and_check(cfg: &CompareConfig) {
     let text = std::fs::read_to_string(cfg.out.join("results.json")).unwrap();
     let back: JsonReport = serde_json::from_str(&text).unwrap();
 
-    for sc in SCENARIOS {
+    for &sc in &cfg.scenarios {
         assert!(cfg.out.join(format!("{}.svg", sc.name())).exists());
         for t in &cfg.targets {
             for rep in 0..cfg.repeats {
@@ -77,10 +80,38 @@ fn run_and_check(cfg: &CompareConfig) {
                     assert_eq!(l.count, s.requests);
                     assert!(l.p50_us <= l.p99_us && l.p99_us <= l.max_us);
                     assert_eq!(s.cpu_ms_per_1k_req.is_some(), proxied);
+                    if !proxied {
+                        assert!(s.syscalls_per_req.is_none() && s.proxy_syscalls.is_none());
+                    } else if zpath_perf::sys::is_root() {
+                        // Root can always count the proxies' system calls.
+                        let per_req = s.syscalls_per_req.unwrap_or_else(|| {
+                            panic!("{sc:?} {}: {:?}", t.name, s.syscalls_unavailable)
+                        });
+                        assert!(per_req > 0.0, "{sc:?} {}", t.name);
+                        let total = s.proxy_syscalls.unwrap().total;
+                        assert!(total >= s.requests, "{sc:?} {}: {total}", t.name);
+                    } else {
+                        assert!(s.syscalls_per_req.is_some() || s.syscalls_unavailable.is_some());
+                    }
                 }
                 if sc == Scenario::Bulk {
                     assert_eq!(s.bytes_sent, s.bytes_received);
                     assert_eq!(s.cpu_s_per_gb.is_some(), proxied);
+                }
+                if t.name == "ztunnel" {
+                    // The client node's ztunnel carried it, and the server node's, which
+                    // nothing reaches but HBONE on 15008, saw every connection too.
+                    for node in ["client", "server"] {
+                        let opened = s
+                            .proxy_counters_by_node
+                            .get(node)
+                            .and_then(|c| c.get("istio_tcp_connections_opened_total"));
+                        assert!(
+                            opened.is_some_and(|n| *n > 0.0),
+                            "{sc:?}: ztunnel on the {node} node: {:?}",
+                            s.proxy_counters_by_node
+                        );
+                    }
                 }
                 if t.name == "zpath" {
                     // The traffic really went through zpath: its own counters saw it.
@@ -175,4 +206,21 @@ fn compare_direct_against_zpath_hbone_between_two_nodes() {
         false,
         dir.path().to_path_buf(),
     ));
+}
+
+#[test]
+fn compare_direct_against_ztunnel_rr_through_hbone() {
+    if !zpath_perf::sys::is_root() {
+        eprintln!("skipping: the ztunnel target needs two network namespaces (root)");
+        return;
+    }
+    if let Err(e) = zpath_perf::binaries::find_ztunnel_here() {
+        eprintln!("skipping: {e}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&["direct", "ztunnel"], false, dir.path().to_path_buf());
+    cfg.scenarios = vec![Scenario::Rr];
+    cfg.repeats = 1;
+    run_and_check(&cfg);
 }
