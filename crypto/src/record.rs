@@ -18,6 +18,13 @@
 //! rustls on a client, refused from a client), close_notify and
 //! user_canceled; any other alert ends the session. We also update our own
 //! keys before the cipher suite's confidentiality limit.
+//!
+//! What the protocol allows but costs us work for no data is limited as rustls
+//! 0.23 limits it (its `TemperCounters` and deframer, after BoringSSL): 32
+//! KeyUpdates without application data between them, 32 empty records in a
+//! row, 4 warning alerts per session. Past a limit the session fails with
+//! unexpected_message, so a peer cannot make us derive keys or open records in
+//! a loop.
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM, NONCE_LEN};
 
@@ -44,6 +51,17 @@ const HANDSHAKE_NEW_SESSION_TICKET: u8 = 4;
 const HANDSHAKE_KEY_UPDATE: u8 = 24;
 const KEY_UPDATE_NOT_REQUESTED: u8 = 0;
 const KEY_UPDATE_REQUESTED: u8 = 1;
+
+/// KeyUpdates accepted without non-empty application data between them
+/// (rustls 0.23: `TemperCounters::INITIAL_KEY_UPDATE_REQUESTS`; BoringSSL:
+/// `kMaxKeyUpdates`).
+const MAX_KEY_UPDATES_WITHOUT_DATA: u8 = 32;
+/// Empty records accepted in a row (rustls 0.23:
+/// `ALLOWED_CONSECUTIVE_EMPTY_FRAGMENTS_MAX`; BoringSSL: `kMaxEmptyRecords`).
+const MAX_CONSECUTIVE_EMPTY_RECORDS: u8 = 32;
+/// Warning alerts (user_canceled) accepted per session (rustls 0.23:
+/// `allowed_warning_alerts`; BoringSSL: `kMaxWarningAlerts`).
+const MAX_WARNING_ALERTS: u8 = 4;
 
 const ALERT_LEVEL_WARNING: u8 = 1;
 const ALERT_LEVEL_FATAL: u8 = 2;
@@ -254,6 +272,53 @@ pub(crate) struct RecordLayer {
     handshake: Vec<u8>,
     /// The peer's close_notify arrived.
     peer_closed: bool,
+    /// What the peer sent that is legal but yields no data, against its limits.
+    temper: Temper,
+}
+
+/// Counts of legal messages that carry no application data; each is limited so
+/// a peer cannot keep us busy with them (the limits rustls 0.23 applies).
+#[derive(Debug, Default)]
+struct Temper {
+    /// KeyUpdates since the last non-empty application data.
+    key_updates: u8,
+    /// Empty records in a row.
+    empty_records: u8,
+    /// Warning alerts in this session.
+    warning_alerts: u8,
+}
+
+impl Temper {
+    /// Counts a record whose content (after padding) is `len` bytes.
+    fn record(&mut self, typ: u8, len: usize) -> Result<(), Fatal> {
+        if len > 0 {
+            self.empty_records = 0;
+            if typ == TYPE_APPLICATION_DATA {
+                self.key_updates = 0;
+            }
+            return Ok(());
+        }
+        self.empty_records = bump(self.empty_records, MAX_CONSECUTIVE_EMPTY_RECORDS)
+            .ok_or_else(|| unexpected("too many empty records in a row"))?;
+        Ok(())
+    }
+
+    fn key_update(&mut self) -> Result<(), Fatal> {
+        self.key_updates = bump(self.key_updates, MAX_KEY_UPDATES_WITHOUT_DATA)
+            .ok_or_else(|| unexpected("too many KeyUpdates without application data"))?;
+        Ok(())
+    }
+
+    fn warning_alert(&mut self) -> Result<(), Fatal> {
+        self.warning_alerts = bump(self.warning_alerts, MAX_WARNING_ALERTS)
+            .ok_or_else(|| unexpected("too many warning alerts"))?;
+        Ok(())
+    }
+}
+
+/// `count + 1` while that stays within `limit`.
+fn bump(count: u8, limit: u8) -> Option<u8> {
+    count.checked_add(1).filter(|&c| c <= limit)
 }
 
 impl RecordLayer {
@@ -267,6 +332,7 @@ impl RecordLayer {
             update_requested: false,
             handshake: Vec::new(),
             peer_closed: false,
+            temper: Temper::default(),
         }
     }
 
@@ -309,6 +375,7 @@ impl RecordLayer {
             let dst = io.plain_end;
             let (typ, n) = self.rx.open(io.buf, dst, at, len)?;
             io.cipher_start = end;
+            self.temper.record(typ, n)?;
             match typ {
                 TYPE_APPLICATION_DATA => {
                     if self.has_partial_message() {
@@ -386,6 +453,7 @@ impl RecordLayer {
                         [KEY_UPDATE_REQUESTED] => self.update_requested = true,
                         _ => return Err(decode_error("malformed KeyUpdate")),
                     }
+                    self.temper.key_update()?;
                     self.rx = conn.next_rx_key().map_err(from_tls)?;
                 }
                 HANDSHAKE_NEW_SESSION_TICKET => conn.new_session_ticket(body).map_err(from_tls)?,
@@ -402,7 +470,7 @@ impl RecordLayer {
                 self.peer_closed = true;
                 Ok(())
             }
-            [ALERT_LEVEL_WARNING, ALERT_USER_CANCELED] => Ok(()),
+            [ALERT_LEVEL_WARNING, ALERT_USER_CANCELED] => self.temper.warning_alert(),
             [ALERT_LEVEL_WARNING | ALERT_LEVEL_FATAL, description] => Err(Fatal {
                 alert: None,
                 error: SessionError::AlertReceived(conn.alert_name(description)),

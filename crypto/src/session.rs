@@ -828,6 +828,129 @@ mod tests {
         assert_eq!(client.plaintext(), b"hello");
     }
 
+    /// Feeds `server` what `send` seals, up to 10,000 times; returns how many
+    /// were accepted before the session failed, and the error and alert.
+    fn flood(
+        client: &mut TlsSession,
+        server: &mut TlsSession,
+        mut send: impl FnMut(&mut TlsSession, &mut [u8]) -> usize,
+    ) -> (usize, SessionError, Vec<u8>) {
+        let mut wire = vec![0u8; MAX_RECORD_LEN];
+        let mut out = vec![0u8; MAX_RECORD_LEN];
+        for accepted in 0..10_000 {
+            let n = send(client, &mut wire);
+            assert_eq!(server.feed(&wire[..n]), n);
+            if let Err(e) = server.process(&mut out) {
+                let n = server.failure_alert(&mut out);
+                return (accepted, e, out[..n].to_vec());
+            }
+        }
+        panic!("10,000 records accepted");
+    }
+
+    /// The client sees `alert` from the server in `sent`.
+    fn assert_alerted(client: &mut TlsSession, sent: &[u8], alert: &str) {
+        client.feed(sent);
+        let (got, _) = refused(client);
+        assert_eq!(got, SessionError::AlertReceived(alert.into()));
+    }
+
+    fn key_update(client: &mut TlsSession, wire: &mut [u8]) -> usize {
+        let records = client.records.as_mut().unwrap();
+        records.key_update_raw(&mut client.conn, &[&[24, 0, 0, 1, 0]], wire)
+    }
+
+    #[test]
+    fn a_flood_of_key_updates_ends_in_an_error() {
+        let (mut client, mut server) = established();
+        let (accepted, e, sent) = flood(&mut client, &mut server, key_update);
+        assert_eq!(accepted, 32, "rustls' limit: 32 KeyUpdates without data");
+        assert_eq!(
+            e,
+            SessionError::Protocol("too many KeyUpdates without application data".into())
+        );
+        assert_alerted(&mut client, &sent, "UnexpectedMessage");
+        // Asking for an update each time changes nothing: we answer once, and the
+        // limit is the same.
+        let (mut client, mut server) = established();
+        let (accepted, e, _) = flood(&mut client, &mut server, |client, wire| {
+            let records = client.records.as_mut().unwrap();
+            records.key_update_raw(&mut client.conn, &[&[24, 0, 0, 1, 1]], wire)
+        });
+        assert_eq!((accepted, e.label()), (32, "protocol_error"));
+    }
+
+    #[test]
+    fn a_flood_of_empty_records_ends_in_an_error() {
+        let (mut client, mut server) = established();
+        let (accepted, e, sent) = flood(&mut client, &mut server, |client, wire| {
+            client.records.as_mut().unwrap().seal_raw(DATA, &[], wire)
+        });
+        assert_eq!(accepted, 32, "rustls' limit: 32 empty records in a row");
+        assert_eq!(
+            e,
+            SessionError::Protocol("too many empty records in a row".into())
+        );
+        assert_alerted(&mut client, &sent, "UnexpectedMessage");
+        // Padding does not make a record less empty.
+        let (mut client, mut server) = established();
+        let (accepted, _, _) = flood(&mut client, &mut server, |client, wire| {
+            let padded = [DATA, 0, 0, 0];
+            client.records.as_mut().unwrap().seal_raw(0, &padded, wire)
+        });
+        assert_eq!(accepted, 32);
+    }
+
+    #[test]
+    fn empty_records_between_key_updates_do_not_reset_the_limit() {
+        let (mut client, mut server) = established();
+        let mut turn = 0;
+        let (accepted, e, _) = flood(&mut client, &mut server, |client, wire| {
+            turn += 1;
+            if turn % 2 == 0 {
+                return key_update(client, wire);
+            }
+            client.records.as_mut().unwrap().seal_raw(DATA, &[], wire)
+        });
+        // 32 KeyUpdates and the 33 empty records around them, then the 33rd update.
+        assert_eq!(accepted, 65);
+        assert_eq!(e.label(), "protocol_error", "{e}");
+    }
+
+    #[test]
+    fn key_updates_between_application_data_never_run_out() {
+        let (mut client, mut server) = established();
+        let mut wire = vec![0u8; MAX_RECORD_LEN];
+        let data = vec![0x5au8; 64 << 10];
+        // 100 updates in 6.4 MiB, far more than the 32 allowed without data between.
+        for _ in 0..100 {
+            let n = key_update(&mut client, &mut wire);
+            server.feed(&wire[..n]);
+            transfer(&mut client, &mut server, &data);
+        }
+        transfer(&mut server, &mut client, b"both ways still");
+        // And our own updates, one every 64 records (1 MiB), as the peer sees them.
+        client.records.as_mut().unwrap().limit_tx(64);
+        for _ in 0..40 {
+            transfer(&mut client, &mut server, &data);
+        }
+    }
+
+    #[test]
+    fn more_than_four_warning_alerts_end_the_session() {
+        let (mut client, mut server) = established();
+        let (accepted, e, sent) = flood(&mut client, &mut server, |client, wire| {
+            client
+                .records
+                .as_mut()
+                .unwrap()
+                .seal_raw(ALERT, &[1, 90], wire)
+        });
+        assert_eq!(accepted, 4, "rustls' limit: 4 warning alerts");
+        assert_eq!(e, SessionError::Protocol("too many warning alerts".into()));
+        assert_alerted(&mut client, &sent, "UnexpectedMessage");
+    }
+
     #[test]
     fn misplaced_post_handshake_messages_are_refused() {
         // Records (inner type, content) the client sends; the alert expected.
