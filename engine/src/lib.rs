@@ -16,6 +16,8 @@ pub mod certs;
 pub mod config;
 pub mod daemon;
 pub mod flow;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hbone;
 pub mod relay;
 pub mod shard;
