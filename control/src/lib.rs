@@ -15,6 +15,8 @@
 //! [`xds::XdsSource`] (istiod: delta xDS into snapshots, with readiness and counters).
 
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod model;
 pub mod snapshot;
 pub mod watch;

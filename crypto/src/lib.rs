@@ -31,6 +31,8 @@ mod ca;
 mod certificate;
 mod config;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod identity;
 mod record;
 mod session;

@@ -17,6 +17,8 @@ pub mod config;
 pub mod daemon;
 pub mod fds;
 pub mod flow;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handshakes;
 pub mod hbone;
 pub mod keepalive;

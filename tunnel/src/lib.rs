@@ -16,6 +16,8 @@
 
 pub mod client;
 pub mod connect;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod io;
 pub mod pool;
 pub mod relay;
