@@ -219,15 +219,16 @@ fn idle_admin_connections_leave_descriptors_for_the_data_path_and_xds() {
     node.wait_ready();
     let echo = EchoServer::start("127.0.0.1:0");
 
-    // 4,000 idle connections, to the metrics and readiness ports.
-    let flood: Vec<TcpStream> = (0..4000)
+    // Idle connections to the metrics and readiness ports, a few more than the limit
+    // (4,000 would still fit beside the node's own ~50 descriptors).
+    let flood: Vec<TcpStream> = (0..LIMIT + 4)
         .filter_map(|i| {
             let port = if i % 2 == 0 {
                 node.metrics
             } else {
                 node.readiness
             };
-            TcpStream::connect(port).ok()
+            TcpStream::connect_timeout(&port, Duration::from_secs(1)).ok()
         })
         .collect();
     assert!(flood.len() > 3500, "only {} connected", flood.len());

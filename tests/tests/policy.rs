@@ -128,7 +128,9 @@ fn inbound_to_a_destination_this_node_does_not_serve_is_refused_under_namespace_
     let target: SocketAddr = echo.addr;
     let unknown = "zpath_connections_failed_total{direction=\"inbound\",reason=\"unknown_target\"}";
     assert!(refused(client, target), "node-name mismatch refused");
-    assert_eq!(node.metric(unknown), 1);
+    wait_for("refusals counted", Duration::from_secs(10), || {
+        node.metric(unknown) == 1
+    });
 
     // No workload has the address yet (the control plane has not pushed the pod).
     reload(
@@ -136,7 +138,9 @@ fn inbound_to_a_destination_this_node_does_not_serve_is_refused_under_namespace_
         &format!("{}{DENY_NAMESPACE}", app_on("10.78.9.7", "node-a")),
     );
     assert!(refused(client, target), "address of no workload refused");
-    assert_eq!(node.metric(unknown), 2);
+    wait_for("refusals counted", Duration::from_secs(10), || {
+        node.metric(unknown) == 2
+    });
 
     // Served here without a policy: allowed, and the connection stays open...
     reload(&node, &app_on("10.78.9.2", "node-a"));
@@ -157,7 +161,9 @@ fn inbound_to_a_destination_this_node_does_not_serve_is_refused_under_namespace_
         "live connection to a released address closed"
     );
     assert!(refused(client, target), "released address refused");
-    assert_eq!(node.metric(unknown), 4);
+    wait_for("refusals counted", Duration::from_secs(10), || {
+        node.metric(unknown) == 4
+    });
     assert_eq!(
         node.metric("zpath_connections_failed_total{direction=\"inbound\",reason=\"denied\"}"),
         0,
