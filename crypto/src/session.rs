@@ -443,7 +443,9 @@ impl TlsSession {
             };
         }
         if self.failed.is_some() {
-            self.conn.pending_alert(out)
+            let window = &mut self.incoming;
+            let incoming = &mut window.buf[window.start..window.end];
+            self.conn.pending_alert(incoming, out)
         } else {
             0
         }
@@ -1129,6 +1131,29 @@ mod tests {
             let plain = server.plaintext();
             assert!(plain.is_empty() || plain == b"genuine", "round {round}");
         }
+    }
+
+    #[test]
+    fn a_client_hello_fragmented_over_records_does_not_panic_the_server() {
+        let ca = LocalCa::generate().unwrap();
+        let id: Identity = "spiffe://td/ns/a/sa/server".parse().unwrap();
+        let cert = ca.issue(&id, Duration::from_secs(600)).unwrap();
+        let tls = CertifiedTls::new(Arc::new(cert)).unwrap();
+        let mut server = TlsSession::server(&tls.server_config(), SessionBuffers::new(0)).unwrap();
+        // A handshake record with a complete message, then the start of one
+        // that continues past it: rustls keeps ranges into `incoming`.
+        let hello = [
+            0x16, 0x03, 0x01, 0x00, 0x0b, 0x01, 0x00, 0x00, 0x01, 0x00, 0x1c, 0x16, 0x03, 0x01,
+            0x00, 0x0b, 0x01, 0x00, 0x00, 0x01, 0x00,
+        ];
+        assert_eq!(server.feed(&hello), hello.len());
+        let mut out = vec![0u8; MAX_RECORD_LEN];
+        let e = server.process(&mut out).unwrap_err();
+        assert_eq!(e.label(), "protocol_error", "{e}");
+        // The alert the engine sends next must not make rustls read a
+        // buffer other than the one holding those ranges.
+        assert!(server.failure_alert(&mut out) <= MAX_RECORD_LEN);
+        assert_eq!(server.process(&mut out), Err(e));
     }
 
     #[test]

@@ -720,11 +720,13 @@ impl Connection {
     }
 
     /// After a failure: encodes the alert rustls queued for the peer, if any.
-    pub(crate) fn pending_alert(&mut self, out: &mut [u8]) -> usize {
-        let mut empty: [u8; 0] = [];
+    /// `incoming` must be the buffer the last [`Connection::drive`] was given,
+    /// less what it consumed: rustls may still hold ranges into it (a
+    /// handshake message split over records) and panics on any other buffer.
+    pub(crate) fn pending_alert(&mut self, incoming: &mut [u8], out: &mut [u8]) -> usize {
         let written = match &mut self.conn {
-            Conn::Client(c) => encode_pending(c.process_tls_records(&mut empty), out),
-            Conn::Server(c) => encode_pending(c.process_tls_records(&mut empty), out),
+            Conn::Client(c) => encode_pending(c.process_tls_records(incoming), out),
+            Conn::Server(c) => encode_pending(c.process_tls_records(incoming), out),
             Conn::KernelClient(_) | Conn::KernelServer(_) | Conn::Gone => None,
         };
         written.unwrap_or(0)
