@@ -47,8 +47,9 @@ pub struct BoundAddrs {
 impl BoundAddrs {
     /// Whether `dst` reaches one of our own listeners (relaying there would loop):
     /// an unspecified address (`0.0.0.0`, `[::]`: connecting there reaches this host),
-    /// the connection's own local address, or one of our ports on an address of this
-    /// host (any loopback address, a local interface address, or the listener's own).
+    /// the connection's own local address, one of our ports on the address its listener
+    /// is bound to, or, for a wildcard listener, on any address of this host. A listener
+    /// on 127.0.0.1 is not reached through 127.0.0.2: that is someone else's port.
     pub fn is_own(&self, dst: SocketAddr, local: Option<SocketAddr>) -> bool {
         // IPv4-mapped IPv6 addresses (dual-stack sockets) compare as IPv4.
         let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
@@ -71,11 +72,7 @@ impl BoundAddrs {
         // Asked only for one of our ports: no system call for ordinary destinations.
         let this_host =
             ip.is_loopback() || local.is_some_and(|l| l.ip() == ip) || sys::is_local_address(ip);
-        ours.any(|a| {
-            a.ip() == ip
-                || (a.ip().is_unspecified() && this_host)
-                || (a.ip().is_loopback() && ip.is_loopback())
-        })
+        ours.any(|a| a.ip() == ip || (a.ip().is_unspecified() && this_host))
     }
 }
 
@@ -730,12 +727,16 @@ mod tests {
     }
 
     #[test]
-    fn any_loopback_address_on_our_ports_is_a_loop() {
+    fn loopback_addresses_on_our_ports_are_a_loop_where_a_listener_takes_them() {
         assert!(own("127.0.0.1:15080"));
-        assert!(own("127.0.0.2:15080"));
-        assert!(own("127.9.9.9:15000"));
+        assert!(own("127.0.0.1:15000"));
+        // Wildcard listeners take every loopback address.
         assert!(own("[::1]:15001"));
+        assert!(own("127.0.0.2:15006"));
         assert!(own("[::ffff:127.0.0.3]:15008"));
+        // Listeners on 127.0.0.1 do not: another process may own these.
+        assert!(!own("127.0.0.2:15080"));
+        assert!(!own("127.9.9.9:15000"));
         assert!(!own("127.0.0.2:8080"));
     }
 
