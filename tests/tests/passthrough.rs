@@ -338,8 +338,9 @@ fn socks5_wildcard_targets_and_our_own_addresses_are_refused_as_a_loop() {
     let targets: [SocketAddr; 4] = [
         SocketAddr::from(([0, 0, 0, 0], port)),
         SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
-        n.socks5,
+        // The SOCKS5 listener itself is the test above; these are our other listeners.
         n.outbound,
+        n.inbound,
     ];
     for target in targets {
         let reply = socks5::connect(n.socks5, target).unwrap().unwrap_err();
