@@ -85,7 +85,9 @@ fn open_many(node: &Node, n: usize) -> (Vec<TcpStream>, usize) {
 #[test]
 fn ten_thousand_idle_connections_hold_bounded_memory_and_the_shard_cap_refuses_more() {
     const HELD: usize = 10_000;
-    const CAP: usize = 5_100;
+    // Connections land on a shard by hash: of 10,000, a shard gets 5,000 ± 50, so the
+    // cap sits six deviations above that and no connection below it is refused.
+    const CAP: usize = 5_300;
     // One descriptor per connection here and in the node (which inherits the limit).
     if !raise_own_fd_limit(2 * CAP as u64 + 1024) {
         eprintln!("skipped: cannot raise the open-file limit to hold {HELD} connections");
