@@ -35,6 +35,9 @@ pub struct TlsStream<S> {
     out_end: usize,
     transport_eof: bool,
     shutdown: bool,
+    /// The transport refused a write: pending ciphertext was dropped, writes fail
+    /// with this, and reads go on delivering what the peer sent before it left.
+    write_failed: Option<io::ErrorKind>,
 }
 
 impl<S> std::fmt::Debug for TlsStream<S> {
@@ -82,6 +85,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
             out_end: 0,
             transport_eof: false,
             shutdown: false,
+            write_failed: None,
         };
         match stream.run_handshake().await {
             Ok(()) => Ok(stream),
@@ -151,16 +155,30 @@ impl<S> TlsStream<S> {
 }
 
 impl<S: AsyncWrite + Unpin> TlsStream<S> {
-    /// Writes all pending ciphertext to the transport.
+    /// Writes all pending ciphertext to the transport. A failed write is kept: the
+    /// ciphertext behind it can never be sent, so it is dropped, and every later
+    /// flush fails the same way.
     fn poll_flush_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(kind) = self.write_failed {
+            self.out_start = 0;
+            self.out_end = 0;
+            return Poll::Ready(Err(kind.into()));
+        }
         while self.out_start < self.out_end {
-            let n = ready!(
-                Pin::new(&mut self.io).poll_write(cx, &self.out[self.out_start..self.out_end])
-            )?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.out_start += n;
+            let written =
+                Pin::new(&mut self.io).poll_write(cx, &self.out[self.out_start..self.out_end]);
+            let failed = match ready!(written) {
+                Ok(0) => io::Error::from(io::ErrorKind::WriteZero),
+                Ok(n) => {
+                    self.out_start += n;
+                    continue;
+                }
+                Err(e) => e,
+            };
+            self.write_failed = Some(failed.kind());
+            self.out_start = 0;
+            self.out_end = 0;
+            return Poll::Ready(Err(failed));
         }
         self.out_start = 0;
         self.out_end = 0;
@@ -181,11 +199,16 @@ impl<S: AsyncWrite + Unpin> TlsStream<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
-    /// Processes buffered ciphertext; records to send go to `out`.
+    /// Processes buffered ciphertext; records to send go to `out`. A transport that
+    /// no longer takes writes does not fail the read: what the peer sent before it
+    /// left (a GOAWAY, say) is still delivered, and the records the read path would
+    /// have sent (alerts, key updates) are dropped with the rest.
     fn process(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             if self.out_room(0) < MAX_RECORD_LEN {
-                ready!(self.poll_flush_out(cx))?;
+                // Only a healthy transport that is busy makes the read wait here; a
+                // failed one has had its pending ciphertext dropped.
+                let _ = ready!(self.poll_flush_out(cx));
             }
             let end = self.out_end;
             let n = self.session.process(&mut self.out[end..])?;
@@ -196,10 +219,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
         }
         if self.out_end > self.out_start {
             // Best effort: if the transport is busy we are woken when it is
-            // writable, and the next poll retries.
-            if let Poll::Ready(Err(e)) = self.poll_flush_out(cx) {
-                return Poll::Ready(Err(e));
-            }
+            // writable, and the next poll retries; if it failed, the next write
+            // reports it.
+            let _ = self.poll_flush_out(cx);
         }
         Poll::Ready(Ok(()))
     }

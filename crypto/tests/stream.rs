@@ -240,6 +240,64 @@ impl futures_io::AsyncWrite for Silent {
     }
 }
 
+/// A peer that answers, closes and resets the connection while we are still
+/// writing (a server refusing a flood, say): our write fails, and what the peer
+/// sent before it left is still read, then its clean close.
+#[test]
+fn what_the_peer_sent_before_resetting_is_read_after_our_write_failed() {
+    let ca = LocalCa::generate().unwrap();
+    let c_tls = certified(ca.issue(&id(CLIENT_ID), Duration::from_secs(600)).unwrap());
+    let s_tls = certified(ca.issue(&id(SERVER_ID), Duration::from_secs(600)).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (socket, _) = listener.accept().unwrap();
+        let probe = socket.try_clone().unwrap();
+        block_on(async {
+            let mut stream = TlsStream::accept(
+                Blocking(socket),
+                &s_tls.server_config(),
+                SessionBuffers::new(64 * 1024),
+            )
+            .await
+            .unwrap();
+            stream.write_all(b"goodbye").await.unwrap();
+            stream.close().await.unwrap();
+            // Closed with the client's bytes unread: the kernel answers with RST.
+            assert!(probe.peek(&mut [0u8; 1]).unwrap() > 0);
+            drop(stream);
+            drop(probe);
+        });
+    });
+    let socket = TcpStream::connect(addr).unwrap();
+    block_on(async {
+        let config = c_tls.client_config(&[id(SERVER_ID)]).unwrap();
+        let mut stream =
+            TlsStream::connect(Blocking(socket), &config, SessionBuffers::new(64 * 1024))
+                .await
+                .unwrap();
+        let flood = vec![7u8; 64 << 20];
+        let err = stream.write_all(&flood).await.unwrap_err();
+        assert!(
+            matches!(
+                err.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ),
+            "{err}"
+        );
+        // The failure is kept for later writes.
+        assert_eq!(
+            stream.write_all(b"more").await.unwrap_err().kind(),
+            err.kind()
+        );
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"goodbye");
+        assert!(stream.session().peer_closed());
+    });
+    server.join().unwrap();
+}
+
 /// The caller's timer bounds a stalled handshake: the future just stays
 /// pending and can be dropped at any time.
 #[test]
