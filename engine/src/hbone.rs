@@ -13,6 +13,7 @@
 use std::cell::Cell;
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -381,6 +382,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let (Ok(local), Ok(peer)) = (stream.local_addr(), stream.peer_addr()) else {
         return;
     };
+    let fd = stream.as_raw_fd();
     let _ = stream.set_nodelay(true);
     let stats = &shard.stats;
     let local_ip = local.ip().to_canonical();
@@ -441,10 +443,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         identity,
         activity: Activity::new(),
     });
-    serve_connection(shard, conn, outer).await;
+    serve_connection(shard, conn, fd, outer).await;
 }
 
-/// Longest a GOAWAY to a peer that stopped answering may take to leave.
+/// Longest a GOAWAY to a peer that stopped answering may take to leave, and longest a
+/// connection ended by an error is read from (and discarded) before it is closed.
 const GOAWAY_FLUSH: Duration = Duration::from_secs(1);
 
 /// TLS, then the HTTP/2 preface, both within --handshake-timeout of the accept, and
@@ -564,12 +567,14 @@ enum Event {
     Silent,
 }
 
-/// Serves the streams of one HBONE connection until it ends: GOAWAY when the shard
-/// drains or the connection idles (open streams finish first), dropped at once when
-/// the peer stops answering PINGs.
+/// Serves the streams of one HBONE connection (on the socket `fd`) until it ends:
+/// GOAWAY when the shard drains or the connection idles (open streams finish first),
+/// dropped at once when the peer stops answering PINGs, closed lingering when the peer
+/// broke the protocol.
 async fn serve_connection(
     shard: Rc<Shard>,
     mut conn: zpath_tunnel::server::ServerConnection<Tls>,
+    fd: RawFd,
     outer: Rc<Outer>,
 ) {
     let stats = &shard.stats;
@@ -608,6 +613,7 @@ async fn serve_connection(
                 if shard.may_log(FailReason::Tunnel) {
                     info!(%peer, %identity, "HBONE connection failed: {e}");
                 }
+                close_lingering(conn, fd).await;
                 break;
             }
             Event::Accepted(None) => break,
@@ -637,6 +643,27 @@ async fn serve_connection(
             }
         }
     }
+}
+
+/// Closes a connection h2 ended with an error (its GOAWAY, TLS close_notify and FIN
+/// already sent) without resetting it: a socket closed with unread input answers with
+/// RST, which can reach the peer before it reads the GOAWAY. The socket is kept on a
+/// second descriptor and read and discarded until the peer closes, for at most
+/// `GOAWAY_FLUSH`.
+async fn close_lingering(conn: zpath_tunnel::server::ServerConnection<Tls>, fd: RawFd) {
+    // `conn` owns `fd` until it is dropped below.
+    let socket = crate::sys::dup_stream(fd);
+    drop(conn);
+    let Ok(mut socket) = socket else {
+        return;
+    };
+    let _ = socket.shutdown(std::net::Shutdown::Write).await;
+    let discard = async {
+        let mut sink = [0u8; 4096];
+        while let Ok(1..) = futures_lite::AsyncReadExt::read(&mut socket, &mut sink).await {}
+        Ok(())
+    };
+    let _ = glommio::timer::timeout(GOAWAY_FLUSH, discard).await;
 }
 
 /// What every stream of one 15008 connection shares.

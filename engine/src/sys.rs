@@ -221,6 +221,14 @@ pub fn into_glommio_stream(sock: Socket) -> glommio::net::TcpStream {
     unsafe { glommio::net::TcpStream::from_raw_fd(fd) }
 }
 
+/// A second descriptor for the socket of a connection this task still holds, as a
+/// glommio stream: the socket outlives the connection's own descriptor.
+pub fn dup_stream(fd: RawFd) -> io::Result<glommio::net::TcpStream> {
+    // `fd` belongs to a connection the caller holds (see `with_sock`).
+    let sock = with_sock(fd, |s| s.try_clone())?;
+    Ok(into_glommio_stream(sock))
+}
+
 /// Converts a listening socket into a glommio listener bound to the current executor.
 pub fn into_glommio_listener(sock: Socket) -> glommio::net::TcpListener {
     let fd = sock.into_raw_fd();

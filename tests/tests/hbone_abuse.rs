@@ -292,6 +292,42 @@ fn rapid_reset_gets_enhance_your_calm_and_the_node_keeps_serving() {
     t.assert_released();
 }
 
+/// A connection ended for a protocol error is closed without a reset: node B sends
+/// its GOAWAY, then reads and discards what the peer still sends, so the peer's writes
+/// keep succeeding and it reads the GOAWAY and a clean end (a socket closed with
+/// unread input answers with RST, which can overtake the GOAWAY).
+#[test]
+fn a_connection_ended_by_a_protocol_error_is_closed_without_a_reset() {
+    if zpath_tests::skip_unless_root() {
+        return;
+    }
+    let t = Target::start("ha16", "10.81.16");
+    let (seen, late_write, end) = t.attack(move |mut c| async move {
+        // An even (server-initiated) stream id is a connection error; the PINGs behind
+        // it in the same write are never read by h2.
+        let block = h2raw::connect_block("10.0.0.1:80");
+        let mut burst = h2raw::headers(2, &block, true, false);
+        for i in 0..4096u64 {
+            burst.extend(h2raw::ping(i.to_be_bytes()));
+        }
+        c.send(&burst).await.expect("send the burst");
+        let seen = c.watch(ANSWER).await;
+        // Long enough for a reset to arrive if one was sent.
+        glommio::timer::sleep(Duration::from_millis(200)).await;
+        let late_write = c.send(&h2raw::ping([7; 8])).await;
+        let end = c.watch(ANSWER).await.end;
+        (seen, late_write.map_err(|e| e.kind()), end)
+    });
+    seen.assert_goaway(code::PROTOCOL_ERROR, "even stream id");
+    assert_eq!(
+        late_write,
+        Ok(()),
+        "a write after the GOAWAY was refused: the connection was reset"
+    );
+    assert_eq!(end, Some(End::Closed), "the connection did not end cleanly");
+    t.assert_serves(1);
+}
+
 /// Opens `batches` × `per` streams with a valid CONNECT to `authority`, each
 /// cancelled (RST_STREAM CANCEL) right after its HEADERS, with a PING round trip
 /// after each batch. Returns the batches sent before the connection ended, and what
