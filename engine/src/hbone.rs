@@ -26,7 +26,7 @@ use zpath_control::snapshot::HBONE_PORT;
 use zpath_crypto::{Identity, SessionBuffers, TlsStream};
 use zpath_tunnel::connect::{self, SourceInfo};
 use zpath_tunnel::relay::{ReadSizes, Way};
-use zpath_tunnel::{ConnectFailed, OpenError, Tunnel};
+use zpath_tunnel::{ConnectFailed, OpenError, Payload, Tunnel};
 
 use crate::certs::workload_identity;
 use crate::flow::{fail, Failure};
@@ -84,7 +84,7 @@ pub async fn relay_client(
     } = stream;
     if !early.is_empty() {
         let n = early.len() as u64;
-        if let Err(e) = send.send_data(Bytes::copy_from_slice(early), false) {
+        if let Err(e) = send.send_data(Payload::new(Bytes::copy_from_slice(early)), false) {
             client.abort();
             return Err(fail(
                 FailReason::Tunnel,
@@ -338,7 +338,7 @@ async fn connect_tunnel(
 async fn relay(
     shard: &Rc<Shard>,
     socket: TcpStream,
-    send: h2::SendStream<Bytes>,
+    send: h2::SendStream<Payload>,
     recv: h2::RecvStream,
     info: &ConnInfo,
 ) -> Result<(), Failure> {
@@ -550,7 +550,7 @@ async fn or_evicted<G: Fn(usize), T>(
 /// A CONNECT request and the handle to answer it.
 type Incoming = (
     http::Request<h2::RecvStream>,
-    h2::server::SendResponse<Bytes>,
+    h2::server::SendResponse<Payload>,
 );
 
 /// What a served connection's task reacts to.
@@ -679,7 +679,7 @@ fn spawn_stream(
     shard: &Rc<Shard>,
     outer: &Rc<Outer>,
     req: http::Request<h2::RecvStream>,
-    respond: h2::server::SendResponse<Bytes>,
+    respond: h2::server::SendResponse<Payload>,
 ) {
     let guard = ConnTable::insert(&shard.table, Direction::Inbound, outer.peer);
     *guard.info.peer.borrow_mut() = Some(outer.identity.clone());
@@ -702,12 +702,12 @@ async fn serve_stream(
     shard: &Rc<Shard>,
     outer: &Outer,
     req: http::Request<h2::RecvStream>,
-    mut respond: h2::server::SendResponse<Bytes>,
+    mut respond: h2::server::SendResponse<Payload>,
     guard: &TableGuard,
 ) -> Result<(), Failure> {
     let info = &guard.info;
     let hbone = &shard.stats.hbone;
-    let refuse = |respond: &mut h2::server::SendResponse<Bytes>, status: StatusCode| {
+    let refuse = |respond: &mut h2::server::SendResponse<Payload>, status: StatusCode| {
         hbone.count_status(true, status.as_u16());
         let _ = zpath_tunnel::server::answer(respond, status);
     };

@@ -328,6 +328,81 @@ fn a_connection_ended_by_a_protocol_error_is_closed_without_a_reset() {
     t.assert_serves(1);
 }
 
+/// Peak memory node B may gain while queueing tiny payloads for a peer that never
+/// reads: a fifth of the general bound (before the payload bound it gained about
+/// 90 MiB in this test, after it about 3 MiB).
+const PINNED_BOUND_KIB: u64 = 10 << 10;
+
+/// A peer that opens the largest windows, never reads, and has an upstream trickle
+/// 1-byte writes into its streams: each small read of node B is a DATA payload h2
+/// queues. B pins a bounded number of payloads per stream, each at most a few times
+/// its length, instead of a read buffer for every byte.
+#[test]
+fn one_byte_payloads_queued_for_a_peer_that_never_reads_pin_bounded_memory() {
+    if zpath_tests::skip_unless_root() {
+        return;
+    }
+    const STREAMS: u32 = 32;
+    let mut t = Target::start("ha15", "10.81.15");
+    t.small_socket_buffers_on_b();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let running = stop.clone();
+    let trickle = serve_with(t.m.server_listener(), move |mut conn| {
+        use std::io::Write;
+        let _ = conn.set_nodelay(true);
+        while !running.load(Ordering::Relaxed) && conn.write_all(b"x").is_ok() {
+            std::thread::sleep(Duration::from_micros(20));
+        }
+    });
+    let authority = trickle.to_string();
+    let baseline = t.memory_baseline();
+    let metric = t.b_metric();
+    let (answered, open_streams) = t.attack(move |mut c| async move {
+        c.shrink_socket_buffers(16 << 10)
+            .expect("shrink the client's buffers");
+        let mut open = h2raw::settings(&[(0x4, 0x7fff_ffff)]);
+        open.extend(h2raw::window_update(0, 0x7fff_ffff - 65_535));
+        for i in 0..STREAMS {
+            open.extend(h2raw::headers(
+                2 * i + 1,
+                &h2raw::connect_block(&authority),
+                true,
+                false,
+            ));
+        }
+        c.send(&open).await.expect("open the streams");
+        let mut answered = 0;
+        let seen = c
+            .watch_until(ANSWER, |f| {
+                if f.kind == kind::HEADERS && f.status() == Some(200) {
+                    answered += 1;
+                }
+                answered == STREAMS
+            })
+            .await;
+        let answered = seen.count(kind::HEADERS, flag::END_HEADERS);
+        // Reads nothing more: B's socket and TLS buffers fill, then h2 queues.
+        glommio::timer::sleep(Duration::from_secs(4)).await;
+        let open_streams = metric("zpath_hbone_server_streams");
+        (answered, open_streams)
+    });
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(answered, STREAMS as usize, "every CONNECT answered");
+    assert_eq!(
+        open_streams,
+        u64::from(STREAMS),
+        "the streams stayed open while queueing"
+    );
+    let peak = status_kib(t.pid, "VmHWM");
+    eprintln!("tiny payloads: node B's RSS {baseline} KiB before, peak {peak} KiB");
+    assert!(
+        peak.saturating_sub(baseline) < PINNED_BOUND_KIB,
+        "node B's peak RSS grew from {baseline} KiB to {peak} KiB queueing 1-byte payloads"
+    );
+    t.assert_serves(2);
+    t.assert_released();
+}
+
 /// Opens `batches` × `per` streams with a valid CONNECT to `authority`, each
 /// cancelled (RST_STREAM CANCEL) right after its HEADERS, with a PING round trip
 /// after each batch. Returns the batches sent before the connection ended, and what

@@ -11,19 +11,19 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::Instant;
 
-use bytes::Bytes;
 use futures_io::{AsyncBufRead, AsyncWrite};
 use h2::client::SendRequest;
 use h2::{RecvStream, SendStream};
 use http::{Request, StatusCode};
 
 use crate::io::H2Io;
+use crate::payload::Payload;
 use crate::settings::H2Settings;
 
 /// A client HTTP/2 connection to one destination node.
 #[derive(Debug, Clone)]
 pub struct Tunnel {
-    sender: SendRequest<Bytes>,
+    sender: SendRequest<Payload>,
     pub(crate) state: Rc<TunnelState>,
 }
 
@@ -97,7 +97,7 @@ pub enum OpenError {
 #[derive(Debug)]
 pub struct OpenStream {
     /// Client → destination.
-    pub send: SendStream<Bytes>,
+    pub send: SendStream<Payload>,
     /// Destination → client.
     pub recv: RecvStream,
     /// Holds the stream's place on the tunnel until dropped.
@@ -119,7 +119,7 @@ where
     let (sender, connection) = settings
         .client()
         .initial_max_send_streams(max_streams as usize)
-        .handshake::<_, Bytes>(H2Io::new(io))
+        .handshake::<_, Payload>(H2Io::new(io))
         .await?;
     let state = Rc::new(TunnelState {
         streams: Cell::new(0),
@@ -143,7 +143,7 @@ pub struct Driver<S>
 where
     S: AsyncBufRead + AsyncWrite + Unpin,
 {
-    connection: h2::client::Connection<H2Io<S>, Bytes>,
+    connection: h2::client::Connection<H2Io<S>, Payload>,
     state: Rc<TunnelState>,
 }
 
@@ -183,7 +183,7 @@ where
     }
 }
 
-fn peer_limit<S>(connection: &h2::client::Connection<S, Bytes>) -> u32
+fn peer_limit<S>(connection: &h2::client::Connection<S, Payload>) -> u32
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {

@@ -8,6 +8,7 @@
 //!   one shared handshake for concurrent first requests, and idle release.
 //! * [`server`]: the HTTP/2 server side of port 15008.
 //! * [`relay`]: one TCP connection over one stream, zero-copy into and out of h2.
+//! * [`payload::Payload`]: a DATA payload counted while h2 holds it.
 //! * [`io::H2Io`]: our `futures-io` TLS stream seen through the `tokio` traits h2 uses.
 //!
 //! The crate is executor-agnostic and single-threaded by design: tunnels and pools are
@@ -19,11 +20,13 @@ pub mod connect;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod io;
+pub mod payload;
 pub mod pool;
 pub mod relay;
 pub mod server;
 pub mod settings;
 
 pub use client::{OpenError, OpenStream, StreamSlot, Tunnel};
+pub use payload::Payload;
 pub use pool::{ConnectFailed, Pool, PoolStats};
 pub use settings::H2Settings;

@@ -5,6 +5,10 @@
 //!   into records. Buffers are recycled once h2 has dropped them, so a busy relay
 //!   neither allocates nor clears memory per read. Reads follow the stream's send
 //!   capacity (flow control), so nothing queues without bound.
+//! * What h2 holds is bounded in payloads as well as bytes: a read that fills less than
+//!   half its buffer is copied into a shared block (so a 1-byte read does not pin a
+//!   whole buffer), and reading stops while h2 holds [`MAX_HELD`] payloads of the
+//!   stream ([`crate::payload`]).
 //! * Stream → socket: each DATA payload is written to the socket from h2's own buffer
 //!   (no copy), and its window released only after the write, so a slow reader slows
 //!   the sender instead of growing our memory.
@@ -17,6 +21,8 @@ use std::io;
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use h2::{Reason, RecvStream, SendStream};
+
+use crate::payload::{InFlight, Payload};
 
 /// Which way bytes went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +70,7 @@ impl Default for ReadSizes {
 pub async fn relay<R, W>(
     reader: R,
     writer: W,
-    send: SendStream<Bytes>,
+    send: SendStream<Payload>,
     recv: RecvStream,
     sizes: ReadSizes,
     meter: &dyn Fn(Way, usize),
@@ -78,18 +84,28 @@ where
     futures_lite::future::try_zip(into, out).await
 }
 
+/// Payloads of one stream h2 may hold at once; the relay stops reading at this many.
+/// With each payload pinning at most four times its length (and h2 queueing at most
+/// its send buffer of bytes), what a stream pins is bounded however the peer's windows
+/// and the socket's reads go.
+pub const MAX_HELD: usize = 256;
+
+/// Block that small reads are copied into, shared by the payloads cut from it.
+const SPILL_BLOCK: usize = 16 << 10;
+
 async fn into_tunnel<R: AsyncRead + Unpin>(
     mut reader: R,
-    mut send: SendStream<Bytes>,
+    mut send: SendStream<Payload>,
     sizes: ReadSizes,
     meter: &dyn Fn(Way, usize),
 ) -> Result<u64, RelayError> {
-    let mut recycler = Recycler::default();
-    let mut want = sizes.min.max(1);
+    let mut chunker = Chunker::new(sizes);
+    let in_flight = InFlight::new(MAX_HELD);
     let mut total = 0u64;
     loop {
-        let mut buf = recycler.take(want);
-        let n = match reader.read(&mut buf).await {
+        futures_lite::future::poll_fn(|cx| in_flight.poll_room(cx)).await;
+        let buf = chunker.buffer();
+        let n = match reader.read(buf).await {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -98,11 +114,7 @@ async fn into_tunnel<R: AsyncRead + Unpin>(
                 return Err(RelayError::SocketRead(e));
             }
         };
-        // h2 gets the filled part; the recycler keeps the whole buffer, so taking it
-        // back clears nothing (its bytes are initialized already).
-        let whole = buf.freeze();
-        let mut chunk = whole.slice(..n);
-        recycler.keep(whole);
+        let mut chunk = chunker.filled(n);
         while !chunk.is_empty() {
             send.reserve_capacity(chunk.len());
             let granted = match futures_lite::future::poll_fn(|cx| send.poll_capacity(cx)).await {
@@ -114,19 +126,82 @@ async fn into_tunnel<R: AsyncRead + Unpin>(
                 continue;
             }
             let part = chunk.split_to(granted.min(chunk.len()));
-            send.send_data(part, false).map_err(RelayError::Stream)?;
+            send.send_data(Payload::counted(part, &in_flight), false)
+                .map_err(RelayError::Stream)?;
         }
         total += n as u64;
         meter(Way::IntoTunnel, n);
-        want = if n == want {
-            (want * 2).min(sizes.max)
+    }
+    send.send_data(Payload::new(Bytes::new()), true)
+        .map_err(RelayError::Stream)?;
+    Ok(total)
+}
+
+/// Turns socket reads into DATA payloads that each pin at most four times their
+/// length: a read that fills at least half its buffer (of at most twice the read
+/// size) is handed over as it is (no copy); a smaller one is copied into a shared
+/// block, and its buffer read into again. The
+/// read size doubles after a full read and halves after one under half, within
+/// [`ReadSizes`].
+struct Chunker {
+    sizes: ReadSizes,
+    want: usize,
+    /// The buffer of the next read.
+    buf: BytesMut,
+    recycler: Recycler,
+    /// What is left of the block small reads are copied into.
+    spill: BytesMut,
+}
+
+impl Chunker {
+    fn new(sizes: ReadSizes) -> Self {
+        let min = sizes.min.max(1);
+        let sizes = ReadSizes {
+            min,
+            max: sizes.max.max(min),
+        };
+        Self {
+            sizes,
+            want: min,
+            buf: BytesMut::new(),
+            recycler: Recycler::default(),
+            spill: BytesMut::new(),
+        }
+    }
+
+    /// The buffer to read into: `want` initialized bytes.
+    fn buffer(&mut self) -> &mut [u8] {
+        if self.buf.len() != self.want {
+            self.buf = self.recycler.take(self.want);
+        }
+        &mut self.buf
+    }
+
+    /// The payload of a read of `n` bytes into [`Chunker::buffer`].
+    fn filled(&mut self, n: usize) -> Bytes {
+        let want = self.want;
+        self.want = if n == want {
+            (want * 2).min(self.sizes.max)
+        } else if n * 2 < want {
+            (want / 2).max(self.sizes.min)
         } else {
             want
         };
+        if n * 2 >= want {
+            // h2 gets the filled part; the recycler keeps the whole buffer, so taking it
+            // back clears nothing (its bytes are initialized already).
+            let whole = std::mem::take(&mut self.buf).freeze();
+            let chunk = whole.slice(..n);
+            self.recycler.keep(whole);
+            return chunk;
+        }
+        if self.spill.capacity() < n {
+            // Reclaims the block in place once every payload cut from it is gone.
+            self.spill.reserve(n.max(SPILL_BLOCK));
+        }
+        self.spill.extend_from_slice(&self.buf[..n]);
+        self.spill.split().freeze()
     }
-    send.send_data(Bytes::new(), true)
-        .map_err(RelayError::Stream)?;
-    Ok(total)
 }
 
 /// Buffers handed to h2, taken back once h2 has dropped its references.
@@ -141,7 +216,7 @@ impl Recycler {
     const KEEP: usize = 32;
 
     /// A buffer of `len` initialized bytes: one h2 is done with (cleared only where it
-    /// grows), else a new one.
+    /// grows) and no more than twice that large, else a new one.
     fn take(&mut self, len: usize) -> BytesMut {
         for i in 0..self.in_flight.len() {
             if !self.in_flight[i].is_unique() {
@@ -151,11 +226,14 @@ impl Recycler {
                 break;
             };
             match free.try_into_mut() {
-                Ok(mut buf) if buf.capacity() >= len => {
+                // At most twice the read size: a payload of at least half of it then
+                // pins at most four times its length.
+                Ok(mut buf) if (len..=2 * len).contains(&buf.capacity()) => {
                     buf.resize(len, 0);
                     return buf;
                 }
-                // Too small for the grown read size: let it go.
+                // Too small for the grown read size, or too large for the shrunk one:
+                // let it go.
                 Ok(_) => {}
                 Err(still_used) => self.in_flight.push_back(still_used),
             }
@@ -201,5 +279,82 @@ async fn out_of_tunnel<W: AsyncWrite + Unpin>(
         Ok(()) => Ok(total),
         Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(total),
         Err(e) => Err(RelayError::SocketWrite(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIZES: ReadSizes = ReadSizes {
+        min: 1024,
+        max: 8192,
+    };
+
+    /// Reads `data` into the chunker's buffer as a socket read would.
+    fn read(chunker: &mut Chunker, data: &[u8]) -> Bytes {
+        let buf = chunker.buffer();
+        buf[..data.len()].copy_from_slice(data);
+        chunker.filled(data.len())
+    }
+
+    #[test]
+    fn small_reads_are_copied_into_one_shared_block_and_reuse_the_read_buffer() {
+        let mut chunker = Chunker::new(SIZES);
+        let buf_ptr = chunker.buffer().as_ptr();
+        let payloads: Vec<Bytes> = (0..100u8).map(|i| read(&mut chunker, &[i; 3])).collect();
+        for (i, p) in payloads.iter().enumerate() {
+            assert_eq!(&p[..], &[i as u8; 3]);
+            // Cut one after the other from the same block, not from the read buffer.
+            assert_ne!(p.as_ptr(), buf_ptr);
+            if i > 0 {
+                assert_eq!(p.as_ptr(), payloads[i - 1].as_ptr().wrapping_add(3));
+            }
+        }
+        assert_eq!(
+            chunker.buffer().as_ptr(),
+            buf_ptr,
+            "the read buffer is read into again"
+        );
+    }
+
+    #[test]
+    fn a_read_of_at_least_half_the_buffer_is_handed_over_without_a_copy() {
+        let mut chunker = Chunker::new(SIZES);
+        let buf_ptr = chunker.buffer().as_ptr();
+        let p = read(&mut chunker, &[9; 512]);
+        assert_eq!(p.as_ptr(), buf_ptr);
+        assert_eq!(p.len(), 512);
+        // That buffer is h2's now: the next read goes elsewhere.
+        assert_ne!(chunker.buffer().as_ptr(), buf_ptr);
+    }
+
+    #[test]
+    fn the_read_size_doubles_on_full_reads_and_halves_on_small_ones_within_bounds() {
+        let mut chunker = Chunker::new(SIZES);
+        let mut sizes = Vec::new();
+        for _ in 0..5 {
+            let n = chunker.buffer().len();
+            sizes.push(n);
+            read(&mut chunker, &vec![1; n]);
+        }
+        assert_eq!(sizes, [1024, 2048, 4096, 8192, 8192]);
+        let mut sizes = Vec::new();
+        for _ in 0..5 {
+            sizes.push(chunker.buffer().len());
+            read(&mut chunker, b"x");
+        }
+        assert_eq!(sizes, [8192, 4096, 2048, 1024, 1024]);
+    }
+
+    #[test]
+    fn a_recycled_buffer_is_at_most_twice_the_read_size() {
+        let mut recycler = Recycler::default();
+        recycler.keep(BytesMut::zeroed(8192).freeze());
+        // h2 dropped it (the recycler holds the only handle), but it is too large.
+        assert_eq!(recycler.take(1024).capacity(), 1024);
+        recycler.keep(BytesMut::zeroed(2048).freeze());
+        let again = recycler.take(1024);
+        assert_eq!((again.len(), again.capacity()), (1024, 2048));
     }
 }
