@@ -35,7 +35,7 @@ use crate::keepalive::{self, Activity, Watched};
 use crate::relay::{Abort, Shared};
 use crate::shard::Shard;
 use crate::signal::Flag;
-use crate::stats::{CloseReason, Direction, FailReason};
+use crate::stats::{CloseReason, Direction, FailReason, Side};
 use crate::table::{ConnInfo, ConnState, ConnTable, TableGuard};
 
 /// How a shard's pool keys its tunnels (as ztunnel does): our identity, the identities
@@ -219,7 +219,10 @@ async fn outbound_inner(
         match opened {
             Ok(s) => break s,
             Err(OpenError::Status(status)) => {
-                shard.stats.hbone.count_status(false, status.as_u16());
+                shard
+                    .stats
+                    .hbone
+                    .count_status(Side::Client, status.as_u16());
                 return Err(fail(
                     FailReason::Tunnel,
                     format!("{} answered {status} to CONNECT {target}", key.dst),
@@ -234,7 +237,7 @@ async fn outbound_inner(
             }
         }
     };
-    shard.stats.hbone.count_status(false, 200);
+    shard.stats.hbone.count_status(Side::Client, 200);
     Ok(stream)
 }
 
@@ -281,21 +284,21 @@ async fn connect_tunnel(
     let tls = match tls {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
-            shard.stats.hbone.count_tls(false, Some(e.label()));
+            shard.stats.hbone.count_tls(Side::Client, Some(e.label()));
             return Err(failed(
                 "tls",
                 format!("TLS handshake with {} failed: {e}", key.dst),
             ));
         }
         Err(_) => {
-            shard.stats.hbone.count_tls(false, Some("timeout"));
+            shard.stats.hbone.count_tls(Side::Client, Some("timeout"));
             return Err(failed(
                 "tls",
                 format!("TLS handshake with {} took longer than {limit:?}", key.dst),
             ));
         }
     };
-    shard.stats.hbone.count_tls(false, None);
+    shard.stats.hbone.count_tls(Side::Client, None);
     let (tunnel, mut driver) =
         zpath_tunnel::client::handshake(tls, &shard.cfg.h2, shard.cfg.pool_max_streams, promised)
             .await
@@ -321,7 +324,7 @@ async fn connect_tunnel(
             Some(Ok(())) => {}
             Some(Err(e)) => debug!(%dst, "HBONE connection ended: {e}"),
             None => {
-                s.stats.hbone.count_closed(false, CloseReason::KeepaliveTimeout);
+                s.stats.hbone.count_closed(Side::Client, CloseReason::KeepaliveTimeout);
                 if s.may_log(FailReason::Tunnel) {
                     info!(%dst, "HBONE peer left a PING unanswered for {:?}; connection closed", k.timeout);
                 }
@@ -388,7 +391,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let local_ip = local.ip().to_canonical();
     let snapshot = shard.snapshot();
     if snapshot.generation == 0 {
-        stats.dir(Direction::Inbound).failed[FailReason::NoConfig as usize].add(1);
+        stats
+            .dir(Direction::Inbound)
+            .count_failed(FailReason::NoConfig);
         if shard.may_log(FailReason::NoConfig) {
             info!(%peer, %local, "no configuration applied yet; HBONE connection refused");
         }
@@ -396,7 +401,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         return;
     }
     let Some(wl) = snapshot.local_workload(local_ip) else {
-        stats.dir(Direction::Inbound).failed[FailReason::UnknownTarget as usize].add(1);
+        stats
+            .dir(Direction::Inbound)
+            .count_failed(FailReason::UnknownTarget);
         if shard.may_log(FailReason::UnknownTarget) {
             info!(%peer, %local, "HBONE connection to an address this node serves no workload at; closed");
         }
@@ -406,7 +413,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let cert = workload_identity(wl).and_then(|id| shard.certs().get(&id).cloned());
     drop(snapshot);
     let Some(cert) = cert else {
-        stats.dir(Direction::Inbound).failed[FailReason::NoCertificate as usize].add(1);
+        stats
+            .dir(Direction::Inbound)
+            .count_failed(FailReason::NoCertificate);
         if shard.may_log(FailReason::NoCertificate) {
             info!(%peer, %local, "no certificate for the workload at {local_ip}; HBONE connection closed");
         }
@@ -422,8 +431,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let ticket = match Ticket::take(&shard.handshakes, peer.ip(), gauge) {
         Ok(ticket) => ticket,
         Err(SourceFull) => {
-            stats.hbone.count_tls(true, Some("source_limit"));
-            stats.dir(Direction::Inbound).failed[FailReason::Tls as usize].add(1);
+            stats.hbone.count_tls(Side::Server, Some("source_limit"));
+            stats.dir(Direction::Inbound).count_failed(FailReason::Tls);
             let max = shard.cfg.handshakes.max_per_source;
             if shard.may_log(FailReason::Tls) {
                 info!(%peer, %local, "{max} handshakes from this source already pending on this shard; connection refused");
@@ -461,7 +470,7 @@ async fn handshake<G: Fn(usize)>(
     local: SocketAddr,
 ) -> Option<(zpath_tunnel::server::ServerConnection<Tls>, Rc<str>)> {
     let stats = &shard.stats;
-    let failed_tls = || stats.dir(Direction::Inbound).failed[FailReason::Tls as usize].add(1);
+    let failed_tls = || stats.dir(Direction::Inbound).count_failed(FailReason::Tls);
     let limit = shard.cfg.handshake_timeout;
     let deadline = Instant::now() + limit;
     let buffers = SessionBuffers::new(shard.cfg.tls_buffer);
@@ -471,7 +480,7 @@ async fn handshake<G: Fn(usize)>(
     let tls: Tls = match or_evicted(ticket, accept).await {
         Some(Ok(Ok(t))) => t,
         Some(Ok(Err(e))) => {
-            stats.hbone.count_tls(true, Some(e.label()));
+            stats.hbone.count_tls(Side::Server, Some(e.label()));
             failed_tls();
             if shard.may_log(FailReason::Tls) {
                 info!(%peer, %local, reason = e.label(), "HBONE TLS handshake failed: {e}");
@@ -479,7 +488,7 @@ async fn handshake<G: Fn(usize)>(
             return None;
         }
         Some(Err(_)) => {
-            stats.hbone.count_tls(true, Some("timeout"));
+            stats.hbone.count_tls(Side::Server, Some("timeout"));
             failed_tls();
             if shard.may_log(FailReason::Tls) {
                 info!(%peer, %local, "HBONE TLS handshake took longer than {limit:?}; closed");
@@ -487,8 +496,8 @@ async fn handshake<G: Fn(usize)>(
             return None;
         }
         None => {
-            stats.hbone.count_tls(true, Some("evicted"));
-            stats.hbone.count_closed(true, CloseReason::Evicted);
+            stats.hbone.count_tls(Side::Server, Some("evicted"));
+            stats.hbone.count_closed(Side::Server, CloseReason::Evicted);
             failed_tls();
             if shard.may_log(FailReason::Tls) {
                 info!(%peer, %local, "HBONE TLS handshake aborted: the shard's pending handshakes are full and this was the oldest");
@@ -496,7 +505,7 @@ async fn handshake<G: Fn(usize)>(
             return None;
         }
     };
-    stats.hbone.count_tls(true, None);
+    stats.hbone.count_tls(Side::Server, None);
     let identity = tls
         .peer()
         .map(|p| Rc::<str>::from(p.identity().to_string()))?;
@@ -506,7 +515,11 @@ async fn handshake<G: Fn(usize)>(
     let preface = glommio::timer::timeout(left, async {
         Ok(zpath_tunnel::server::accept(tls, &shard.cfg.h2).await)
     });
-    let failed_tunnel = || stats.dir(Direction::Inbound).failed[FailReason::Tunnel as usize].add(1);
+    let failed_tunnel = || {
+        stats
+            .dir(Direction::Inbound)
+            .count_failed(FailReason::Tunnel)
+    };
     match or_evicted(ticket, preface).await {
         Some(Ok(Ok(conn))) => Some((conn, identity)),
         Some(Ok(Err(e))) => {
@@ -517,7 +530,9 @@ async fn handshake<G: Fn(usize)>(
             None
         }
         Some(Err(_)) => {
-            stats.hbone.count_closed(true, CloseReason::PrefaceTimeout);
+            stats
+                .hbone
+                .count_closed(Side::Server, CloseReason::PrefaceTimeout);
             failed_tunnel();
             if shard.may_log(FailReason::Tunnel) {
                 info!(%peer, %identity, "no HTTP/2 preface within {limit:?} of the connection; closed");
@@ -525,7 +540,7 @@ async fn handshake<G: Fn(usize)>(
             None
         }
         None => {
-            stats.hbone.count_closed(true, CloseReason::Evicted);
+            stats.hbone.count_closed(Side::Server, CloseReason::Evicted);
             failed_tunnel();
             if shard.may_log(FailReason::Tunnel) {
                 info!(%peer, %identity, "HBONE connection aborted before its HTTP/2 preface: the shard's pending handshakes are full and this was the oldest");
@@ -622,7 +637,7 @@ async fn serve_connection(
                     Event::Drain => CloseReason::Drain,
                     _ => CloseReason::Idle,
                 };
-                stats.hbone.count_closed(true, reason);
+                stats.hbone.count_closed(Side::Server, reason);
                 debug!(%peer, %identity, streams = outer.activity.streams(), reason = reason.label(), "HBONE connection: GOAWAY");
                 // GOAWAY, a PING round trip for streams already on their way, then a
                 // final GOAWAY; the connection closes when its last stream ends.
@@ -632,7 +647,7 @@ async fn serve_connection(
             Event::Silent => {
                 stats
                     .hbone
-                    .count_closed(true, CloseReason::KeepaliveTimeout);
+                    .count_closed(Side::Server, CloseReason::KeepaliveTimeout);
                 if shard.may_log(FailReason::Tunnel) {
                     info!(%peer, %identity, "HBONE peer left a PING unanswered for {:?}; connection closed", shard.cfg.keepalive.timeout);
                 }
@@ -708,7 +723,7 @@ async fn serve_stream(
     let info = &guard.info;
     let hbone = &shard.stats.hbone;
     let refuse = |respond: &mut h2::server::SendResponse<Payload>, status: StatusCode| {
-        hbone.count_status(true, status.as_u16());
+        hbone.count_status(Side::Server, status.as_u16());
         let _ = zpath_tunnel::server::answer(respond, status);
     };
     let target = match connect::target(&req) {
@@ -813,6 +828,6 @@ async fn serve_stream(
             ));
         }
     };
-    hbone.count_status(true, 200);
+    hbone.count_status(Side::Server, 200);
     relay(shard, upstream, send, req.into_body(), info).await
 }

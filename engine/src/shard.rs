@@ -617,7 +617,10 @@ fn admit(shard: &Rc<Shard>, stream: &TcpStream, kind: ListenerKind) -> Option<Ad
         return Some(Admitted(shard.clone()));
     }
     crate::relay::Abort::abort(stream);
-    shard.stats.dir(kind.direction()).failed[FailReason::Overload as usize].add(1);
+    shard
+        .stats
+        .dir(kind.direction())
+        .count_failed(FailReason::Overload);
     if shard.may_log(FailReason::Overload) {
         let src = stream.peer_addr().ok();
         if at_cap {
@@ -686,7 +689,7 @@ pub(crate) fn finish(
     stats.closed.add(1);
     guard.info.fds.set([-1, -1]);
     if let Err(f) = result {
-        stats.failed[f.reason as usize].add(1);
+        stats.count_failed(f.reason);
         let level_info = !matches!(f.reason, FailReason::Reset);
         if !shard.may_log(f.reason) {
             return;

@@ -173,6 +173,13 @@ pub struct DirectionStats {
     pub failed: [Counter; FailReason::COUNT],
 }
 
+impl DirectionStats {
+    /// Counts one failed connection.
+    pub fn count_failed(&self, reason: FailReason) {
+        self.failed[reason as usize].add(1);
+    }
+}
+
 /// All counters of one shard.
 #[derive(Debug, Default)]
 #[repr(align(128))]
@@ -341,29 +348,37 @@ impl CloseReason {
     }
 }
 
+/// Which end of an HBONE connection we are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// We opened it (the tunnel pool of an outbound flow).
+    Client = 0,
+    /// We accepted it on 15008.
+    Server = 1,
+}
+
 impl HboneStats {
-    /// Counts a CONNECT answer (`server`: sent by us).
-    pub fn count_status(&self, server: bool, status: u16) {
+    /// Counts a CONNECT answer, received as client or sent as server.
+    pub fn count_status(&self, side: Side, status: u16) {
         let i = CONNECT_STATUSES
             .iter()
             .position(|s| *s == status)
             .unwrap_or(CONNECT_STATUSES.len() - 1);
-        let set = if server {
-            &self.server_status
-        } else {
-            &self.client_status
+        let set = match side {
+            Side::Server => &self.server_status,
+            Side::Client => &self.client_status,
         };
         set[i].add(1);
     }
 
     /// Counts an HBONE connection we closed (`server`: one we serve).
-    pub fn count_closed(&self, server: bool, reason: CloseReason) {
-        self.closed[usize::from(server)][reason as usize].add(1);
+    pub fn count_closed(&self, side: Side, reason: CloseReason) {
+        self.closed[side as usize][reason as usize].add(1);
     }
 
     /// Counts a TLS handshake outcome; `label` is a session error label or "timeout".
-    pub fn count_tls(&self, server: bool, failure: Option<&str>) {
-        let side = usize::from(server);
+    pub fn count_tls(&self, side: Side, failure: Option<&str>) {
+        let side = side as usize;
         match failure {
             None => self.tls_ok[side].add(1),
             Some(label) => {
@@ -690,7 +705,7 @@ mod tests {
         let b = Arc::new(ShardStats::default());
         a.dir(Direction::Outbound).opened.add(2);
         b.dir(Direction::Outbound).opened.add(3);
-        b.dir(Direction::Inbound).failed[FailReason::Loop as usize].add(1);
+        b.dir(Direction::Inbound).count_failed(FailReason::Loop);
         a.open.add(4);
         a.open.sub(1);
         let text = render_prometheus(&[a, b], "");

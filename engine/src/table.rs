@@ -218,7 +218,7 @@ impl ConnTable {
             // The cancelled task will not reach its own accounting.
             let d = self.stats.dir(e.info.direction);
             d.closed.add(1);
-            d.failed[reason as usize].add(1);
+            d.count_failed(reason);
             n += 1;
         }
         n
