@@ -18,6 +18,7 @@ pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod model;
+pub mod published;
 pub mod snapshot;
 pub mod watch;
 

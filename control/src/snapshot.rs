@@ -24,7 +24,6 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use serde::Serialize;
 
 pub use builder::SnapshotBuilder;
@@ -442,45 +441,12 @@ fn pick_family(ips: &[IpAddr], like: IpAddr) -> IpAddr {
 }
 
 /// The current snapshot, shared between the control thread (writer) and the shards.
-#[derive(Debug)]
-pub struct SnapshotCell {
-    current: ArcSwap<Snapshot>,
-}
+pub type SnapshotCell = crate::published::Published<Snapshot>;
 
 impl SnapshotCell {
-    /// A cell holding `initial`.
-    pub fn new(initial: Snapshot) -> Self {
-        Self {
-            current: ArcSwap::from_pointee(initial),
-        }
-    }
-
-    /// The current snapshot.
-    pub fn load(&self) -> Arc<Snapshot> {
-        self.current.load_full()
-    }
-
-    /// The current snapshot if it is not `cached`. Costs one atomic load (and no write to
-    /// shared memory) when nothing changed.
-    pub fn newer(&self, cached: &Arc<Snapshot>) -> Option<Arc<Snapshot>> {
-        let cur = self.current.load();
-        (!Arc::ptr_eq(&cur, cached)).then(|| arc_swap::Guard::into_inner(cur))
-    }
-
     /// The generation of the current snapshot, without taking a reference.
     pub fn generation(&self) -> u64 {
-        self.current.load().generation
-    }
-
-    /// Publishes `next`; connections opened afterwards see it.
-    pub fn publish(&self, next: Snapshot) {
-        self.current.store(Arc::new(next));
-    }
-
-    /// Publishes a snapshot the caller keeps a reference to (the base of its next
-    /// delta); connections opened afterwards see it.
-    pub fn publish_shared(&self, next: Arc<Snapshot>) {
-        self.current.store(next);
+        self.peek(|s| s.generation)
     }
 }
 

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use tracing::{info, warn};
 use zpath_control::Snapshot;
 use zpath_crypto::{CertifiedTls, Identity, LocalCa, WorkloadCertificate};
@@ -40,27 +39,7 @@ impl CertStore {
 }
 
 /// The current certificate set, written by the control thread, read by shards.
-#[derive(Debug, Default)]
-pub struct CertCell {
-    current: ArcSwap<CertStore>,
-}
-
-impl CertCell {
-    /// The current set.
-    pub fn load(&self) -> Arc<CertStore> {
-        self.current.load_full()
-    }
-
-    /// The current set if it is not `cached` (one atomic load when unchanged).
-    pub fn newer(&self, cached: &Arc<CertStore>) -> Option<Arc<CertStore>> {
-        let cur = self.current.load();
-        (!Arc::ptr_eq(&cur, cached)).then(|| arc_swap::Guard::into_inner(cur))
-    }
-
-    fn publish(&self, next: CertStore) {
-        self.current.store(Arc::new(next));
-    }
-}
+pub type CertCell = zpath_control::published::Published<CertStore>;
 
 /// The identity of a workload, if its fields form a valid SPIFFE identity.
 pub fn workload_identity(wl: &zpath_control::model::Workload) -> Option<Identity> {
