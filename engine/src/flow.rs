@@ -11,6 +11,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use zpath_control::Route;
 
+use crate::authorize::{authorize, When};
 use crate::hbone;
 use crate::relay::{self, Abort, Meters};
 use crate::shard::Shard;
@@ -75,23 +76,11 @@ pub async fn inbound(shard: &Rc<Shard>, client: TcpStream, info: &ConnInfo) -> R
         dst_port: dst.port(),
         peer: None,
     };
-    let outcome = match snapshot.authorize(&conn) {
-        Ok(outcome) => outcome,
-        Err(unknown) => {
+    let permit = match authorize(shard, &snapshot, &conn, info, When::Opening) {
+        Ok(permit) => permit,
+        Err(refusal) => {
             client.abort();
-            return Err(fail(FailReason::UnknownTarget, unknown.to_string()));
-        }
-    };
-    log_dry_run(&outcome, info);
-    shard.count_decision(&snapshot, &outcome.decision);
-    let permit = match outcome.decision {
-        zpath_policy::Decision::Allow(permit) => permit,
-        zpath_policy::Decision::Deny(reason) => {
-            client.abort();
-            return Err(fail(
-                FailReason::Denied,
-                format!("denied by policy: {reason}"),
-            ));
+            return Err(fail(refusal.reason(), refusal.to_string()));
         }
     };
     drop(snapshot);
@@ -385,12 +374,6 @@ async fn dial_route(
         );
         DialFailure { failure, reply }
     })
-}
-
-pub(crate) fn log_dry_run(outcome: &zpath_policy::Outcome<'_>, info: &ConnInfo) {
-    if let Some(dry) = &outcome.dry_run {
-        tracing::info!(src = %info.src, dst = ?info.dst.get(), would_allow = dry.would_allow, "dry-run policy evaluated: {dry:?}");
-    }
 }
 
 /// Connects to the destination a policy decision permitted.

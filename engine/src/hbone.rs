@@ -28,6 +28,7 @@ use zpath_tunnel::connect::{self, SourceInfo};
 use zpath_tunnel::relay::{ReadSizes, Way};
 use zpath_tunnel::{ConnectFailed, OpenError, Payload, Tunnel};
 
+use crate::authorize::{authorize, Refusal, When};
 use crate::certs::workload_identity;
 use crate::flow::{fail, Failure};
 use crate::handshakes::{SourceFull, Ticket};
@@ -761,25 +762,20 @@ async fn serve_stream(
         dst_port: target.port(),
         peer,
     };
-    let outcome = match snapshot.authorize(&conn) {
-        Ok(outcome) => outcome,
-        Err(unknown) => {
+    let permit = match authorize(shard, &snapshot, &conn, info, When::Opening) {
+        Ok(permit) => permit,
+        Err(refusal @ Refusal::UnknownTarget(_)) => {
             refuse(&mut respond, StatusCode::BAD_REQUEST);
             return Err(fail(
-                FailReason::UnknownTarget,
-                format!("CONNECT {target}: {unknown}"),
+                refusal.reason(),
+                format!("CONNECT {target}: {refusal}"),
             ));
         }
-    };
-    crate::flow::log_dry_run(&outcome, info);
-    shard.count_decision(&snapshot, &outcome.decision);
-    let permit = match outcome.decision {
-        zpath_policy::Decision::Allow(permit) => permit,
-        zpath_policy::Decision::Deny(reason) => {
+        Err(refusal @ Refusal::Denied(_)) => {
             refuse(&mut respond, StatusCode::UNAUTHORIZED);
             return Err(fail(
-                FailReason::Denied,
-                format!("denied by policy: {reason} (peer {})", outer.identity),
+                refusal.reason(),
+                format!("{refusal} (peer {})", outer.identity),
             ));
         }
     };

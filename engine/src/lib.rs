@@ -11,6 +11,7 @@
 //! This crate is the only user of glommio and raw syscalls (all in [`sys`]).
 
 pub mod admin;
+mod authorize;
 pub mod buffers;
 pub mod certs;
 pub mod config;

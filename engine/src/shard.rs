@@ -14,6 +14,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{debug, info, warn};
 use zpath_control::{Snapshot, SnapshotCell};
 
+use crate::authorize::{authorize, When};
 use crate::buffers::BufPool;
 use crate::certs::{CertCell, CertStore};
 use crate::config::EngineConfig;
@@ -452,42 +453,20 @@ async fn run(
 }
 
 /// Re-authorizes live inbound connections against the newest snapshot and aborts those
-/// it now denies, and those whose destination is no longer a workload this node serves.
+/// it now refuses: denied by policy, or no longer to a workload this node serves.
 fn recheck(shard: &Rc<Shard>) {
     let snapshot = shard.snapshot();
     let mut table = shard.table.borrow_mut();
-    let mut closed = table.abort_matching(FailReason::UnknownTarget, |info| {
-        with_inbound_conn(info, |conn| match snapshot.authorize(conn) {
-            Ok(_) => false,
-            Err(unknown) => {
-                if shard.may_log(FailReason::UnknownTarget) {
-                    info!(shard = shard.id, src = %info.src, "closing connection: {unknown}");
-                }
-                true
+    let closed = table.abort_matching(|info| {
+        let refused = with_inbound_conn(info, |conn| {
+            let refusal = authorize(shard, &snapshot, conn, info, When::Recheck).err()?;
+            let reason = refusal.reason();
+            if shard.may_log(reason) {
+                info!(shard = shard.id, src = %info.src, dst = %conn.dst_ip, "closing connection: {refusal}");
             }
-        })
-        .unwrap_or(false)
-    });
-    closed += table.abort_matching(FailReason::Denied, |info| {
-        with_inbound_conn(info, |conn| {
-            let Ok(outcome) = snapshot.authorize(conn) else {
-                return false; // Closed above.
-            };
-            let decision = outcome.decision;
-            if !decision.is_allow() {
-                shard.count_decision(&snapshot, &decision);
-            }
-            match decision {
-                zpath_policy::Decision::Allow(_) => false,
-                zpath_policy::Decision::Deny(reason) => {
-                    if shard.may_log(FailReason::Denied) {
-                        info!(shard = shard.id, src = %info.src, dst = %conn.dst_ip, "closing connection now denied by policy: {reason}");
-                    }
-                    true
-                }
-            }
-        })
-        .unwrap_or(false)
+            Some(reason)
+        });
+        refused.flatten()
     });
     drop(table);
     if closed > 0 {

@@ -192,21 +192,24 @@ impl ConnTable {
 
     /// Aborts every live connection (drain deadline). Returns how many were aborted.
     pub fn abort_all(&mut self) -> usize {
-        self.abort_matching(crate::stats::FailReason::Drained, |_| true)
+        self.abort_matching(|_| Some(crate::stats::FailReason::Drained))
     }
 
-    /// Aborts the live connections for which `pred` holds: their sockets will send RST
-    /// and their tasks are cancelled; each is counted as closed and failed for `reason`.
+    /// Aborts the live connections `refuse` gives a reason for: their sockets will send
+    /// RST and their tasks are cancelled; each is counted as closed and failed for its
+    /// reason.
     pub fn abort_matching(
         &mut self,
-        reason: crate::stats::FailReason,
-        mut pred: impl FnMut(&ConnInfo) -> bool,
+        mut refuse: impl FnMut(&ConnInfo) -> Option<crate::stats::FailReason>,
     ) -> usize {
         let mut n = 0;
         for e in self.slots.iter_mut().flatten() {
-            if e.task.is_none() || !pred(&e.info) {
+            if e.task.is_none() {
                 continue;
             }
+            let Some(reason) = refuse(&e.info) else {
+                continue;
+            };
             for fd in e.info.fds.get() {
                 if fd >= 0 {
                     let _ = crate::sys::set_reset_on_close_fd(fd);
@@ -288,13 +291,10 @@ mod tests {
             for g in guards.iter().filter(|g| g.info.src.port() % 2 == 0) {
                 table.borrow_mut().set_task(g.key(), pending());
             }
-            let aborted =
-                table
-                    .borrow_mut()
-                    .abort_matching(crate::stats::FailReason::Drained, |i| {
-                        assert_eq!(i.src.port() % 2, 0, "an entry got another's task");
-                        true
-                    });
+            let aborted = table.borrow_mut().abort_matching(|i| {
+                assert_eq!(i.src.port() % 2, 0, "an entry got another's task");
+                Some(crate::stats::FailReason::Drained)
+            });
             assert_eq!(aborted, 500);
             assert_eq!(table.borrow().len(), 1000);
             drop(guards);
