@@ -283,6 +283,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
         if this.shutdown {
             return Poll::Ready(Err(SessionError::WriteAfterClose.into()));
         }
+        if let Some(kind) = this.write_failed {
+            // Nothing more can leave: sealing would only spend CPU and sequence numbers.
+            return Poll::Ready(Err(kind.into()));
+        }
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
@@ -309,6 +313,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
         let this = self.get_mut();
         if this.shutdown {
             return Poll::Ready(Err(SessionError::WriteAfterClose.into()));
+        }
+        if let Some(kind) = this.write_failed {
+            // Nothing more can leave: sealing would only spend CPU and sequence numbers.
+            return Poll::Ready(Err(kind.into()));
         }
         if bufs.iter().all(|b| b.is_empty()) {
             return Poll::Ready(Ok(0));
@@ -343,6 +351,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some(kind) = this.write_failed {
+            return Poll::Ready(Err(kind.into()));
+        }
         if !this.shutdown {
             while this.out_room(0) < MAX_RECORD_LEN {
                 ready!(this.poll_flush_out(cx))?;

@@ -294,6 +294,8 @@ fn what_the_peer_sent_before_resetting_is_read_after_our_write_failed() {
         stream.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"goodbye");
         assert!(stream.session().peer_closed());
+        // Closing reports it too, without sealing a close_notify that cannot leave.
+        assert_eq!(stream.close().await.unwrap_err().kind(), err.kind());
     });
     server.join().unwrap();
 }

@@ -661,9 +661,9 @@ async fn serve_connection(
     }
 }
 
-/// Closes a connection h2 ended with an error (its GOAWAY, TLS close_notify and FIN
-/// already sent) without resetting it: a socket closed with unread input answers with
-/// RST, which can reach the peer before it reads the GOAWAY. The socket is kept on a
+/// Closes a connection h2 ended with an error without resetting it: a socket closed
+/// with unread input answers with RST, which can reach the peer before it reads the
+/// GOAWAY (h2 has sent it, with TLS close_notify, unless the error was the transport's). The socket is kept on a
 /// second descriptor and read and discarded until the peer closes, for at most
 /// `GOAWAY_FLUSH`.
 async fn close_lingering(conn: zpath_tunnel::server::ServerConnection<Tls>, fd: RawFd) {

@@ -462,7 +462,7 @@ fn recheck(shard: &Rc<Shard>) {
             let refusal = authorize(shard, &snapshot, conn, info, When::Recheck).err()?;
             let reason = refusal.reason();
             if shard.may_log(reason) {
-                info!(shard = shard.id, src = %info.src, dst = %conn.dst_ip, "closing connection: {refusal}");
+                info!(shard = shard.id, src = %info.src, dst = %conn.dst_ip, "closing live connection: {refusal}");
             }
             Some(reason)
         });

@@ -371,12 +371,12 @@ impl HboneStats {
         set[i].add(1);
     }
 
-    /// Counts an HBONE connection we closed (`server`: one we serve).
+    /// Counts an HBONE connection we closed, on the side we are.
     pub fn count_closed(&self, side: Side, reason: CloseReason) {
         self.closed[side as usize][reason as usize].add(1);
     }
 
-    /// Counts a TLS handshake outcome; `label` is a session error label or "timeout".
+    /// Counts a TLS handshake outcome; a `failure` is a session error label or "timeout".
     pub fn count_tls(&self, side: Side, failure: Option<&str>) {
         let side = side as usize;
         match failure {

@@ -84,10 +84,10 @@ where
     futures_lite::future::try_zip(into, out).await
 }
 
-/// Payloads of one stream h2 may hold at once; the relay stops reading at this many.
-/// With each payload pinning at most four times its length (and h2 queueing at most
-/// its send buffer of bytes), what a stream pins is bounded however the peer's windows
-/// and the socket's reads go.
+/// Payloads of one stream h2 may hold before the relay stops reading (checked before
+/// each read, whose parts may take it a little past). What a stream pins is then about
+/// four times the bytes h2 queues for it (at most its send buffer), plus a spill block
+/// or two and one read buffer, however the peer's windows and the socket's reads go.
 pub const MAX_HELD: usize = 256;
 
 /// Block that small reads are copied into, shared by the payloads cut from it.
@@ -137,10 +137,11 @@ async fn into_tunnel<R: AsyncRead + Unpin>(
     Ok(total)
 }
 
-/// Turns socket reads into DATA payloads that each pin at most four times their
-/// length: a read that fills at least half its buffer (of at most twice the read
-/// size) is handed over as it is (no copy); a smaller one is copied into a shared
-/// block, and its buffer read into again. The
+/// Turns socket reads into DATA payloads whose memory is a small multiple of their
+/// bytes: a read that fills at least half its buffer (of at most twice the read size,
+/// so at most four times the read) is handed over as it is (no copy); a smaller one is
+/// copied into a shared block, whose payloads keep it alive together, and its buffer is
+/// read into again. The
 /// read size doubles after a full read and halves after one under half, within
 /// [`ReadSizes`].
 struct Chunker {
