@@ -87,8 +87,12 @@ pub struct EngineConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// Readiness listener, on the control thread.
     pub readiness_addr: Option<SocketAddr>,
-    /// Local config file; `None`: an empty configuration (everything is passthrough).
+    /// Local config file; `None` with no xDS address either is refused unless
+    /// `no_control_plane` says so.
     pub config_file: Option<PathBuf>,
+    /// Run on an empty configuration, with neither a config file nor xDS: asked for
+    /// explicitly, since everything outbound is then passthrough and nothing is local.
+    pub no_control_plane: bool,
     /// Where state that must survive a restart is kept.
     pub state_dir: PathBuf,
     /// This node's name: workloads whose `node` equals it are served here.
@@ -192,6 +196,7 @@ impl Default for EngineConfig {
             metrics_addr: any(15020),
             readiness_addr: any(15021),
             config_file: None,
+            no_control_plane: false,
             state_dir: PathBuf::from("/var/lib/zpath"),
             node_name: String::new(),
             cores: vec![0],
@@ -305,6 +310,22 @@ impl EngineConfig {
             return Err(invalid(
                 "--socks5-handshake-timeout",
                 "must be more than zero",
+            ));
+        }
+        let sources = usize::from(self.config_file.is_some())
+            + usize::from(self.xds_address.is_some())
+            + usize::from(self.no_control_plane);
+        if sources == 0 {
+            return Err(invalid(
+                "--config",
+                "no configuration source: give --config FILE or --xds-address URL \
+                 (--no-control-plane runs on an empty configuration)",
+            ));
+        }
+        if self.no_control_plane && sources > 1 {
+            return Err(invalid(
+                "--no-control-plane",
+                "an empty configuration and --config or --xds-address are alternatives",
             ));
         }
         if self.xds_address.is_some() && self.config_file.is_some() {
@@ -430,16 +451,41 @@ impl EngineConfig {
 mod tests {
     use super::*;
 
+    /// The defaults with a configuration source (they have none of their own).
+    fn configured() -> EngineConfig {
+        EngineConfig {
+            config_file: Some("local.yaml".into()),
+            ..EngineConfig::default()
+        }
+    }
+
     #[test]
-    fn defaults_are_valid() {
-        EngineConfig::default().validate().unwrap();
+    fn defaults_are_valid_once_a_configuration_source_is_given() {
+        configured().validate().unwrap();
+    }
+
+    #[test]
+    fn no_configuration_source_is_refused_unless_asked_for_explicitly() {
+        let e = EngineConfig::default().validate().unwrap_err();
+        assert_eq!(e.setting, "--config");
+        assert!(e.to_string().contains("no configuration source"), "{e}");
+        let empty = EngineConfig {
+            no_control_plane: true,
+            ..EngineConfig::default()
+        };
+        empty.validate().unwrap();
+        let both = EngineConfig {
+            no_control_plane: true,
+            ..configured()
+        };
+        assert_eq!(both.validate().unwrap_err().setting, "--no-control-plane");
     }
 
     #[test]
     fn overlapping_listeners_are_rejected() {
         let cfg = EngineConfig {
             socks5_addr: Some("127.0.0.1:15001".parse().unwrap()),
-            ..EngineConfig::default()
+            ..configured()
         };
         let e = cfg.validate().unwrap_err().to_string();
         assert!(
@@ -451,28 +497,28 @@ mod tests {
     #[test]
     fn zero_keepalive_idle_and_handshake_limits_are_rejected() {
         let named = |cfg: EngineConfig| cfg.validate().unwrap_err().setting;
-        let mut cfg = EngineConfig::default();
+        let mut cfg = configured();
         cfg.keepalive.interval = Duration::ZERO;
         assert_eq!(named(cfg), "--hbone-keepalive-interval");
-        let mut cfg = EngineConfig::default();
+        let mut cfg = configured();
         cfg.keepalive.timeout = Duration::ZERO;
         assert_eq!(named(cfg), "--hbone-keepalive-timeout");
         let cfg = EngineConfig {
             hbone_idle_timeout: Duration::ZERO,
-            ..EngineConfig::default()
+            ..configured()
         };
         assert_eq!(named(cfg), "--hbone-idle-timeout");
-        let mut cfg = EngineConfig::default();
+        let mut cfg = configured();
         cfg.handshakes.max_per_source = 0;
         assert_eq!(named(cfg), "--handshake-max-per-source");
-        let mut cfg = EngineConfig::default();
+        let mut cfg = configured();
         cfg.handshakes.max_pending = 0;
         assert_eq!(named(cfg), "--handshake-max-pending");
     }
 
     #[test]
     fn buffer_bounds_are_checked() {
-        let mut cfg = EngineConfig::default();
+        let mut cfg = configured();
         cfg.buffers.min = 512;
         assert!(cfg.validate().is_err());
         cfg.buffers.min = 1 << 20;
@@ -485,7 +531,7 @@ mod tests {
         let mut cfg = EngineConfig {
             cores: vec![0, 0],
             pin_shards: true,
-            ..EngineConfig::default()
+            ..configured()
         };
         let e = cfg.validate().unwrap_err();
         assert!(e.to_string().contains("--unpinned"), "{e}");
@@ -499,11 +545,11 @@ mod tests {
             cores: vec![1, 0],
             pin_shards,
             steering,
-            ..EngineConfig::default()
+            ..configured()
         };
         assert!(cfg(true, Steering::Cpu).steers_by_cpu());
         assert!(!cfg(false, Steering::Cpu).steers_by_cpu());
         assert!(!cfg(true, Steering::Hash).steers_by_cpu());
-        assert_eq!(EngineConfig::default().steering, Steering::Hash);
+        assert_eq!(configured().steering, Steering::Hash);
     }
 }

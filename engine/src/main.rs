@@ -19,7 +19,8 @@ use zpath_engine::{Daemon, EngineConfig};
 #[command(name = "zpath", version, about, long_about = None)]
 struct Args {
     /// Local config file (ztunnel's local-config YAML: workloads, services, policies).
-    /// Reloaded when it changes and on SIGHUP. Without it, every destination is passthrough.
+    /// Reloaded when it changes and on SIGHUP. One of --config, --xds-address and
+    /// --no-control-plane is needed.
     #[arg(long, env = "ZPATH_CONFIG")]
     config: Option<PathBuf>,
     /// Captured outbound listener (iptables REDIRECT target); "off" disables it.
@@ -185,6 +186,11 @@ struct Args {
     /// istio.security.Authorization).
     #[arg(long, env = "ZPATH_XDS_ADDRESS", conflicts_with = "config")]
     xds_address: Option<String>,
+    /// Run on an empty configuration, with neither --config nor --xds-address: every
+    /// outbound connection is passthrough and no workload is served here. Without this,
+    /// zpath refuses to start with no configuration source.
+    #[arg(long, env = "ZPATH_NO_CONTROL_PLANE", conflicts_with_all = ["config", "xds_address"])]
+    no_control_plane: bool,
     /// Root certificate (PEM) that signs istiod's (and the CA's) TLS certificate.
     #[arg(long, env = "ZPATH_XDS_ROOT_CERT")]
     xds_root_cert: Option<PathBuf>,
@@ -336,6 +342,7 @@ impl Args {
             metrics_addr: self.metrics_addr,
             readiness_addr: self.readiness_addr,
             config_file: self.config,
+            no_control_plane: self.no_control_plane,
             state_dir: self.state_dir.unwrap_or_else(default_state_dir),
             node_name: self.node_name.unwrap_or_else(host_name),
             cores,
@@ -421,6 +428,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cfg.no_control_plane {
+        tracing::warn!("--no-control-plane: running on an empty configuration; every outbound connection is passthrough and no workload is served here");
+    }
     let daemon = match Daemon::start(cfg) {
         Ok(d) => d,
         Err(e) => {
