@@ -141,9 +141,8 @@ async fn into_tunnel<R: AsyncRead + Unpin>(
 /// bytes: a read that fills at least half its buffer (of at most twice the read size,
 /// so at most four times the read) is handed over as it is (no copy); a smaller one is
 /// copied into a shared block, whose payloads keep it alive together, and its buffer is
-/// read into again. The
-/// read size doubles after a full read and halves after one under half, within
-/// [`ReadSizes`].
+/// read into again. The read size doubles after a full read and halves after one under
+/// half, within [`ReadSizes`].
 struct Chunker {
     sizes: ReadSizes,
     want: usize,
