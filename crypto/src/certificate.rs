@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, SanType, PKCS_ECDSA_P256_SHA256};
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer, TrustAnchor};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::error::Error;
 use crate::identity::Identity;
-use crate::tls;
+use crate::pki;
 use crate::verifier::{self, PeerRole};
 
 /// The mesh roots: certificates a peer chain must lead to.
@@ -42,7 +43,7 @@ impl TrustBundle {
         }
         let anchors = roots
             .iter()
-            .map(tls::trust_anchor)
+            .map(pki::trust_anchor)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             inner: Arc::new(TrustInner { roots, anchors }),
@@ -135,9 +136,9 @@ impl WorkloadCertificate {
                 detail: "no leaf certificate".into(),
             });
         };
-        let now = tls::unix_now();
+        let now = pki::unix_now();
         for role in [PeerRole::Server, PeerRole::Client] {
-            tls::verify_chain(&trust, leaf, &chain[1..], now, role)
+            pki::verify_chain(trust.anchors(), leaf, &chain[1..], now, role)
                 .map_err(|r| Error::ChainRejected(r.to_string()))?;
         }
         let identity = verifier::leaf_identity(leaf, PeerRole::Server)
@@ -153,7 +154,7 @@ impl WorkloadCertificate {
             not_after,
         };
         // Fails if the key does not belong to the leaf.
-        tls::certified_key(&cert)?;
+        cert.certified_key()?;
         Ok(cert)
     }
 
@@ -173,6 +174,12 @@ impl WorkloadCertificate {
             .iter()
             .map(|c| to_pem("CERTIFICATE", c))
             .collect()
+    }
+
+    /// The signing key and chain, ready for rustls; fails if the key does not
+    /// belong to the leaf.
+    pub(crate) fn certified_key(&self) -> Result<Arc<CertifiedKey>, Error> {
+        pki::certified_key(&self.chain, self.key.secret_pkcs8_der())
     }
 
     /// The private key, PKCS#8 DER.
@@ -321,25 +328,55 @@ pub(crate) fn validity(der: &[u8]) -> Result<(SystemTime, SystemTime), Error> {
     ))
 }
 
+/// What an admin dump shows of one certificate, as ztunnel's `config_dump` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertSummary {
+    /// The certificate's PEM text, itself base64-encoded (ztunnel's `pem`).
+    pub pem_base64: String,
+    /// The serial number, in decimal (ztunnel's `serialNumber`).
+    pub serial: String,
+    /// Start of its validity.
+    pub not_before: SystemTime,
+    /// End of its validity.
+    pub not_after: SystemTime,
+}
+
+/// The [`CertSummary`] of one DER certificate.
+pub fn summarize(der: &[u8]) -> Result<CertSummary, Error> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| Error::Pem {
+        what: "certificate",
+        detail: format!("cannot parse: {e}"),
+    })?;
+    let (not_before, not_after) = validity(der)?;
+    Ok(CertSummary {
+        pem_base64: base64(to_pem("CERTIFICATE", der).as_bytes()),
+        serial: cert.tbs_certificate.serial.to_string(),
+        not_before,
+        not_after,
+    })
+}
+
+impl WorkloadCertificate {
+    /// The summaries of its chain (leaf first) and of its roots.
+    pub fn summaries(&self) -> (Vec<CertSummary>, Vec<CertSummary>) {
+        let all = |certs: &[CertificateDer<'static>]| {
+            certs.iter().filter_map(|c| summarize(c).ok()).collect()
+        };
+        (all(self.chain()), all(self.trust().roots()))
+    }
+}
+
+/// Standard base64 (with padding).
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 /// Encodes DER as PEM with 64-column lines.
 pub(crate) fn to_pem(label: &str, der: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut b64 = Vec::with_capacity(der.len().div_ceil(3) * 4);
-    for chunk in der.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                b64.push(ALPHABET[((n >> (18 - 6 * i)) & 0x3f) as usize]);
-            } else {
-                b64.push(b'=');
-            }
-        }
-    }
+    let b64 = base64(der);
     let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.chunks(64) {
+    for line in b64.as_bytes().chunks(64) {
         out.push_str(&String::from_utf8_lossy(line));
         out.push('\n');
     }
@@ -351,6 +388,40 @@ pub(crate) fn to_pem(label: &str, der: &[u8]) -> String {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_is_the_standard_alphabet_with_padding() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("h", "aA=="),
+            ("he", "aGU="),
+            ("hello", "aGVsbG8="),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), encoded, "{plain:?}");
+        }
+    }
+
+    #[test]
+    fn a_summary_shows_the_serial_validity_and_pem_of_each_certificate() {
+        let ca = crate::ca::LocalCa::generate().unwrap();
+        let id: Identity = "spiffe://cluster.local/ns/a/sa/b".parse().unwrap();
+        let cert = ca.issue(&id, Duration::from_secs(3600)).unwrap();
+        let (chain, roots) = cert.summaries();
+        assert_eq!((chain.len(), roots.len()), (1, 1));
+        let leaf = &chain[0];
+        assert!(!leaf.serial.is_empty() && leaf.serial.bytes().all(|b| b.is_ascii_digit()));
+        assert_eq!(
+            (leaf.not_before, leaf.not_after),
+            (cert.not_before(), cert.not_after())
+        );
+        assert!(
+            leaf.pem_base64
+                .starts_with("LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0t"),
+            "{}",
+            leaf.pem_base64
+        );
+        assert_ne!(roots[0].serial, "");
+    }
 
     #[test]
     fn pem_round_trips_through_the_parser() {

@@ -34,7 +34,7 @@ impl std::fmt::Debug for CertifiedTls {
 impl CertifiedTls {
     /// Loads the certificate's key and builds its server configuration.
     pub fn new(cert: Arc<WorkloadCertificate>) -> Result<Self, Error> {
-        let key = tls::certified_key(&cert)?;
+        let key = cert.certified_key()?;
         let server = tls::server_config(&cert, &key)?;
         Ok(Self { cert, key, server })
     }

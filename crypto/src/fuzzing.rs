@@ -93,7 +93,7 @@ fn build_fixture() -> Result<Fixture, crate::Error> {
         })
     };
     let peer_client = |suite| -> Result<Arc<rustls::ClientConfig>, crate::Error> {
-        let key = crate::tls::certified_key(client.certificate())?;
+        let key = client.certificate().certified_key()?;
         let mut c = rustls::ClientConfig::builder_with_provider(provider(suite))
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(config_error)?
@@ -105,7 +105,7 @@ fn build_fixture() -> Result<Fixture, crate::Error> {
         Ok(Arc::new(c))
     };
     let peer_server = |suite| -> Result<Arc<rustls::ServerConfig>, crate::Error> {
-        let key = crate::tls::certified_key(server.certificate())?;
+        let key = server.certificate().certified_key()?;
         let mut c = rustls::ServerConfig::builder_with_provider(provider(suite))
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(config_error)?

@@ -40,11 +40,20 @@ pub enum IdentityError {
 }
 
 /// A SPIFFE workload identity (`spiffe://td/ns/ns/sa/sa`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Kept as the one URI string with the bounds of its parts, so the principal
+/// (`td/ns/NS/sa/SA`) and each part are slices of it: policy matches them without
+/// parsing the identity again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Identity {
-    trust_domain: Box<str>,
-    namespace: Box<str>,
-    service_account: Box<str>,
+    /// `spiffe://td/ns/NS/sa/SA`; the parts below are determined by it.
+    uri: Box<str>,
+    /// End of the trust domain in `uri`.
+    td_end: usize,
+    /// Start of the namespace in `uri`.
+    ns_start: usize,
+    /// Start of the service account in `uri`.
+    sa_start: usize,
 }
 
 const SCHEME: &str = "spiffe://";
@@ -59,26 +68,58 @@ impl Identity {
         check_segment(trust_domain, "trust domain", is_trust_domain_char)?;
         check_segment(namespace, "namespace", is_path_char)?;
         check_segment(service_account, "service account", is_path_char)?;
+        let uri = format!("{SCHEME}{trust_domain}/ns/{namespace}/sa/{service_account}");
+        let td_end = SCHEME.len() + trust_domain.len();
+        let ns_start = td_end + "/ns/".len();
         Ok(Self {
-            trust_domain: trust_domain.into(),
-            namespace: namespace.into(),
-            service_account: service_account.into(),
+            uri: uri.into(),
+            td_end,
+            ns_start,
+            sa_start: ns_start + namespace.len() + "/sa/".len(),
         })
     }
 
     /// The trust domain (`cluster.local` in a default Istio install).
     pub fn trust_domain(&self) -> &str {
-        &self.trust_domain
+        &self.uri[SCHEME.len()..self.td_end]
     }
 
     /// The Kubernetes namespace.
     pub fn namespace(&self) -> &str {
-        &self.namespace
+        &self.uri[self.ns_start..self.sa_start - "/sa/".len()]
     }
 
     /// The Kubernetes service account.
     pub fn service_account(&self) -> &str {
-        &self.service_account
+        &self.uri[self.sa_start..]
+    }
+
+    /// The principal `td/ns/NS/sa/SA` (the identity without `spiffe://`), as Istio's
+    /// policies name it; the three parts above are slices of it.
+    pub fn principal(&self) -> &str {
+        &self.uri[SCHEME.len()..]
+    }
+}
+
+impl Ord for Identity {
+    /// By trust domain, then namespace, then service account.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (
+            self.trust_domain(),
+            self.namespace(),
+            self.service_account(),
+        )
+            .cmp(&(
+                other.trust_domain(),
+                other.namespace(),
+                other.service_account(),
+            ))
+    }
+}
+
+impl PartialOrd for Identity {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 
@@ -114,11 +155,7 @@ impl FromStr for Identity {
 
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{SCHEME}{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.service_account
-        )
+        f.write_str(&self.uri)
     }
 }
 
@@ -170,6 +207,19 @@ mod tests {
             "spiffe://cluster.local/ns/default/sa/bookinfo-productpage"
         );
         assert_eq!(parse(&id.to_string()).unwrap(), id);
+        assert_eq!(
+            id.principal(),
+            "cluster.local/ns/default/sa/bookinfo-productpage"
+        );
+    }
+
+    #[test]
+    fn orders_by_part_not_by_uri() {
+        // As a URI "a/..." sorts after "a.b/..."; by parts "a" comes first.
+        let short = Identity::new("a", "x", "y").unwrap();
+        let long = Identity::new("a.b", "x", "y").unwrap();
+        assert!(short < long);
+        assert!(short.to_string() > long.to_string());
     }
 
     #[test]

@@ -24,8 +24,15 @@
 //! than the system time for certificate validity; it knows nothing of the
 //! executor (timeouts are the caller's).
 //!
-//! Every rustls and webpki call lives in the private `tls` module; every ring
-//! AEAD call in the private `record` module.
+//! Every rustls and webpki call lives in the private `pki` (provider, chain
+//! verification, key loading) and `tls` (configurations, handshake) modules;
+//! every ring AEAD call in the private `record` module.
+//!
+//! The modules layer bottom-up, each naming only modules below it: `identity`
+//! and `limits` (record sizes); `verifier`; `error`; `pki` and `record`;
+//! `certificate`; `ca` and `tls`; `config` and `session`; `stream`. The record
+//! layer reaches the key schedule rustls keeps after the handshake through its
+//! own `KeySchedule` trait, which `tls` implements, so it sits below `tls`.
 
 mod ca;
 mod certificate;
@@ -34,6 +41,8 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod identity;
+mod limits;
+mod pki;
 mod record;
 mod session;
 mod stream;
@@ -41,14 +50,15 @@ mod tls;
 mod verifier;
 
 pub use ca::{LocalCa, ROOT_CERT_FILE, ROOT_KEY_FILE};
-pub use certificate::{CertificateRequest, TrustBundle, WorkloadCertificate};
-pub use config::{CertifiedTls, ClientConfigCache};
-pub use error::Error;
-pub use identity::{Identity, IdentityError};
-pub use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
-pub use session::{
-    Sealed, SessionBuffers, SessionError, TlsSession, MAX_PLAINTEXT_LEN, MAX_RECORD_LEN,
+pub use certificate::{
+    summarize, CertSummary, CertificateRequest, TrustBundle, WorkloadCertificate,
 };
+pub use config::{CertifiedTls, ClientConfigCache};
+pub use error::{Error, SessionError};
+pub use identity::{Identity, IdentityError};
+pub use limits::{MAX_PLAINTEXT_LEN, MAX_RECORD_LEN};
+pub use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+pub use session::{Sealed, SessionBuffers, TlsSession};
 pub use stream::TlsStream;
 pub use tls::{ClientTlsConfig, ServerTlsConfig};
 pub use verifier::{Rejection, VerifiedPeer};

@@ -3,9 +3,10 @@
 //! rustls runs the handshake; once it completes, [`crate::tls`] hands the
 //! traffic keys and sequence numbers over and keeps a key-schedule-only
 //! connection that derives the keys of each key update and stores session
-//! tickets. From then on this module seals and opens records itself, with no
-//! allocation and no copy besides the one from the caller's plaintext into the
-//! output record:
+//! tickets. This module asks that connection for them through [`KeySchedule`],
+//! so it sits below the handshake and names nothing of rustls. From then on it
+//! seals and opens records itself, with no allocation and no copy besides the
+//! one from the caller's plaintext into the output record:
 //!
 //! * sealing writes the 5-byte header, copies the plaintext behind it, adds
 //!   the inner content type and encrypts in place (RFC 8446 §5.2);
@@ -28,8 +29,8 @@
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM, NONCE_LEN};
 
-use crate::session::SessionError;
-use crate::tls::{Connection, MAX_PLAINTEXT_LEN};
+use crate::error::SessionError;
+use crate::limits::MAX_PLAINTEXT_LEN;
 
 /// Record header: type, legacy version, length.
 const HEADER_LEN: usize = 5;
@@ -80,6 +81,19 @@ pub(crate) enum Aead {
     Aes128Gcm,
     /// TLS_AES_256_GCM_SHA384.
     Aes256Gcm,
+}
+
+/// What the record layer asks of the TLS connection after the hand-over:
+/// rustls keeps the key schedule and the session tickets.
+pub(crate) trait KeySchedule {
+    /// Our next sending key, after we send a KeyUpdate.
+    fn next_tx_key(&mut self) -> Result<RecordKey, SessionError>;
+    /// The peer's next sending key, after it sent a KeyUpdate.
+    fn next_rx_key(&mut self) -> Result<RecordKey, SessionError>;
+    /// A NewSessionTicket body (after its 4-byte header) from the server.
+    fn new_session_ticket(&mut self, body: &[u8]) -> Result<(), SessionError>;
+    /// The name of an alert description, for the error it ends the session with.
+    fn alert_name(&self, description: u8) -> String;
 }
 
 /// A traffic key for one direction, with its sequence number.
@@ -350,7 +364,7 @@ impl RecordLayer {
     /// plaintext at `io.plain_end`.
     pub(crate) fn open(
         &mut self,
-        conn: &mut Connection,
+        conn: &mut impl KeySchedule,
         io: &mut Incoming<'_>,
     ) -> Result<(), Fatal> {
         while !self.peer_closed {
@@ -403,7 +417,11 @@ impl RecordLayer {
         Ok(())
     }
 
-    fn handshake_record(&mut self, conn: &mut Connection, record: &[u8]) -> Result<(), Fatal> {
+    fn handshake_record(
+        &mut self,
+        conn: &mut impl KeySchedule,
+        record: &[u8],
+    ) -> Result<(), Fatal> {
         if record.is_empty() {
             return Err(unexpected("empty handshake record"));
         }
@@ -430,7 +448,7 @@ impl RecordLayer {
     /// record boundary); returns the incomplete tail.
     fn handshake_messages<'d>(
         &mut self,
-        conn: &mut Connection,
+        conn: &mut impl KeySchedule,
         mut data: &'d [u8],
     ) -> Result<&'d [u8], Fatal> {
         while let [typ, a, b, c, rest @ ..] = data {
@@ -464,7 +482,7 @@ impl RecordLayer {
         Ok(data)
     }
 
-    fn alert(&mut self, conn: &Connection, alert: &[u8]) -> Result<(), Fatal> {
+    fn alert(&mut self, conn: &impl KeySchedule, alert: &[u8]) -> Result<(), Fatal> {
         match *alert {
             [_, ALERT_CLOSE_NOTIFY] => {
                 self.peer_closed = true;
@@ -483,7 +501,11 @@ impl RecordLayer {
     /// their length. Also rolls our key before its confidentiality limit.
     /// Nothing is written while `out` is too small; [`RecordLayer::owes_update`]
     /// then stays true.
-    pub(crate) fn flush(&mut self, conn: &mut Connection, out: &mut [u8]) -> Result<usize, Fatal> {
+    pub(crate) fn flush(
+        &mut self,
+        conn: &mut impl KeySchedule,
+        out: &mut [u8],
+    ) -> Result<usize, Fatal> {
         if !self.owes_update() || out.len() < KEY_UPDATE_RECORD_LEN {
             return Ok(0);
         }
@@ -503,7 +525,7 @@ impl RecordLayer {
     /// record in what room is left). Returns (plaintext taken, bytes written).
     pub(crate) fn seal(
         &mut self,
-        conn: &mut Connection,
+        conn: &mut impl KeySchedule,
         data: &[u8],
         out: &mut [u8],
     ) -> Result<(usize, usize), Fatal> {
@@ -531,7 +553,7 @@ impl RecordLayer {
     /// taken (a prefix of the pieces' concatenation) and written.
     pub(crate) fn seal_vectored(
         &mut self,
-        conn: &mut Connection,
+        conn: &mut impl KeySchedule,
         data: &[&[u8]],
         out: &mut [u8],
     ) -> Result<(usize, usize), Fatal> {
@@ -610,7 +632,7 @@ impl RecordLayer {
     /// to our next key.
     pub(crate) fn key_update_raw(
         &mut self,
-        conn: &mut Connection,
+        conn: &mut impl KeySchedule,
         fragments: &[&[u8]],
         out: &mut [u8],
     ) -> usize {

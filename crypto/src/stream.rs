@@ -18,7 +18,9 @@ use std::task::{ready, Context, Poll};
 use futures_io::{AsyncBufRead, AsyncRead, AsyncWrite};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
-use crate::session::{SessionBuffers, SessionError, TlsSession, MAX_RECORD_LEN};
+use crate::error::SessionError;
+use crate::limits::MAX_RECORD_LEN;
+use crate::session::{SessionBuffers, TlsSession};
 use crate::tls::{ClientTlsConfig, ServerTlsConfig};
 use crate::verifier::VerifiedPeer;
 

@@ -1,8 +1,7 @@
-//! Every call into rustls and webpki lives here, so that an upgrade of either
-//! touches this file only.
+//! The rustls side of TLS. With [`crate::pki`] (the provider, chain
+//! verification, key loading), every call into rustls and webpki lives here,
+//! so that an upgrade of either touches these two files only.
 //!
-//! * The provider: rustls' `ring` backend restricted to TLS 1.3 with
-//!   AES-128-GCM and AES-256-GCM (X25519, P-256, P-384 key exchange).
 //! * Configurations: ALPN `h2`, no SNI, no session tickets or resumption, a
 //!   mandatory client certificate, and our own certificate verifiers, which
 //!   keep the precise [`Rejection`] inside rustls' opaque error.
@@ -13,11 +12,10 @@
 //!   (key updates) and receives session tickets.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ClientConnectionData, Resumption, UnbufferedClientConnection};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::kernel::KernelConnection;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{NoServerSessionStorage, ServerConnectionData, UnbufferedServerConnection};
@@ -27,127 +25,21 @@ use rustls::{
     AlertDescription, CertificateError, ConnectionTrafficSecrets, DigitallySignedStruct,
     DistinguishedName, InvalidMessage, OtherError, SignatureScheme,
 };
-use rustls_pki_types::{
-    CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, TrustAnchor, UnixTime,
-};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::certificate::{TrustBundle, WorkloadCertificate};
-use crate::error::Error;
+use crate::error::{Error, SessionError};
 use crate::identity::Identity;
-use crate::record::{Aead, RecordKey, RecordLayer};
-use crate::session::SessionError;
+use crate::limits::{MAX_PLAINTEXT_LEN, MAX_RECORD_LEN};
+use crate::pki::{self, provider, sig_algs};
+use crate::record::{Aead, KeySchedule, RecordKey, RecordLayer};
 use crate::verifier::{self, Expectation, PeerRole, Rejection, VerifiedPeer};
-
-/// Largest TLS 1.3 record on the wire: 5-byte header, 2^14 bytes of
-/// plaintext and at most 256 bytes of expansion.
-pub const MAX_RECORD_LEN: usize = 5 + 16 * 1024 + 256;
-
-/// Largest plaintext carried by one record (records of 16 KiB).
-pub const MAX_PLAINTEXT_LEN: usize = 16 * 1024;
 
 /// Bytes added to each application-data record by TLS 1.3 AES-GCM:
 /// header, inner content type, tag.
 const AEAD_RECORD_OVERHEAD: usize = 5 + 1 + 16;
 
-/// `id-kp-serverAuth` (1.3.6.1.5.5.7.3.1), DER contents.
-const EKU_SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
-/// `id-kp-clientAuth` (1.3.6.1.5.5.7.3.2), DER contents.
-const EKU_CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
-
 const ALPN_H2: &[u8] = b"h2";
-
-/// The crypto provider: ring, TLS 1.3 AES-GCM suites only.
-fn provider() -> &'static Arc<CryptoProvider> {
-    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER.get_or_init(|| {
-        let ring = rustls::crypto::ring::default_provider();
-        Arc::new(CryptoProvider {
-            cipher_suites: vec![
-                rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256,
-                rustls::crypto::ring::cipher_suite::TLS13_AES_256_GCM_SHA384,
-            ],
-            ..ring
-        })
-    })
-}
-
-fn sig_algs() -> &'static WebPkiSupportedAlgorithms {
-    &provider().signature_verification_algorithms
-}
-
-/// Turns a root certificate into a webpki trust anchor.
-pub(crate) fn trust_anchor(der: &CertificateDer<'_>) -> Result<TrustAnchor<'static>, Error> {
-    webpki::anchor_from_trusted_cert(der)
-        .map(|a| a.to_owned())
-        .map_err(|e| Error::Pem {
-            what: "root certificate",
-            detail: format!("not usable as a trust anchor: {e}"),
-        })
-}
-
-/// Verifies that `leaf` chains to one of `trust`'s roots at `now`, with no
-/// certificate of the chain whose extended key usage excludes `role`. Reports the
-/// precise [`Rejection`].
-///
-/// Intermediate CAs usually carry no extended key usage at all (Istio's plugged-in
-/// CAs among them), so an absent extension passes here, as in ztunnel; that the
-/// leaf itself carries the extension with `role`'s purpose is checked with the rest
-/// of the leaf rules ([`crate::verifier`]).
-pub(crate) fn verify_chain(
-    trust: &TrustBundle,
-    leaf: &CertificateDer<'_>,
-    intermediates: &[CertificateDer<'_>],
-    now: UnixTime,
-    role: PeerRole,
-) -> Result<(), Rejection> {
-    let cert = webpki::EndEntityCert::try_from(leaf)
-        .map_err(|e| Rejection::Malformed(format!("cannot parse leaf certificate: {e}")))?;
-    let eku = match role {
-        PeerRole::Server => webpki::KeyUsage::required_if_present(EKU_SERVER_AUTH),
-        PeerRole::Client => webpki::KeyUsage::required_if_present(EKU_CLIENT_AUTH),
-    };
-    cert.verify_for_usage(
-        sig_algs().all,
-        trust.anchors(),
-        intermediates,
-        now,
-        eku,
-        None,
-        None,
-    )
-    .map(|_| ())
-    .map_err(map_webpki_error)
-}
-
-fn map_webpki_error(e: webpki::Error) -> Rejection {
-    use webpki::Error as W;
-    match e {
-        W::CertExpired { .. } => Rejection::Expired,
-        W::CertNotValidYet { .. } => Rejection::NotYetValid,
-        W::UnknownIssuer => Rejection::UntrustedRoot,
-        W::InvalidSignatureForPublicKey
-        | W::UnsupportedSignatureAlgorithmContext(_)
-        | W::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => Rejection::BadSignature,
-        W::CaUsedAsEndEntity => Rejection::WrongKeyUsage("a CA certificate is used as a leaf"),
-        W::RequiredEkuNotFoundContext(_) | W::EmptyEkuExtension => {
-            Rejection::WrongKeyUsage("extended key usage does not allow this role")
-        }
-        other => Rejection::Malformed(format!("{other}")),
-    }
-}
-
-/// The current time as webpki wants it.
-pub(crate) fn unix_now() -> UnixTime {
-    UnixTime::now()
-}
-
-/// A signing key and certificate chain, ready for rustls.
-pub(crate) fn certified_key(cert: &WorkloadCertificate) -> Result<Arc<CertifiedKey>, Error> {
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.private_key_der().to_vec()));
-    let certified = CertifiedKey::from_der(cert.chain().to_vec(), key, provider())
-        .map_err(|e| Error::Config(format!("certificate and private key do not match: {e}")))?;
-    Ok(Arc::new(certified))
-}
 
 /// A server-side configuration for one of our workload certificates.
 #[derive(Clone)]
@@ -347,11 +239,13 @@ impl MeshVerifier {
         let chain = if self.verified.contains(&key, now.as_secs()) {
             Ok(())
         } else {
-            verify_chain(&self.trust, end_entity, intermediates, now, role).map(|()| {
-                if let Some(window) = validity_window(end_entity, intermediates) {
-                    self.verified.insert(key, window);
-                }
-            })
+            pki::verify_chain(self.trust.anchors(), end_entity, intermediates, now, role).map(
+                |()| {
+                    if let Some(window) = validity_window(end_entity, intermediates) {
+                        self.verified.insert(key, window);
+                    }
+                },
+            )
         };
         chain
             .and_then(|()| verifier::verify_leaf(end_entity, &self.expect).map(|_| ()))
@@ -606,7 +500,7 @@ impl Connection {
     /// Hands the record layer over from rustls once the handshake completed
     /// and rustls has nothing left to send: returns our record layer with the
     /// traffic keys and sequence numbers rustls reached. rustls keeps the key
-    /// schedule ([`Connection::next_tx_key`], [`Connection::next_rx_key`]) and
+    /// schedule ([`KeySchedule::next_tx_key`], [`KeySchedule::next_rx_key`]) and
     /// session tickets. The caller must not hand over a partially received
     /// handshake message (rustls would drop it).
     pub(crate) fn take_record_layer(&mut self) -> Result<RecordLayer, SessionError> {
@@ -648,44 +542,6 @@ impl Connection {
     ) {
         self.chain = chain.map(<[CertificateDer<'static>]>::to_vec);
         self.alpn = alpn.map(<[u8]>::to_vec);
-    }
-
-    /// Our next sending key, after we send a KeyUpdate.
-    pub(crate) fn next_tx_key(&mut self) -> Result<RecordKey, SessionError> {
-        let (seq, secrets) = match &mut self.conn {
-            Conn::KernelClient(k) => k.update_tx_secret(),
-            Conn::KernelServer(k) => k.update_tx_secret(),
-            _ => return Err(SessionError::Internal("key update before hand-over".into())),
-        }
-        .map_err(map_error)?;
-        record_key(seq, secrets)
-    }
-
-    /// The peer's next sending key, after it sent a KeyUpdate.
-    pub(crate) fn next_rx_key(&mut self) -> Result<RecordKey, SessionError> {
-        let (seq, secrets) = match &mut self.conn {
-            Conn::KernelClient(k) => k.update_rx_secret(),
-            Conn::KernelServer(k) => k.update_rx_secret(),
-            _ => return Err(SessionError::Internal("key update before hand-over".into())),
-        }
-        .map_err(map_error)?;
-        record_key(seq, secrets)
-    }
-
-    /// A NewSessionTicket body (after its 4-byte header) from the server.
-    /// Resumption is disabled, so rustls only checks and drops it.
-    pub(crate) fn new_session_ticket(&mut self, body: &[u8]) -> Result<(), SessionError> {
-        match &mut self.conn {
-            Conn::KernelClient(k) => k.handle_new_session_ticket(body).map_err(map_error),
-            _ => Err(SessionError::Protocol(
-                "NewSessionTicket sent by a client".into(),
-            )),
-        }
-    }
-
-    /// The name of an alert description, as rustls spells it.
-    pub(crate) fn alert_name(&self, description: u8) -> String {
-        format!("{:?}", AlertDescription::from(description))
     }
 
     /// Processes `incoming` (ciphertext) until input runs out or a buffer is
@@ -730,6 +586,48 @@ impl Connection {
             Conn::KernelClient(_) | Conn::KernelServer(_) | Conn::Gone => None,
         };
         written.unwrap_or(0)
+    }
+}
+
+/// The key schedule rustls keeps after the hand-over, as the record layer
+/// asks for it.
+impl KeySchedule for Connection {
+    /// Our next sending key, after we send a KeyUpdate.
+    fn next_tx_key(&mut self) -> Result<RecordKey, SessionError> {
+        let (seq, secrets) = match &mut self.conn {
+            Conn::KernelClient(k) => k.update_tx_secret(),
+            Conn::KernelServer(k) => k.update_tx_secret(),
+            _ => return Err(SessionError::Internal("key update before hand-over".into())),
+        }
+        .map_err(map_error)?;
+        record_key(seq, secrets)
+    }
+
+    /// The peer's next sending key, after it sent a KeyUpdate.
+    fn next_rx_key(&mut self) -> Result<RecordKey, SessionError> {
+        let (seq, secrets) = match &mut self.conn {
+            Conn::KernelClient(k) => k.update_rx_secret(),
+            Conn::KernelServer(k) => k.update_rx_secret(),
+            _ => return Err(SessionError::Internal("key update before hand-over".into())),
+        }
+        .map_err(map_error)?;
+        record_key(seq, secrets)
+    }
+
+    /// A NewSessionTicket body (after its 4-byte header) from the server.
+    /// Resumption is disabled, so rustls only checks and drops it.
+    fn new_session_ticket(&mut self, body: &[u8]) -> Result<(), SessionError> {
+        match &mut self.conn {
+            Conn::KernelClient(k) => k.handle_new_session_ticket(body).map_err(map_error),
+            _ => Err(SessionError::Protocol(
+                "NewSessionTicket sent by a client".into(),
+            )),
+        }
+    }
+
+    /// The name of an alert description, as rustls spells it.
+    fn alert_name(&self, description: u8) -> String {
+        format!("{:?}", AlertDescription::from(description))
     }
 }
 

@@ -132,6 +132,15 @@ impl VerifiedPeer {
     }
 }
 
+#[cfg(feature = "test-peer")]
+impl VerifiedPeer {
+    /// A peer that proved nothing, for other crates' tests (feature `test-peer`).
+    #[doc(hidden)]
+    pub fn for_tests(identity: Identity) -> Self {
+        VerifiedPeer { identity }
+    }
+}
+
 impl fmt::Debug for VerifiedPeer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "VerifiedPeer({})", self.identity)

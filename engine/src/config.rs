@@ -1,11 +1,14 @@
 //! The engine's configuration: plain data with [`EngineConfig::validate`]. Only the
 //! binary reads flags and the environment to fill it.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::buffers::BufferConfig;
+pub use crate::keepalive::Keepalive;
+pub use crate::shard::buffers::BufferConfig;
+pub use crate::shard::handshakes::HandshakeLimits;
 
 /// How the kernel picks the shard of a new connection among the shards' `SO_REUSEPORT`
 /// listeners.
@@ -146,9 +149,9 @@ pub struct EngineConfig {
     pub handshake_timeout: Duration,
     /// Pending 15008 handshakes per shard and per source (memory: up to 3 x
     /// --tls-buffer each, allocated as the handshake needs it).
-    pub handshakes: crate::handshakes::HandshakeLimits,
+    pub handshakes: HandshakeLimits,
     /// HTTP/2 PING keepalive of every HBONE connection, client and server side.
-    pub keepalive: crate::keepalive::Keepalive,
+    pub keepalive: Keepalive,
     /// HBONE connections we serve are closed (GOAWAY) after carrying no stream for
     /// this long.
     pub hbone_idle_timeout: Duration,
@@ -180,6 +183,21 @@ pub struct EngineConfig {
     pub pod_namespace: String,
     /// This proxy's pod IP(s).
     pub instance_ip: String,
+    /// Extra node metadata sent to istiod (ztunnel's `ISTIO_META_*`, prefix stripped).
+    pub node_metadata: BTreeMap<String, String>,
+    /// Extra structured node metadata (ztunnel's `ISTIO_METAJSON_*`).
+    pub node_json_metadata: BTreeMap<String, serde_json::Value>,
+    /// Name istiod's certificate is verified against instead of the address host.
+    pub xds_server_name: Option<String>,
+    /// Name the CA's certificate is verified against instead of the address host.
+    pub ca_server_name: Option<String>,
+    /// Extra gRPC metadata on the xDS stream (ztunnel's `XDS_HEADER_*`).
+    pub xds_headers: Vec<(String, String)>,
+    /// Extra gRPC metadata on certificate requests (ztunnel's `CA_HEADER_*`).
+    pub ca_headers: Vec<(String, String)>,
+    /// Write the access log (target `access`): a line per connection opened (debug)
+    /// and completed (info; error when it failed, rate-limited).
+    pub access_log: bool,
 }
 
 impl Default for EngineConfig {
@@ -219,8 +237,8 @@ impl Default for EngineConfig {
             ca_key: None,
             cert_lifetime: Duration::from_secs(24 * 3600),
             handshake_timeout: Duration::from_secs(10),
-            handshakes: crate::handshakes::HandshakeLimits::default(),
-            keepalive: crate::keepalive::Keepalive::default(),
+            handshakes: HandshakeLimits::default(),
+            keepalive: Keepalive::default(),
             hbone_idle_timeout: Duration::from_secs(600),
             h2: zpath_tunnel::H2Settings::default(),
             pool_max_streams: 100,
@@ -235,6 +253,13 @@ impl Default for EngineConfig {
             pod_name: String::new(),
             pod_namespace: String::new(),
             instance_ip: String::new(),
+            node_metadata: BTreeMap::new(),
+            node_json_metadata: BTreeMap::new(),
+            xds_server_name: None,
+            ca_server_name: None,
+            xds_headers: Vec::new(),
+            ca_headers: Vec::new(),
+            access_log: true,
         }
     }
 }
@@ -321,6 +346,19 @@ impl EngineConfig {
                 "no configuration source: give --config FILE or --xds-address URL \
                  (--no-control-plane runs on an empty configuration)",
             ));
+        }
+        if let Some(address) = &self.xds_address {
+            if address.starts_with("https://") && self.xds_root_cert.is_none() {
+                return Err(invalid(
+                    "--xds-root-cert",
+                    format!(
+                        "xDS at {address} needs the root certificate of istiod's TLS \
+                         certificate (ztunnel's XDS_ROOT_CA; the Istio chart mounts it at \
+                         ./var/run/secrets/istio/root-cert.pem); or run on a local file \
+                         (--config FILE) or on nothing (--no-control-plane)"
+                    ),
+                ));
+            }
         }
         if self.no_control_plane && sources > 1 {
             return Err(invalid(

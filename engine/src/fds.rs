@@ -40,11 +40,6 @@ impl FdBudget {
     pub fn data_allows(&self, fd: i32) -> bool {
         u64::try_from(fd).is_ok_and(|fd| fd < self.data_ceiling)
     }
-
-    /// The highest descriptor number admin endpoints accept, plus one.
-    pub fn admin_ceiling(&self) -> u64 {
-        self.admin_ceiling
-    }
 }
 
 #[cfg(test)]

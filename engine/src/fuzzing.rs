@@ -1,10 +1,10 @@
 //! Bodies of the engine's fuzz targets (`engine/fuzz`), shared with the unit test that
 //! runs them over the seed corpus, so `cargo test` replays every committed seed.
 //!
-//! [`socks5`] never panics on any input unless the SOCKS5 parser breaks one of the
-//! properties it checks, which is a bug in [`crate::socks5`].
+//! `socks5` never panics on any input unless the SOCKS5 parser breaks one of the
+//! properties it checks, which is a bug in the SOCKS5 parser (`outbound::socks5::wire`).
 
-use crate::socks5::{self, Socks5Error, Target};
+use crate::outbound::socks5::wire::{self as socks5, Socks5Error, Target};
 
 /// How a SOCKS5 handshake over some bytes ends, as the engine's entry handles it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,7 +17,7 @@ enum Outcome {
     Eof,
 }
 
-/// The engine's SOCKS5 handshake (`flow::socks5_handshake`) without sockets: `data` is
+/// The engine's SOCKS5 handshake (`outbound::socks5`) without sockets: `data` is
 /// what the client sends, arriving in reads of the sizes `reads` yields (each at least
 /// one byte). Returns the outcome and the bytes after the request that were read with
 /// it (the start of the client's payload).

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use glommio::task::JoinHandle;
 
-use crate::signal::Flag;
+use crate::shard::signal::Flag;
 
 /// How often an HBONE connection is PINGed and how long an answer may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

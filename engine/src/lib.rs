@@ -8,30 +8,38 @@
 //! only by message. On the data path: no lock, no atomic read-modify-write, no
 //! allocation per byte.
 //!
+//! The folders say where a line runs and which way its bytes go:
+//! * `shard/`: a shard's state and its loop (`shard::run`); the table, buffers,
+//!   tunnel pool and pending handshakes it owns.
+//! * `outbound/`: connections a local workload makes (captured 15001, SOCKS5 15080, the
+//!   HBONE client).
+//! * `inbound/`: connections to local workloads (captured plaintext 15006, the HBONE
+//!   server on 15008).
+//! * `decide/`: the decisions both ask, as plain functions of a snapshot (the outbound
+//!   plan, CONNECT admission, authorization).
+//! * `dial`, `relay`, `capture`, `keepalive`: what the flows share.
+//! * `control/`: what runs on the control thread (daemon, admin, certificates).
+//!
 //! This crate is the only user of glommio and raw syscalls (all in [`sys`]).
 
-pub mod admin;
-mod authorize;
-pub mod buffers;
-pub mod certs;
+mod access;
+mod capture;
 pub mod config;
-pub mod daemon;
-pub mod fds;
-pub mod flow;
+mod control;
+mod decide;
+mod dial;
+mod failure;
+mod fds;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod handshakes;
-pub mod hbone;
-pub mod keepalive;
-pub mod loglimit;
-pub mod notify;
-pub mod relay;
-pub mod shard;
-pub mod signal;
-pub mod socks5;
-pub mod stats;
+mod inbound;
+mod keepalive;
+pub mod logging;
+mod outbound;
+mod relay;
+mod shard;
+mod stats;
 pub mod sys;
-pub mod table;
 
 pub use config::EngineConfig;
-pub use daemon::{Daemon, StartError};
+pub use control::daemon::{Daemon, StartError};

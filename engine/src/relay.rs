@@ -1,26 +1,36 @@
-//! The bidirectional relay between two byte streams of one shard.
+//! The relays of a shard's connections: [`pair`] between two sockets (passthrough,
+//! captured inbound), [`tunnelled`] between a socket and an HBONE stream (both sides of
+//! HBONE). Both count every byte through [`Meters`] and reset the local socket on
+//! failure.
 //!
-//! Each direction reads into its own [`RelayBuf`] and writes what it read; bytes are
+//! Between two sockets, each direction reads into its own [`RelayBuf`] and writes what it read; bytes are
 //! copied only by the kernel (socket read into the buffer, write out of it).
 //! * FIN one way (read returns 0) shuts down the write side of the other stream and
 //!   keeps the opposite direction running (half-close).
 //! * An error either way (a reset, a failed write) aborts both streams with RST.
 //! * The relay waits on the streams' readiness; it never polls in a loop.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use zpath_tunnel::relay::{ReadSizes, Way};
+use zpath_tunnel::Payload;
 
-use crate::buffers::{BufPool, RelayBuf};
-use crate::stats::Counter;
+use crate::failure::{fail, Failure};
+use crate::shard::buffers::{BufPool, RelayBuf};
+use crate::shard::table::{ConnInfo, ConnState};
+use crate::shard::Shard;
+use crate::stats::{Direction, DirectionStats, FailReason};
 
 /// A stream the relay can abort with a reset.
-pub trait Abort {
+pub(crate) trait Abort {
     /// Makes the next close send RST (best effort).
     fn abort(&self);
 }
@@ -33,7 +43,7 @@ impl Abort for glommio::net::TcpStream {
 
 /// Byte counts of one finished relay.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Transferred {
+pub(crate) struct Transferred {
     /// Client → server bytes.
     pub up: u64,
     /// Server → client bytes.
@@ -42,7 +52,7 @@ pub struct Transferred {
 
 /// Why a relay ended abnormally.
 #[derive(Debug, thiserror::Error)]
-pub enum RelayError {
+pub(crate) enum RelayError {
     /// Reading from one side failed (usually: that peer reset the connection).
     #[error("read from the {side} failed: {source}")]
     Read {
@@ -61,17 +71,44 @@ pub enum RelayError {
     },
 }
 
-/// Where one relay counts its bytes: the shard's counters and the table entry's cells.
+/// Which way bytes go, in Istio's terms: toward the server they are "received", toward
+/// the client "sent", whichever side of the mesh we are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Toward {
+    /// Client → server.
+    Server,
+    /// Server → client.
+    Client,
+}
+
+/// Where a connection counts its bytes: the shard's counters of its direction and the
+/// table entry's own counts. Every byte a flow moves (relayed, or sent ahead of the
+/// relay) is counted here.
 #[derive(Debug, Clone, Copy)]
-pub struct Meters<'a> {
-    /// Shard counter for client → server bytes.
-    pub up: &'a Counter,
-    /// Shard counter for server → client bytes.
-    pub down: &'a Counter,
-    /// The connection's own client → server count.
-    pub conn_up: &'a Cell<u64>,
-    /// The connection's own server → client count.
-    pub conn_down: &'a Cell<u64>,
+pub(crate) struct Meters<'a> {
+    stats: &'a DirectionStats,
+    info: &'a ConnInfo,
+}
+
+impl<'a> Meters<'a> {
+    /// The meters of the table entry `info` on `shard`.
+    pub(crate) fn of(shard: &'a Shard, info: &'a ConnInfo) -> Self {
+        Meters {
+            stats: shard.stats.dir(info.direction),
+            info,
+        }
+    }
+
+    /// Counts `n` bytes moved `toward` one end.
+    pub(crate) fn count(&self, toward: Toward, n: usize) {
+        let n = n as u64;
+        let (counter, cell) = match toward {
+            Toward::Server => (&self.stats.received_bytes, &self.info.up),
+            Toward::Client => (&self.stats.sent_bytes, &self.info.down),
+        };
+        counter.add(n);
+        cell.set(cell.get() + n);
+    }
 }
 
 /// One stream shared by the two directions of a relay. Both run on the same thread and
@@ -112,7 +149,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Shared<S> {
 
 /// Relays between `client` and `server` until both directions finished, or aborts both
 /// with RST on the first error. Consumes the streams: they are closed on return.
-pub async fn relay<C, S>(
+pub(crate) async fn relay<C, S>(
     client: C,
     server: S,
     pool: &Rc<BufPool>,
@@ -129,16 +166,14 @@ where
         server.clone(),
         ("client", "server"),
         RelayBuf::new(pool),
-        meters.up,
-        meters.conn_up,
+        (meters, Toward::Server),
     );
     let down = one_way(
         server.clone(),
         client.clone(),
         ("server", "client"),
         RelayBuf::new(pool),
-        meters.down,
-        meters.conn_down,
+        (meters, Toward::Client),
     );
     match futures_lite::future::try_zip(up, down).await {
         Ok((up, down)) => Ok(Transferred { up, down }),
@@ -155,8 +190,7 @@ async fn one_way<R, W>(
     mut to: Shared<W>,
     (from_name, to_name): (&'static str, &'static str),
     mut buf: RelayBuf,
-    counter: &Counter,
-    conn: &Cell<u64>,
+    (meters, toward): (Meters<'_>, Toward),
 ) -> Result<u64, RelayError>
 where
     R: AsyncRead + Unpin,
@@ -182,8 +216,7 @@ where
                 source,
             })?;
         total += n as u64;
-        counter.add(n as u64);
-        conn.set(conn.get() + n as u64);
+        meters.count(toward, n);
         buf.adapt(n);
     }
     // Half-close: pass the FIN on, keep the other direction running.
@@ -196,4 +229,61 @@ where
             source,
         }),
     }
+}
+
+/// Relays the connection `info` between `client` and `upstream` (two sockets) until
+/// both directions finished, or resets both on the first error.
+pub(crate) async fn pair(
+    shard: &Shard,
+    client: TcpStream,
+    upstream: TcpStream,
+    info: &ConnInfo,
+) -> Result<(), Failure> {
+    info.fds.set([client.as_raw_fd(), upstream.as_raw_fd()]);
+    info.state.set(ConnState::Relaying);
+    crate::access::opened(shard.cfg.access_log, || shard.snapshot(), info);
+    let result = relay(client, upstream, &shard.pool, Meters::of(shard, info)).await;
+    info.fds.set([-1, -1]);
+    result
+        .map(|_| ())
+        .map_err(|e| fail(FailReason::Reset, e.to_string()))
+}
+
+/// Relays the connection `info` between the local `socket` and an open HBONE stream
+/// (`send`, `recv`); resets the socket on any failure.
+pub(crate) async fn tunnelled(
+    shard: &Shard,
+    socket: TcpStream,
+    send: h2::SendStream<Payload>,
+    recv: h2::RecvStream,
+    info: &ConnInfo,
+) -> Result<(), Failure> {
+    info.fds.set([socket.as_raw_fd(), -1]);
+    info.state.set(ConnState::Relaying);
+    crate::access::opened(shard.cfg.access_log, || shard.snapshot(), info);
+    let meters = Meters::of(shard, info);
+    let outbound = info.direction == Direction::Outbound;
+    let meter = |way: Way, n: usize| {
+        // Into the tunnel is toward the server on the client's node, toward the client
+        // on the server's.
+        let toward = match (way == Way::IntoTunnel) == outbound {
+            true => Toward::Server,
+            false => Toward::Client,
+        };
+        meters.count(toward, n);
+    };
+    let socket = Shared(Rc::new(RefCell::new(socket)));
+    // The first read of a stream is --buffer-min bytes, as passthrough's: an idle
+    // stream holds only that much; bulk doubles it up to --buffer-max.
+    let sizes = ReadSizes {
+        min: shard.cfg.buffers.min,
+        max: shard.cfg.buffers.max,
+    };
+    let result =
+        zpath_tunnel::relay::relay(socket.clone(), socket.clone(), send, recv, sizes, &meter).await;
+    info.fds.set([-1, -1]);
+    result.map(|_| ()).map_err(|e| {
+        socket.0.borrow().abort();
+        fail(FailReason::Reset, e.to_string())
+    })
 }

@@ -37,6 +37,24 @@ impl Counter {
     }
 }
 
+/// Holds one unit of a gauge: added when made, taken back when dropped, also when the
+/// task holding it is cancelled (drain, policy re-check).
+pub(crate) struct Gauge<'a>(&'a Counter);
+
+impl<'a> Gauge<'a> {
+    /// Adds one to `counter` until the returned value is dropped.
+    pub(crate) fn up(counter: &'a Counter) -> Self {
+        counter.add(1);
+        Gauge(counter)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.sub(1);
+    }
+}
+
 /// Traffic direction, as Istio labels it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -47,7 +65,8 @@ pub enum Direction {
 }
 
 impl Direction {
-    fn label(self) -> &'static str {
+    /// `outbound` or `inbound`.
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Direction::Outbound => "outbound",
             Direction::Inbound => "inbound",

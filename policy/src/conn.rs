@@ -46,6 +46,45 @@ impl<'a> Peer<'a> {
         })
     }
 
+    /// The peer whose principal `TD/ns/NS/sa/SA` is `principal`, from parts a verifier
+    /// already separated: nothing is parsed, only checked. `principal` must be exactly
+    /// `trust_domain/ns/namespace/sa/service_account` with no part empty or holding a
+    /// `/` (as every identity the verifier yields), or the peer is refused.
+    pub fn from_parts(
+        principal: &'a str,
+        trust_domain: &str,
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<Self, PolicyError> {
+        let parts = [trust_domain, namespace, service_account];
+        let expected_len = parts.iter().map(|p| p.len()).sum::<usize>() + "/ns//sa/".len();
+        let well_formed = parts.iter().all(|p| !p.is_empty() && !p.contains('/'))
+            && principal.len() == expected_len
+            && principal.starts_with(trust_domain)
+            && principal[trust_domain.len()..].starts_with("/ns/")
+            && principal.ends_with(service_account)
+            && principal[..principal.len() - service_account.len()].ends_with("/sa/");
+        let bad = || PolicyError::BadIdentity {
+            text: principal.to_owned(),
+        };
+        if !well_formed {
+            return Err(bad());
+        }
+        // Well formed: the principal is longer than each part, and the bounds below fall
+        // on the `/` separators checked above.
+        let ns_start = trust_domain.len() + "/ns/".len();
+        let sa_start = principal.len() - service_account.len();
+        if &principal[ns_start..sa_start - "/sa/".len()] != namespace {
+            return Err(bad());
+        }
+        Ok(Peer {
+            principal,
+            trust_domain: &principal[..trust_domain.len()],
+            namespace: &principal[ns_start..sa_start - "/sa/".len()],
+            service_account: &principal[sa_start..],
+        })
+    }
+
     /// The principal `TD/ns/NS/sa/SA` (no `spiffe://` prefix).
     pub fn principal(&self) -> &'a str {
         self.principal

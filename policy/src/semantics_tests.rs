@@ -752,6 +752,32 @@ fn peer_identity_must_be_a_spiffe_workload_identity() {
 }
 
 #[test]
+fn a_peer_from_parts_is_the_parsed_peer_and_its_parts_must_be_the_principal() {
+    let principal = "cluster.local/ns/a/sa/x";
+    let p = Peer::from_parts(principal, "cluster.local", "a", "x").unwrap();
+    assert_eq!(p, Peer::parse(principal).unwrap());
+    for (td, ns, sa) in [
+        ("cluster.local", "b", "x"),
+        ("cluster.local", "a", "y"),
+        ("other", "a", "x"),
+        ("cluster.local", "a/sa/x", ""),
+        ("cluster.local/ns/a", "sa", "x"),
+        ("", "a", "x"),
+    ] {
+        assert!(
+            Peer::from_parts(principal, td, ns, sa).is_err(),
+            "{td:?} {ns:?} {sa:?}"
+        );
+    }
+    // Parts longer than the principal.
+    assert!(Peer::from_parts("a/ns/b/sa/c", "a", "b", "a-very-long-service-account").is_err());
+    assert!(Peer::from_parts("", "a", "b", "c").is_err());
+    // Same length, parts in the wrong places.
+    assert!(Peer::from_parts("ab/ns/c/sa/d", "ab", "d", "c").is_err());
+    assert!(Peer::from_parts("ab/nx/c/sa/d", "ab", "c", "d").is_err());
+}
+
+#[test]
 fn compiled_policies_are_shareable_across_shards() {
     fn shareable<T: Send + Sync + 'static>() {}
     shareable::<crate::CompiledPolicies>();

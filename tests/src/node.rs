@@ -51,6 +51,8 @@ pub struct NodeOptions {
     pub wrapper: Vec<String>,
     /// Start the process with this open-file limit, soft and hard (`ulimit -n`).
     pub open_files: Option<u64>,
+    /// Extra environment variables (e.g. ztunnel's, as the Istio chart sets them).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for NodeOptions {
@@ -67,6 +69,7 @@ impl Default for NodeOptions {
             config_file: true,
             wrapper: Vec::new(),
             open_files: None,
+            env: Vec::new(),
         }
     }
 }
@@ -172,6 +175,7 @@ impl Node {
             .args(["--node-name", &opts.node_name])
             .args(["--log", "info"])
             .args(&opts.args)
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("zpath.log")).expect("log file"));
@@ -333,17 +337,28 @@ pub fn sum_metric(text: &str, prefix: &str) -> u64 {
         .sum()
 }
 
+/// POSTs an empty body to `http://addr/path`: the status and the body.
+pub fn http_post(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    http(addr, path, |agent, url| agent.post(url).send_empty())
+}
+
 /// GET `path` from `addr`; returns the status and body.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    http(addr, path, |agent, url| agent.get(url).call())
+}
+
+/// One request to `http://addr/path`, made by `send`, within 5 s.
+fn http(
+    addr: SocketAddr,
+    path: &str,
+    send: impl FnOnce(&ureq::Agent, String) -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<(u16, String), String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(5)))
         .http_status_as_error(false)
         .build()
         .into();
-    let mut resp = agent
-        .get(format!("http://{addr}{path}"))
-        .call()
-        .map_err(|e| e.to_string())?;
+    let mut resp = send(&agent, format!("http://{addr}{path}")).map_err(|e| e.to_string())?;
     let code = resp.status().as_u16();
     let body = resp
         .body_mut()

@@ -147,6 +147,27 @@ fn workloads_policies_and_certificates_come_from_the_control_plane() {
         wait_for("a certificate from the CA", Duration::from_secs(20), || {
             node.metric("zpath_certificates ") == 1
         });
+        // The config dump shows it as ztunnel's does: by identity, with its chain and
+        // roots, serials and validity.
+        let dump = node.config_dump();
+        let cert = &dump["certificates"][0];
+        assert_eq!(
+            cert["identity"], "spiffe://cluster.local/ns/default/sa/default",
+            "{dump}"
+        );
+        assert_eq!(cert["state"], "Available", "{dump}");
+        let leaf = &cert["certChain"][0];
+        for key in ["pem", "serialNumber", "validFrom", "expirationTime"] {
+            assert!(
+                leaf[key].as_str().is_some_and(|v| !v.is_empty()),
+                "{key}: {dump}"
+            );
+        }
+        assert!(
+            leaf["expirationTime"].as_str().unwrap().ends_with('Z'),
+            "{dump}"
+        );
+        assert!(!cert["rootCerts"].as_array().unwrap().is_empty(), "{dump}");
         let csrs = ca.seen();
         assert!(
             csrs.iter()
@@ -184,6 +205,20 @@ fn workloads_policies_and_certificates_come_from_the_control_plane() {
             flow(&node, echo.addr).is_ok()
         });
         assert!(node.metric("zpath_xds_updates_total{result=\"accepted\"}") >= 4);
+        // ztunnel's own xDS counters: the responses by type, none of the stream ending.
+        let auth =
+            "istio_xds_message_total{url=\"type.googleapis.com/istio.security.Authorization\"}";
+        assert!(node.metric(auth) >= 3, "{}", node.metrics_text());
+        assert!(
+            node.metric(
+                "istio_xds_message_bytes_total{url=\"type.googleapis.com/istio.workload.Address\"}"
+            ) > 0
+        );
+        assert_eq!(node.metric("istio_xds_connection_terminations_total"), 0);
+        assert_eq!(
+            node.metric("istio_build{component=\"ztunnel\",tag=\"unknown\"}"),
+            1
+        );
         node.assert_no_open_connections();
     });
 }

@@ -589,3 +589,64 @@ fn a_draining_node_finishes_open_flows_and_its_tunnel_takes_no_new_stream() {
     assert!(status.success(), "node B exited with {status}");
     m.a.assert_no_open_connections();
 }
+
+/// The access log, in JSON: after one HBONE flow each node writes one
+/// "connection complete" line under the target `access` with ztunnel's fields, the
+/// workloads and identities of both ends and the bytes each way.
+#[test]
+fn the_access_log_reads_as_ztunnels_on_both_nodes() {
+    if skip_unless_root() {
+        return;
+    }
+    let net = "10.79.31";
+    let config = mesh::config(net, "");
+    let json = ["--log-format", "json"];
+    let mut m = Mesh::start("hba", net, &config, None, &json, &json);
+    let echo = EchoServer::serve(m.server_listener());
+    let s = m.connect(echo.addr).expect("CONNECT accepted");
+    assert_eq!(roundtrip(s, &[7u8; 1000]).len(), 1000);
+    let client_id = "spiffe://cluster.local/ns/default/sa/client";
+    let server_id = "spiffe://cluster.local/ns/default/sa/server";
+    let a = access_complete(&mut m.a);
+    assert_eq!(a["target"], "access", "{a}");
+    assert_eq!(a["level"], "INFO", "{a}");
+    let f = &a["fields"];
+    assert_eq!(f["direction"], "outbound", "{a}");
+    assert_eq!(f["src.workload"], "client", "{a}");
+    assert_eq!(f["src.namespace"], "default", "{a}");
+    assert_eq!(f["src.identity"], client_id, "{a}");
+    assert_eq!(f["dst.workload"], "server", "{a}");
+    assert_eq!(f["dst.identity"], server_id, "{a}");
+    assert_eq!(f["dst.addr"], format!("{net}.2:15008"), "{a}");
+    assert_eq!(f["dst.hbone_addr"], echo.addr.to_string(), "{a}");
+    assert_eq!(
+        (f["bytes_sent"].as_u64(), f["bytes_recv"].as_u64()),
+        (Some(1000), Some(1000)),
+        "{a}"
+    );
+    let b = access_complete(&mut m.b);
+    let f = &b["fields"];
+    assert_eq!(f["direction"], "inbound", "{b}");
+    assert_eq!(f["src.identity"], client_id, "{b}");
+    assert_eq!(f["dst.workload"], "server", "{b}");
+    assert_eq!(f["dst.identity"], server_id, "{b}");
+    assert_eq!(
+        (f["bytes_sent"].as_u64(), f["bytes_recv"].as_u64()),
+        (Some(1000), Some(1000)),
+        "{b}"
+    );
+    assert!(f["duration"].as_str().unwrap().ends_with("ms"), "{b}");
+}
+
+/// The first "connection complete" access line of `node`, parsed (waits up to 10 s).
+fn access_complete(node: &mut zpath_tests::Node) -> serde_json::Value {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let log = node.stderr();
+        if let Some(line) = log.lines().find(|l| l.contains("connection complete")) {
+            return serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        }
+        assert!(std::time::Instant::now() < until, "no access line:\n{log}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -28,5 +28,5 @@ pub mod settings;
 
 pub use client::{OpenError, OpenStream, StreamSlot, Tunnel};
 pub use payload::Payload;
-pub use pool::{ConnectFailed, Pool, PoolStats};
+pub use pool::{ConnectFailed, Pool, PoolStats, SetupStep};
 pub use settings::H2Settings;

@@ -26,10 +26,27 @@ use crate::client::{StreamSlot, Tunnel};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct ConnectFailed {
-    /// Stable label for metrics (`connect`, `tls`, `http2`...).
-    pub label: &'static str,
+    /// The step of making the tunnel that failed.
+    pub step: SetupStep,
     /// What happened.
     pub message: Rc<str>,
+}
+
+/// The steps of making a tunnel, each of which can fail on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetupStep {
+    /// No certificate for the identity to present.
+    Certificate,
+    /// The TLS configuration or handshake.
+    Tls,
+    /// The source address could not be used (it is never replaced by another).
+    SourceAddress,
+    /// The TCP connect.
+    Connect,
+    /// The HTTP/2 handshake.
+    Http2,
+    /// The pool itself.
+    Pool,
 }
 
 type Connecting = Shared<Pin<Box<dyn Future<Output = Result<Tunnel, ConnectFailed>>>>>;
@@ -79,6 +96,35 @@ impl<K> std::fmt::Debug for Pool<K> {
             .field("max_streams", &self.max_streams)
             .field("handshakes", &self.handshakes.get())
             .finish_non_exhaustive()
+    }
+}
+
+/// What a checkout takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Choice {
+    /// A stream on this open tunnel.
+    Tunnel(usize),
+    /// A place among the callers waiting for this handshake.
+    Join(usize),
+    /// A new handshake.
+    Handshake,
+}
+
+/// The pool's choice of tunnel for a key: the first open tunnel with room (`rooms`: for
+/// each open tunnel, whether it has room), else the first handshake in progress that
+/// fewer than `max` callers wait for (`waiting`: for each, how many), else a new
+/// handshake. So a burst of first requests shares one handshake up to the stream limit.
+fn choose(
+    rooms: impl IntoIterator<Item = bool>,
+    waiting: impl IntoIterator<Item = u32>,
+    max: u32,
+) -> Choice {
+    if let Some(i) = rooms.into_iter().position(|room| room) {
+        return Choice::Tunnel(i);
+    }
+    match waiting.into_iter().position(|w| w < max) {
+        Some(i) => Choice::Join(i),
+        None => Choice::Handshake,
     }
 }
 
@@ -138,23 +184,29 @@ impl<K: Hash + Eq + Clone + 'static> Pool<K> {
             }
             let Some(entry) = entries.get_mut(key) else {
                 return Err(ConnectFailed {
-                    label: "pool",
+                    step: SetupStep::Pool,
                     message: "pool entry missing right after insertion".into(),
                 });
             };
             entry.tunnels.retain(|t| !t.is_closed());
             entry.pending.retain(Pending::wanted);
-            if let Some(t) = entry.tunnels.iter().find(|t| t.state.has_room()) {
-                let slot = StreamSlot::take(&t.state);
-                return Ok((t.clone(), slot));
-            }
-            let max = self.max_streams;
-            match entry.pending.iter().find(|p| p.waiting.get() < max) {
-                Some(p) => {
+            let choice = choose(
+                entry.tunnels.iter().map(|t| t.state.has_room()),
+                entry.pending.iter().map(|p| p.waiting.get()),
+                self.max_streams,
+            );
+            match choice {
+                Choice::Tunnel(i) => {
+                    let t = &entry.tunnels[i];
+                    let slot = StreamSlot::take(&t.state);
+                    return Ok((t.clone(), slot));
+                }
+                Choice::Join(i) => {
+                    let p = &entry.pending[i];
                     p.waiting.set(p.waiting.get() + 1);
                     (p.connecting.clone(), p.waiting.clone())
                 }
-                None => {
+                Choice::Handshake => {
                     let waiting = Rc::new(Cell::new(1));
                     self.handshakes.set(self.handshakes.get() + 1);
                     let connecting = self.start(key.clone(), connect(waiting.clone()), &waiting);
@@ -245,5 +297,29 @@ impl<K: Hash + Eq + Clone + 'static> Pool<K> {
             stats.streams += open.map(|t| u64::from(t.streams())).sum::<u64>();
         }
         stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_open_tunnel_with_room_comes_first() {
+        assert_eq!(choose([false, true, true], [0], 100), Choice::Tunnel(1));
+        assert_eq!(choose([true], [], 100), Choice::Tunnel(0));
+    }
+
+    #[test]
+    fn with_no_room_a_handshake_under_the_stream_limit_is_joined() {
+        assert_eq!(choose([false], [100, 99], 100), Choice::Join(1));
+        assert_eq!(choose([], [0], 1), Choice::Join(0));
+    }
+
+    #[test]
+    fn a_new_handshake_only_when_every_tunnel_and_handshake_is_full() {
+        assert_eq!(choose([false, false], [100, 100], 100), Choice::Handshake);
+        assert_eq!(choose([], [], 100), Choice::Handshake);
+        assert_eq!(choose([], [1], 1), Choice::Handshake);
     }
 }

@@ -56,6 +56,21 @@ pub struct ReadSizes {
     pub max: usize,
 }
 
+impl ReadSizes {
+    /// The size of the read after one of `n` bytes into `want`: doubled after a full
+    /// read, halved after one under half, within `min..=max`. Both relays (socket to
+    /// socket, socket to tunnel) size their reads by this rule.
+    pub fn next(&self, want: usize, n: usize) -> usize {
+        if n >= want {
+            (want * 2).min(self.max)
+        } else if n * 2 < want {
+            (want / 2).max(self.min)
+        } else {
+            want
+        }
+    }
+}
+
 impl Default for ReadSizes {
     fn default() -> Self {
         Self {
@@ -180,13 +195,7 @@ impl Chunker {
     /// The payload of a read of `n` bytes into [`Chunker::buffer`].
     fn filled(&mut self, n: usize) -> Bytes {
         let want = self.want;
-        self.want = if n == want {
-            (want * 2).min(self.sizes.max)
-        } else if n * 2 < want {
-            (want / 2).max(self.sizes.min)
-        } else {
-            want
-        };
+        self.want = self.sizes.next(want, n);
         if n * 2 >= want {
             // h2 gets the filled part; the recycler keeps the whole buffer, so taking it
             // back clears nothing (its bytes are initialized already).

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use futures_lite::io::BufReader;
 use glommio::net::{TcpListener, TcpStream};
 use http::StatusCode;
-use zpath_tunnel::{client, connect, server, ConnectFailed, H2Settings, Pool, Tunnel};
+use zpath_tunnel::{client, connect, server, ConnectFailed, H2Settings, Pool, SetupStep, Tunnel};
 
 type Conn = BufReader<TcpStream>;
 
@@ -18,14 +18,14 @@ async fn dial(
     promised: Rc<Cell<u32>>,
 ) -> Result<Tunnel, ConnectFailed> {
     let tcp = TcpStream::connect(addr).await.map_err(|e| ConnectFailed {
-        label: "connect",
+        step: SetupStep::Connect,
         message: e.to_string().into(),
     })?;
     let (tunnel, driver) =
         client::handshake(BufReader::new(tcp), &H2Settings::default(), 100, promised)
             .await
             .map_err(|e| ConnectFailed {
-                label: "http2",
+                step: SetupStep::Http2,
                 message: e.to_string().into(),
             })?;
     glommio::spawn_local(driver).detach();

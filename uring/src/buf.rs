@@ -9,7 +9,7 @@ use std::task::Waker;
 
 use io_uring::IoUring;
 
-use crate::sys::BufRingMem;
+use crate::sys::{BufRingMem, IoBuf};
 
 /// The buffer ring of one runtime.
 pub(crate) struct BufRing {
@@ -114,6 +114,19 @@ impl BufRef {
     /// The received bytes.
     pub fn as_slice(&self) -> &[u8] {
         self.ring.bytes(self.bid, self.len)
+    }
+}
+
+// SAFETY: the bytes live in the ring's mapping, which the `BufRef`'s `Rc` keeps alive and
+// which never moves; the kernel does not write this buffer until the `BufRef` is dropped
+// (its drop is what hands the buffer back). This impl sits here rather than in `sys`,
+// beside the hand-back rule it rests on, so that `sys` names nothing above it.
+unsafe impl IoBuf for BufRef {
+    fn as_ptr(&self) -> *const u8 {
+        self.as_slice().as_ptr()
+    }
+    fn len(&self) -> usize {
+        self.as_slice().len()
     }
 }
 

@@ -4,15 +4,17 @@
 //! word (see `sys::waker_for`): cloning or dropping a waker touches no memory, so the
 //! per-message path has no atomic read-modify-write, unlike `async-task`, whose wakers
 //! hold an atomic reference count. A stale key (the task finished and its slot was reused)
-//! costs at most a spurious poll, which futures must tolerate anyway. A wake from another
-//! thread goes through the owning runtime's eventfd (see `remote`).
+//! costs at most a spurious poll, which futures must tolerate anyway. Where a wake goes is
+//! decided above this module (`runtime::TaskWake`): to this thread's runtime, or from
+//! another thread through the owning runtime's eventfd (see `remote`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::task::Context;
+
+use crate::sys::KeyWake;
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()>>>;
 
@@ -39,14 +41,6 @@ fn key_slot(key: u64) -> u32 {
 
 fn key_gen(key: u64) -> u32 {
     ((key >> SLOT_BITS) as u32) & GEN_MASK
-}
-
-/// Wakes the task named by `key`: directly when its executor runs on this thread,
-/// otherwise through that executor's eventfd.
-pub(crate) fn wake_key(key: u64) {
-    if !crate::runtime::wake_local(key) {
-        crate::remote::wake(key);
-    }
 }
 
 struct Task {
@@ -143,8 +137,9 @@ impl Executor {
         self.queue.borrow_mut().push_back(key);
     }
 
-    /// Polls up to `budget` queued tasks. Returns how many were polled.
-    pub(crate) fn run(&self, budget: usize) -> usize {
+    /// Polls up to `budget` queued tasks, with wakers whose wakes `W` routes. Returns how
+    /// many were polled.
+    pub(crate) fn run<W: KeyWake>(&self, budget: usize) -> usize {
         let mut polled = 0;
         while polled < budget {
             let Some(key) = self.queue.borrow_mut().pop_front() else {
@@ -166,7 +161,7 @@ impl Executor {
             let Some(mut future) = future else { continue };
             polled += 1;
             self.polls.set(self.polls.get() + 1);
-            let waker = crate::sys::waker_for(key);
+            let waker = crate::sys::waker_for::<W>(key);
             let done = future
                 .as_mut()
                 .poll(&mut Context::from_waker(&waker))
@@ -242,83 +237,5 @@ impl Executor {
             }
         }
         self.queue.borrow_mut().clear();
-    }
-}
-
-/// The result side of a spawned task. Awaiting it gives the task's output, or `None`
-/// when the task was aborted or its runtime shut down. Dropping it detaches the task.
-pub struct JoinHandle<T> {
-    key: u64,
-    state: Rc<JoinState<T>>,
-}
-
-pub(crate) struct JoinState<T> {
-    result: RefCell<Option<T>>,
-    waiter: RefCell<Option<Waker>>,
-    done: Cell<bool>,
-}
-
-impl<T> JoinState<T> {
-    pub(crate) fn new() -> Rc<Self> {
-        Rc::new(JoinState {
-            result: RefCell::new(None),
-            waiter: RefCell::new(None),
-            done: Cell::new(false),
-        })
-    }
-
-    pub(crate) fn finish(&self, value: T) {
-        *self.result.borrow_mut() = Some(value);
-        self.close();
-    }
-
-    fn close(&self) {
-        self.done.set(true);
-        if let Some(waker) = self.waiter.borrow_mut().take() {
-            waker.wake();
-        }
-    }
-}
-
-/// Marks the join state done when the task's future is dropped without finishing.
-pub(crate) struct CloseOnDrop<T>(pub(crate) Rc<JoinState<T>>);
-
-impl<T> Drop for CloseOnDrop<T> {
-    fn drop(&mut self) {
-        if !self.0.done.get() {
-            self.0.close();
-        }
-    }
-}
-
-impl<T> JoinHandle<T> {
-    pub(crate) fn new(key: u64, state: Rc<JoinState<T>>) -> Self {
-        JoinHandle { key, state }
-    }
-
-    /// Stops the task: its future is dropped, which cancels the ops it has in flight.
-    pub fn abort(&self) {
-        crate::runtime::abort(self.key);
-    }
-
-    /// Whether the task has finished (or was aborted).
-    pub fn is_finished(&self) -> bool {
-        self.state.done.get()
-    }
-}
-
-impl<T> Future for JoinHandle<T> {
-    type Output = Option<T>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        if self.state.done.get() {
-            return Poll::Ready(self.state.result.borrow_mut().take());
-        }
-        let mut waiter = self.state.waiter.borrow_mut();
-        match waiter.as_ref() {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => *waiter = Some(cx.waker().clone()),
-        }
-        Poll::Pending
     }
 }

@@ -20,7 +20,12 @@
 //! a dropped op future cancels its SQE and leaves that memory with the runtime until
 //! then, and a runtime that is dropped cancels and waits for every op first.
 //!
-//! All `unsafe` lives in the `sys` module.
+//! Layering, bottom-up (no file names one above it): `sys` holds the raw syscalls and
+//! every `unsafe` block; `buf` (the buffer ring) and `executor` (the task slab) sit on
+//! it; `remote` (cross-thread wakes) on `executor`; `runtime` (ring, op table, loop,
+//! where a wake goes, join handles) on all of them; the ops (`op`, `net`, `time`) on
+//! `runtime`; `relay` and `compat` on the ops. The one `unsafe` item outside `sys` is
+//! `IoBuf` for `BufRef`, in `buf` beside the hand-back rule that makes it sound.
 
 mod buf;
 pub mod compat;
@@ -34,9 +39,8 @@ mod sys;
 pub mod time;
 
 pub use buf::BufRef;
-pub use executor::JoinHandle;
 pub use net::{ConnectOptions, Incoming, RecvStream, TcpListener, TcpStream};
-pub use runtime::{spawn, stats, Config, Runtime, Stats, MAX_IOV};
+pub use runtime::{spawn, stats, Config, JoinHandle, Runtime, Stats, MAX_IOV};
 pub use sys::IoBuf;
 
 /// Errors of the runtime itself (ops fail with `std::io::Error`).

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -16,8 +16,9 @@ use std::time::Duration;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use crate::buf::BufRing;
-use crate::executor::{self, CloseOnDrop, Executor, JoinHandle, JoinState};
+use crate::executor::{self, Executor};
 use crate::remote::Remote;
+use crate::sys::{KeyVtable, KeyWake};
 
 /// Most iovecs one vectored send carries.
 pub const MAX_IOV: usize = 16;
@@ -230,7 +231,26 @@ pub(crate) fn wake_local(key: u64) -> bool {
     })
 }
 
-pub(crate) fn abort(key: u64) {
+/// Routes the wakes of task wakers: directly when the task's executor runs on this thread,
+/// otherwise through that executor's eventfd.
+pub(crate) struct TaskWake;
+
+static TASK_WAKERS: KeyVtable = KeyVtable::new::<TaskWake>();
+
+impl KeyWake for TaskWake {
+    fn vtable() -> &'static KeyVtable {
+        &TASK_WAKERS
+    }
+
+    fn wake(key: u64) {
+        if !wake_local(key) {
+            crate::remote::wake(key);
+        }
+    }
+}
+
+/// Drops the task named by `key` on this thread's runtime (see [`JoinHandle::abort`]).
+fn abort(key: u64) {
     let _ = with_core(|core| core.exec.abort(key));
 }
 
@@ -649,7 +669,7 @@ impl Runtime {
     pub fn block_on<F: Future>(&self, future: F) -> io::Result<F::Output> {
         let core = &self.core;
         let mut future = pin!(future);
-        let waker = crate::sys::waker_for(executor::key(core.exec.id(), MAIN_SLOT, 0));
+        let waker = crate::sys::waker_for::<TaskWake>(executor::key(core.exec.id(), MAIN_SLOT, 0));
         let mut cx = Context::from_waker(&waker);
         core.main_woken.set(true);
         loop {
@@ -658,7 +678,7 @@ impl Runtime {
                     return Ok(out);
                 }
             }
-            core.exec.run(POLL_BUDGET);
+            core.exec.run::<TaskWake>(POLL_BUDGET);
             let ready = core.main_woken.get() || core.exec.has_work();
             core.enter(!ready)?;
             core.iterations.set(core.iterations.get() + 1);
@@ -703,5 +723,84 @@ impl Drop for Runtime {
             // slots and buffers are leaked rather than freed.
             std::mem::forget(self.core.clone());
         }
+    }
+}
+
+/// The result side of a spawned task. Awaiting it gives the task's output, or `None`
+/// when the task was aborted or its runtime shut down. Dropping it detaches the task.
+pub struct JoinHandle<T> {
+    key: u64,
+    state: Rc<JoinState<T>>,
+}
+
+/// What a task shares with its [`JoinHandle`]: the output, and who waits for it.
+struct JoinState<T> {
+    result: RefCell<Option<T>>,
+    waiter: RefCell<Option<Waker>>,
+    done: Cell<bool>,
+}
+
+impl<T> JoinState<T> {
+    fn new() -> Rc<Self> {
+        Rc::new(JoinState {
+            result: RefCell::new(None),
+            waiter: RefCell::new(None),
+            done: Cell::new(false),
+        })
+    }
+
+    fn finish(&self, value: T) {
+        *self.result.borrow_mut() = Some(value);
+        self.close();
+    }
+
+    fn close(&self) {
+        self.done.set(true);
+        if let Some(waker) = self.waiter.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+}
+
+/// Marks the join state done when the task's future is dropped without finishing.
+struct CloseOnDrop<T>(Rc<JoinState<T>>);
+
+impl<T> Drop for CloseOnDrop<T> {
+    fn drop(&mut self) {
+        if !self.0.done.get() {
+            self.0.close();
+        }
+    }
+}
+
+impl<T> JoinHandle<T> {
+    fn new(key: u64, state: Rc<JoinState<T>>) -> Self {
+        JoinHandle { key, state }
+    }
+
+    /// Stops the task: its future is dropped, which cancels the ops it has in flight.
+    pub fn abort(&self) {
+        abort(self.key);
+    }
+
+    /// Whether the task has finished (or was aborted).
+    pub fn is_finished(&self) -> bool {
+        self.state.done.get()
+    }
+}
+
+impl<T> Future for JoinHandle<T> {
+    type Output = Option<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        if self.state.done.get() {
+            return Poll::Ready(self.state.result.borrow_mut().take());
+        }
+        let mut waiter = self.state.waiter.borrow_mut();
+        match waiter.as_ref() {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => *waiter = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 }

@@ -73,17 +73,6 @@ unsafe impl IoBuf for &'static [u8] {
     }
 }
 
-// SAFETY: the bytes live in the ring's mapping, which the `BufRef`'s `Rc` keeps alive and
-// which never moves; the kernel does not write this buffer until the `BufRef` is dropped.
-unsafe impl IoBuf for crate::buf::BufRef {
-    fn as_ptr(&self) -> *const u8 {
-        self.as_slice().as_ptr()
-    }
-    fn len(&self) -> usize {
-        self.as_slice().len()
-    }
-}
-
 /// Pushes one SQE (or a linked pair). Returns false when the queue has no room for all.
 ///
 /// Callers (the driver only) guarantee that every pointer in the entries stays valid
@@ -132,24 +121,47 @@ pub(crate) fn eventfd_signal(fd: RawFd) {
     let _ = unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
 }
 
+/// Where the wakes of key wakers go. Implemented above `sys` by the code that knows which
+/// runtime owns a key, so that the raw waker here names nothing above it.
+pub(crate) trait KeyWake: 'static {
+    /// The vtable of these wakers: a `static` holding `KeyVtable::new::<Self>()`, so that
+    /// every clone carries one vtable address (`Waker::will_wake` compares it).
+    fn vtable() -> &'static KeyVtable;
+    /// Wakes the task named by `key`, from any thread.
+    fn wake(key: u64);
+}
+
+/// A waker vtable whose functions never dereference the data word (see [`waker_for`]).
+pub(crate) struct KeyVtable(RawWakerVTable);
+
+impl KeyVtable {
+    /// The vtable of wakers whose wakes `W` routes.
+    pub(crate) const fn new<W: KeyWake>() -> Self {
+        KeyVtable(RawWakerVTable::new(
+            raw_waker::<W>,
+            wake_by_key::<W>,
+            wake_by_key::<W>,
+            |_| {},
+        ))
+    }
+}
+
 /// Builds a waker whose data word is `key` itself: clone and drop touch no memory, so
-/// the waker needs no reference count (and no atomic).
-pub(crate) fn waker_for(key: u64) -> Waker {
-    // SAFETY: the vtable functions below never dereference the data pointer; it is an
-    // integer carried in pointer form, valid on any thread.
-    unsafe { Waker::from_raw(raw_waker(key as usize as *const ())) }
+/// the waker needs no reference count (and no atomic). `W` routes its wakes.
+pub(crate) fn waker_for<W: KeyWake>(key: u64) -> Waker {
+    // SAFETY: the functions of a `KeyVtable` (only `KeyVtable::new` makes one) never
+    // dereference the data pointer; it is an integer carried in pointer form, valid on
+    // any thread.
+    unsafe { Waker::from_raw(raw_waker::<W>(key as usize as *const ())) }
 }
 
-fn raw_waker(data: *const ()) -> RawWaker {
-    RawWaker::new(data, &WAKER_VTABLE)
+fn raw_waker<W: KeyWake>(data: *const ()) -> RawWaker {
+    RawWaker::new(data, &W::vtable().0)
 }
 
-static WAKER_VTABLE: RawWakerVTable = RawWakerVTable::new(
-    raw_waker,
-    |data| crate::executor::wake_key(data as usize as u64),
-    |data| crate::executor::wake_key(data as usize as u64),
-    |_| {},
-);
+fn wake_by_key<W: KeyWake>(data: *const ()) {
+    W::wake(data as usize as u64);
+}
 
 /// Memory of one provided-buffer ring: the entry ring the kernel reads and the buffers
 /// it fills, both from anonymous mappings that never move.

@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -14,6 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::backoff::{Backoff, BackoffConfig};
 use super::channel::{add_request_metadata, GrpcTarget};
+use super::metrics::{ClientStats, Termination};
 use super::node::NodeInfo;
 use super::state::{SubscriptionState, XdsHandler, ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 use super::XdsError;
@@ -68,6 +70,7 @@ pub struct XdsClient {
     state: SubscriptionState,
     ready: watch::Sender<bool>,
     streams_started: u64,
+    stats: Arc<ClientStats>,
 }
 
 impl XdsClient {
@@ -81,7 +84,13 @@ impl XdsClient {
             state,
             ready,
             streams_started: 0,
+            stats: Arc::default(),
         })
+    }
+
+    /// The client's counters (`istio_xds_*`).
+    pub fn stats(&self) -> Arc<ClientStats> {
+        self.stats.clone()
     }
 
     /// Becomes `true` once every subscribed type has been answered (first full
@@ -120,6 +129,12 @@ impl XdsClient {
                 backoff.reset();
             }
             let delay = backoff.next_delay();
+            self.stats.terminated(match &result {
+                Ok(()) => Termination::Complete,
+                Err(XdsError::Connect { .. }) => Termination::ConnectionError,
+                Err(XdsError::Stream { status, .. }) => Termination::of_status(status),
+                Err(_) => Termination::Error,
+            });
             match result {
                 Ok(()) => info!(
                     address = %self.config.target.address,
@@ -190,6 +205,13 @@ impl XdsClient {
 
         while let Some(response) = stream.message().await.map_err(stream_err)? {
             *responses += 1;
+            let bytes = response
+                .resources
+                .iter()
+                .filter_map(|r| r.resource.as_ref())
+                .map(|any| any.value.len() as u64)
+                .sum();
+            self.stats.received(&response.type_url, bytes);
             let type_url = response.type_url.clone();
             let (added, removed) = (response.resources.len(), response.removed_resources.len());
             let outcome = self.state.handle_response(response, handler);

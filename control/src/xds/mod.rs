@@ -12,6 +12,7 @@
 pub mod backoff;
 pub mod channel;
 pub mod client;
+pub mod metrics;
 pub mod node;
 pub mod resource;
 pub mod source;
@@ -20,6 +21,7 @@ pub mod wire;
 
 pub use backoff::{backoff_delay, Backoff, BackoffConfig};
 pub use client::{XdsClient, XdsClientConfig};
+pub use metrics::{ClientStats, Termination};
 pub use node::NodeInfo;
 pub use resource::{decode_address, decode_authorization, decode_resource, DecodedResource};
 pub use source::{run_xds, SnapshotHandler, XdsSource, XdsStats};

@@ -19,6 +19,7 @@ use prost::Message;
 use tokio::sync::watch;
 
 use super::client::{XdsClient, XdsClientConfig};
+use super::metrics::ClientStats;
 use super::resource::{decode_address, decode_authorization};
 use super::state::{
     RejectedResource, XdsHandler, XdsResource, ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL,
@@ -47,6 +48,8 @@ pub struct XdsStats {
     pub resources_rejected: AtomicU64,
     /// Snapshots published by this source.
     pub snapshots_published: AtomicU64,
+    /// The client's own counters (streams ended, messages received).
+    pub client: Arc<ClientStats>,
 }
 
 impl XdsStats {
@@ -70,7 +73,7 @@ impl XdsStats {
             get(&self.resources_applied),
             get(&self.resources_rejected),
             get(&self.snapshots_published),
-        )
+        ) + &self.client.prometheus()
     }
 }
 
@@ -625,10 +628,13 @@ impl XdsSource {
         cell: Arc<SnapshotCell>,
         node_name: &str,
     ) -> Result<Self, XdsError> {
-        Ok(XdsSource {
-            client: XdsClient::new(config)?,
-            handler: SnapshotHandler::new(cell, node_name),
-        })
+        let client = XdsClient::new(config)?;
+        let mut handler = SnapshotHandler::new(cell, node_name);
+        handler.stats = Arc::new(XdsStats {
+            client: client.stats(),
+            ..XdsStats::default()
+        });
+        Ok(XdsSource { client, handler })
     }
 
     /// Becomes `true` once istiod has answered every subscribed type and the result

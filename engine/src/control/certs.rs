@@ -16,8 +16,6 @@ use zpath_crypto::{CertifiedTls, Identity, LocalCa, WorkloadCertificate};
 /// The certificates of the identities this node serves, immutable once published.
 #[derive(Debug, Default)]
 pub struct CertStore {
-    /// Increases with every published set.
-    pub generation: u64,
     by_identity: HashMap<Identity, Arc<CertifiedTls>>,
 }
 
@@ -27,14 +25,14 @@ impl CertStore {
         self.by_identity.get(identity)
     }
 
+    /// Every identity served, with its certificate.
+    pub fn iter(&self) -> impl Iterator<Item = (&Identity, &Arc<CertifiedTls>)> {
+        self.by_identity.iter()
+    }
+
     /// How many identities have a certificate.
     pub fn len(&self) -> usize {
         self.by_identity.len()
-    }
-
-    /// True if no identity has a certificate.
-    pub fn is_empty(&self) -> bool {
-        self.by_identity.is_empty()
     }
 }
 
@@ -253,7 +251,6 @@ impl CertManager {
     fn publish(&mut self) {
         self.generation += 1;
         self.cell.publish(CertStore {
-            generation: self.generation,
             by_identity: self.current.clone(),
         });
     }

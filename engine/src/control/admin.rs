@@ -15,13 +15,13 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use zpath_control::watch::ReloadStats;
 use zpath_control::SnapshotCell;
 
 use crate::config::AdminLimits;
 use crate::fds::FdBudget;
-use crate::loglimit::LogLimiter;
+use crate::shard::loglimit::LogLimiter;
 use crate::stats::{render_prometheus, FailReason, ShardStats};
 
 /// What the endpoints read.
@@ -36,7 +36,7 @@ pub struct AdminState {
     /// Set once drain starts: readiness turns false.
     pub draining: AtomicBool,
     /// The workload certificates in use.
-    pub certs: Arc<crate::certs::CertCell>,
+    pub certs: Arc<crate::control::certs::CertCell>,
     /// Set once every workload known at start has its certificate.
     pub certs_ready: Arc<AtomicBool>,
     /// Workload certificates issued (first issues and renewals).
@@ -49,6 +49,11 @@ pub struct AdminState {
     pub fds: FdBudget,
     /// Connection counts by endpoint (index: `Endpoints as usize`).
     pub endpoints: [EndpointStats; 3],
+    /// Raised by `POST /quitquitquit`: the daemon drains and exits, as on SIGTERM.
+    pub quit: tokio::sync::Notify,
+    /// The Istio version the proxy runs under (`ISTIO_META_ISTIO_VERSION`, else
+    /// `unknown`), reported as ztunnel reports it in `istio_build`.
+    pub istio_version: String,
 }
 
 /// Connections of one endpoint (updated by the control thread only).
@@ -87,9 +92,44 @@ impl AdminState {
             self.certs_issued.load(Ordering::Relaxed),
             certs.len()
         );
+        let extra = format!(
+            "{extra}# HELP istio_build Istio component build info.\n# TYPE istio_build gauge\nistio_build{{component=\"ztunnel\",tag=\"{}\"}} 1\n",
+            zpath_control::xds::metrics::label_value(&self.istio_version)
+        );
         let xds = self.xds.get().map(|x| x.prometheus()).unwrap_or_default();
         let endpoints = self.endpoint_metrics();
         render_prometheus(&self.shards, &format!("{extra}{xds}{endpoints}"))
+    }
+
+    /// The workload certificates in ztunnel's `config_dump` shape: by identity, each
+    /// with its chain and roots (PEM base64-encoded, serial, validity in RFC 3339).
+    fn certificates(&self) -> Vec<serde_json::Value> {
+        let show = |c: &zpath_crypto::CertSummary| {
+            serde_json::json!({
+                "pem": c.pem_base64,
+                "serialNumber": c.serial,
+                "validFrom": humantime::format_rfc3339_seconds(c.not_before).to_string(),
+                "expirationTime": humantime::format_rfc3339_seconds(c.not_after).to_string(),
+            })
+        };
+        let certs = self.certs.load();
+        let mut out: Vec<_> = certs
+            .iter()
+            .map(|(id, tls)| {
+                let (chain, roots) = tls.certificate().summaries();
+                (
+                    id.to_string(),
+                    serde_json::json!({
+                        "identity": id.to_string(),
+                        "state": "Available",
+                        "certChain": chain.iter().map(show).collect::<Vec<_>>(),
+                        "rootCerts": roots.iter().map(show).collect::<Vec<_>>(),
+                    }),
+                )
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.into_iter().map(|(_, v)| v).collect()
     }
 
     fn endpoint_metrics(&self) -> String {
@@ -138,7 +178,17 @@ impl AdminState {
             .enumerate()
             .map(|(i, s)| serde_json::json!({"shard": i, "open_connections": s.open.get()}))
             .collect();
-        let dump = serde_json::json!({ "snapshot": &*snap, "shards": shards });
+        let dump = serde_json::json!({
+            "snapshot": &*snap,
+            "shards": shards,
+            "certificates": self.certificates(),
+            "version": {
+                "version": env!("CARGO_PKG_VERSION"),
+                "rustVersion": option_env!("CARGO_PKG_RUST_VERSION").unwrap_or(""),
+                "buildProfile": if cfg!(debug_assertions) { "debug" } else { "release" },
+                "istioVersion": self.istio_version,
+            },
+        });
         serde_json::to_string_pretty(&dump).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }
 }
@@ -180,6 +230,28 @@ fn respond(
         );
         r
     };
+    let path = req.uri().path();
+    let admin = matches!(which, Endpoints::Admin);
+    // ztunnel's two POST endpoints, on the admin port only.
+    match (admin, path, req.method()) {
+        (true, "/logging", &Method::POST) => {
+            let (status, body) = logging(req.uri().query().unwrap_or(""));
+            return text(status, "text/plain", body);
+        }
+        (true, "/quitquitquit", &Method::POST) => {
+            info!("shutdown asked for on /quitquitquit");
+            state.quit.notify_one();
+            return text(StatusCode::OK, "text/plain", "shutdown now\n".into());
+        }
+        (true, "/logging" | "/quitquitquit", _) => {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "only POST\n".into(),
+            )
+        }
+        _ => {}
+    }
     if req.method() != Method::GET {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -187,8 +259,6 @@ fn respond(
             "only GET\n".into(),
         );
     }
-    let path = req.uri().path();
-    let admin = matches!(which, Endpoints::Admin);
     match path {
         "/healthz/ready" if admin || matches!(which, Endpoints::Readiness) => {
             if state.ready() {
@@ -403,4 +473,55 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
         Ok(sock.into())
     };
     listen().map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
+/// ztunnel's `/logging` usage text.
+const LOGGING_HELP: &str = "usage: POST /logging\t\t\t\t(To list current level)\n\
+usage: POST /logging?level=<level>\t\t(To change global levels)\n\
+usage: POST /logging?level={mod1}={level1},{mod2}={level2}\t(To change specific mods' logging level)\n\
+usage: POST /logging?reset\t\t\t(To go back to the start level)\n\n\
+hint: loglevel:\terror|warn|info|debug|trace|off\n";
+
+/// `POST /logging[?level=...|?reset]`: the current filter, after changing it if asked.
+fn logging(query: &str) -> (StatusCode, String) {
+    let Some(control) = crate::logging::control() else {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the log level cannot be changed in this process\n".into(),
+        );
+    };
+    let mut level = None;
+    let mut reset = false;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("level", v)) => level = Some(v.replace("%3D", "=").replace("%2C", ",")),
+            None if pair == "reset" => reset = true,
+            Some(("reset", _)) => reset = true,
+            _ => {}
+        }
+    }
+    let wanted = match (reset, level) {
+        (true, _) => Some(control.initial.clone()),
+        (false, Some(l)) if !l.is_empty() => Some(l),
+        _ => None,
+    };
+    if let Some(wanted) = wanted {
+        if !crate::logging::valid_level(&wanted) {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("Invalid level provided: {wanted}\n{LOGGING_HELP}"),
+            );
+        }
+        if let Err(e) = (control.set)(&wanted) {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("Failed to set new level: {e}\n{LOGGING_HELP}"),
+            );
+        }
+        info!(level = %wanted, "log level changed on /logging");
+    }
+    (
+        StatusCode::OK,
+        format!("current log level is {}\n", (control.current)()),
+    )
 }

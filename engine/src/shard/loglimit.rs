@@ -89,6 +89,7 @@ impl LogLimiter {
         written
     }
 
+    #[cfg(test)]
     /// Lines of `reason` suppressed and not yet summed up.
     pub fn pending(&self, reason: FailReason) -> u64 {
         self.windows[reason as usize].suppressed.get()

@@ -12,11 +12,12 @@ use zpath_control::{Snapshot, SnapshotCell};
 
 use zpath_crypto::LocalCa;
 
-use crate::admin::{self, AdminState, Endpoints};
-use crate::certs::{CertCell, CertManager, Issuer};
 use crate::config::{ConfigInvalid, EngineConfig, Steering};
+use crate::control::admin::{self, AdminState, Endpoints};
+use crate::control::certs::{CertCell, CertManager, Issuer};
 use crate::fds::FdBudget;
-use crate::shard::{self, BoundAddrs, ShardHandle, ShardMsg};
+use crate::shard::addrs::BoundAddrs;
+use crate::shard::run::{self as shard, ShardHandle, ShardMsg};
 use crate::sys;
 
 /// Why the daemon could not start or run.
@@ -146,6 +147,12 @@ impl Daemon {
             limits: cfg.admin,
             fds,
             endpoints: Default::default(),
+            quit: Default::default(),
+            istio_version: cfg
+                .node_metadata
+                .get("ISTIO_VERSION")
+                .cloned()
+                .unwrap_or_else(|| "unknown".into()),
         });
         info!(
             shards = shards.len(),
@@ -280,6 +287,7 @@ async fn wait_for_stop(
             // A connection waits for a certificate: fetch it now, not at the next tick.
             _ = certs_wanted.notified() => None,
             _ = term.recv() => return Ok(()),
+            () = state.quit.notified() => return Ok(()),
             _ = int.recv() => return Ok(()),
         };
         match result {
@@ -344,7 +352,9 @@ fn remote_ca(cfg: &EngineConfig) -> Result<Option<zpath_control::ca_client::CaCl
     let mut c = zpath_control::ca_client::CaClientConfig::new(address.clone(), roots.clone());
     c.target.root_cert = Some(roots);
     c.token_file = cfg.token_file.clone();
+    c.target.server_name = cfg.ca_server_name.clone();
     c.headers = vec![("ClusterID".into(), cfg.cluster_id.clone())];
+    c.headers.extend(cfg.ca_headers.iter().cloned());
     c.cert_lifetime = cfg.cert_lifetime;
     let client = zpath_control::ca_client::CaClient::new(c)
         .map_err(|e| StartError::Ca(format!("--ca-address {address}: {e}")))?;
@@ -365,13 +375,18 @@ fn xds_source(
         pod_name: cfg.pod_name.clone(),
         pod_namespace: cfg.pod_namespace.clone(),
         node_name: cfg.node_name.clone(),
-        metadata: [("CLUSTER_ID".to_string(), cfg.cluster_id.clone())].into(),
-        ..Default::default()
+        metadata: [("CLUSTER_ID".to_string(), cfg.cluster_id.clone())]
+            .into_iter()
+            .chain(cfg.node_metadata.clone())
+            .collect(),
+        json_metadata: cfg.node_json_metadata.clone(),
     };
     let mut c = zpath_control::xds::XdsClientConfig::new(address.clone(), node);
     c.target.root_cert = cfg.xds_root_cert.clone();
+    c.target.server_name = cfg.xds_server_name.clone();
     c.token_file = cfg.token_file.clone();
     c.headers = vec![("ClusterID".into(), cfg.cluster_id.clone())];
+    c.headers.extend(cfg.xds_headers.iter().cloned());
     let source = zpath_control::xds::XdsSource::new(c, state.snapshots.clone(), &cfg.node_name)
         .map_err(|e| StartError::Xds(format!("--xds-address {address}: {e}")))?;
     info!(%address, "configuration comes from istiod over xDS");

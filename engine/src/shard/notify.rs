@@ -38,6 +38,7 @@ impl LocalNotify {
         }
     }
 
+    #[cfg(test)]
     /// Tasks waiting now.
     pub fn waiting(&self) -> usize {
         self.waiters.borrow().len()

@@ -1,6 +1,6 @@
-//! A shard: one glommio executor pinned to one core, with its own listeners
-//! (`SO_REUSEPORT`), connection table, buffer pool and counters. Nothing here is shared
-//! with another shard; the control thread talks to a shard only through [`ShardHandle`].
+//! A shard's loop: spawns the shard's thread, binds its listeners, accepts and hands
+//! each connection to its flow (`outbound/`, `inbound/`), takes the control thread's
+//! messages (new snapshot: re-check live connections; new certificates; drain).
 
 use std::cell::{Cell, RefCell};
 use std::io::Write;
@@ -12,70 +12,26 @@ use std::time::{Duration, Instant};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{debug, info, warn};
-use zpath_control::{Snapshot, SnapshotCell};
-
-use crate::authorize::{authorize, When};
-use crate::buffers::BufPool;
-use crate::certs::{CertCell, CertStore};
-use crate::config::EngineConfig;
-use crate::fds::FdBudget;
-use crate::flow;
-use crate::handshakes::PendingHandshakes;
-use crate::hbone::TunnelPool;
-use crate::loglimit::LogLimiter;
-use crate::notify::LocalNotify;
-use crate::signal::FlagSet;
-use crate::stats::{Direction, FailReason, PolicyCounts, ShardStats};
-use crate::sys;
-use crate::table::{ConnInfo, ConnTable, TableGuard};
+use zpath_control::SnapshotCell;
 use zpath_crypto::ClientConfigCache;
 
-/// The addresses every shard listens on, with `:0` ports already resolved.
-#[derive(Debug, Clone, Default)]
-pub struct BoundAddrs {
-    /// Captured outbound.
-    pub outbound: Option<SocketAddr>,
-    /// Captured inbound plaintext.
-    pub inbound: Option<SocketAddr>,
-    /// SOCKS5 entry.
-    pub socks5: Option<SocketAddr>,
-    /// HBONE (15008).
-    pub hbone: Option<SocketAddr>,
-    /// Our other ports (HBONE, admin, metrics, readiness): never a relay target.
-    pub reserved: Vec<SocketAddr>,
-}
-
-impl BoundAddrs {
-    /// Whether `dst` reaches one of our own listeners (relaying there would loop):
-    /// an unspecified address (`0.0.0.0`, `[::]`: connecting there reaches this host),
-    /// the connection's own local address, one of our ports on the address its listener
-    /// is bound to, or, for a wildcard listener, on any address of this host. A listener
-    /// on 127.0.0.1 is not reached through 127.0.0.2: that is someone else's port.
-    pub fn is_own(&self, dst: SocketAddr, local: Option<SocketAddr>) -> bool {
-        // IPv4-mapped IPv6 addresses (dual-stack sockets) compare as IPv4.
-        let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
-        let dst = canonical(dst);
-        let local = local.map(canonical);
-        if dst.ip().is_unspecified() || Some(dst) == local {
-            return true;
-        }
-        let mut ours = [self.outbound, self.inbound, self.socks5, self.hbone]
-            .into_iter()
-            .flatten()
-            .chain(self.reserved.iter().copied())
-            .map(canonical)
-            .filter(|a| a.port() == dst.port())
-            .peekable();
-        if ours.peek().is_none() {
-            return false;
-        }
-        let ip = dst.ip();
-        // Asked only for one of our ports: no system call for ordinary destinations.
-        let this_host =
-            ip.is_loopback() || local.is_some_and(|l| l.ip() == ip) || sys::is_local_address(ip);
-        ours.any(|a| a.ip() == ip || (a.ip().is_unspecified() && this_host))
-    }
-}
+use super::addrs::BoundAddrs;
+use super::buffers::BufPool;
+use super::handshakes::PendingHandshakes;
+use super::loglimit::LogLimiter;
+use super::notify::LocalNotify;
+use super::pool::TunnelPool;
+use super::table::{ConnInfo, ConnTable, TableGuard};
+use super::Shard;
+use crate::config::EngineConfig;
+use crate::control::certs::CertCell;
+use crate::decide::authorize::{authorize, Inbound, When};
+use crate::failure::{fail, Failure};
+use crate::fds::FdBudget;
+use crate::relay::Abort;
+use crate::stats::{Direction, FailReason, PolicyCounts, ShardStats};
+use crate::sys;
+use crate::{inbound, outbound};
 
 /// Which listener accepted a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,163 +107,13 @@ impl ShardHandle {
     }
 }
 
-/// A shard's copy of the current snapshot. The `Rc` is deliberate: connections clone
-/// it (a plain increment on this core) instead of the `Arc`, whose count all shards share.
-#[allow(clippy::redundant_allocation)]
-pub type LocalSnapshot = Rc<Arc<Snapshot>>;
-
-/// A shard's copy of the current certificates, shared with connections like
-/// [`LocalSnapshot`].
-#[allow(clippy::redundant_allocation)]
-pub type LocalCerts = Rc<Arc<CertStore>>;
-
-/// State of one shard, owned by its executor thread.
-pub struct Shard {
-    /// Index of the shard.
-    pub id: usize,
-    /// Engine settings.
-    pub cfg: Arc<EngineConfig>,
-    /// Our listener addresses.
-    pub addrs: Arc<BoundAddrs>,
-    /// Counters (read by the control thread).
-    pub stats: Arc<ShardStats>,
-    /// Relay buffers.
-    pub pool: Rc<BufPool>,
-    /// Live connections.
-    pub table: Rc<RefCell<ConnTable>>,
-    /// Client TLS configurations, by our identity and the expected server identities.
-    pub client_tls: RefCell<ClientConfigCache>,
-    /// HBONE tunnels to other nodes.
-    pub tunnels: Rc<TunnelPool>,
-    /// Handshakes pending on 15008.
-    pub handshakes: Rc<RefCell<PendingHandshakes>>,
-    /// The HBONE connections served on 15008, told together when drain starts.
-    pub served: Rc<FlagSet>,
-    /// Rate limit of per-connection failure logs (see [`Shard::may_log`]).
-    pub logs: LogLimiter,
-    cell: Arc<SnapshotCell>,
-    current: RefCell<LocalSnapshot>,
-    cert_cell: Arc<CertCell>,
-    certs: RefCell<LocalCerts>,
-    certs_wanted: Arc<tokio::sync::Notify>,
-    certs_published: LocalNotify,
-    rng: Cell<u64>,
-    /// Accepted connections being served now (bounded by `--max-connections-per-shard`).
-    accepted: Cell<usize>,
-    fds: FdBudget,
-}
-
 /// A connection's place among the shard's `--max-connections-per-shard`, held for as
 /// long as it is served.
-struct Admitted(Rc<Shard>);
+struct Place(Rc<Shard>);
 
-impl Drop for Admitted {
+impl Drop for Place {
     fn drop(&mut self) {
         self.0.accepted.set(self.0.accepted.get() - 1);
-    }
-}
-
-impl Shard {
-    /// The current snapshot: one atomic load; the shared `Arc` is cloned only when a new
-    /// one was published, and connections share this shard's copy through an `Rc`.
-    pub fn snapshot(&self) -> LocalSnapshot {
-        let mut cur = self.current.borrow_mut();
-        if let Some(newer) = self.cell.newer(&cur) {
-            let counts = PolicyCounts::for_snapshot(&newer, &self.stats.by_policy.load());
-            self.stats.by_policy.store(Arc::new(counts));
-            *cur = Rc::new(newer);
-        }
-        cur.clone()
-    }
-
-    /// Counts an inbound decision: by outcome and reason, and by the policy that made
-    /// it when there is one (ids belong to `snapshot`).
-    pub fn count_decision(&self, snapshot: &Snapshot, decision: &zpath_policy::Decision<'_>) {
-        let (id, allowed) = match decision {
-            zpath_policy::Decision::Allow(permit) => {
-                self.stats.count_allowed();
-                (permit.allowed_by().map(|(id, _)| id), true)
-            }
-            zpath_policy::Decision::Deny(reason) => {
-                self.stats.count_denied(reason.kind());
-                (reason.policy().map(|p| p.id), false)
-            }
-        };
-        let Some(id) = id else { return };
-        let counts = self.stats.by_policy.load();
-        if counts.generation != snapshot.generation {
-            return;
-        }
-        let set = if allowed { &counts.allow } else { &counts.deny };
-        if let Some(c) = set.get(id.index()) {
-            c.add(1);
-        }
-    }
-
-    /// The current workload certificates (one atomic load).
-    pub fn certs(&self) -> LocalCerts {
-        let mut cur = self.certs.borrow_mut();
-        if let Some(newer) = self.cert_cell.newer(&cur) {
-            *cur = Rc::new(newer);
-        }
-        cur.clone()
-    }
-
-    /// Waits until the current set has a certificate for `id`, at most `limit`; true if
-    /// it has. The control thread is told at once (it fetches certificates of new
-    /// workloads), and the wait is woken by [`ShardMsg::CertsChanged`]: no polling.
-    pub async fn wait_for_certificate(&self, id: &zpath_crypto::Identity, limit: Duration) -> bool {
-        if self.certs().get(id).is_some() {
-            return true;
-        }
-        self.certs_wanted.notify_one();
-        let found = glommio::timer::timeout(limit, async {
-            loop {
-                // Taken before the check: a set published in between still wakes it.
-                let published = self.certs_published.wait();
-                if self.certs().get(id).is_some() {
-                    return Ok(());
-                }
-                published.await;
-            }
-        });
-        found.await.is_ok()
-    }
-
-    /// Refreshes the tunnel and pool-key gauges from the pool (it walks the pool:
-    /// called when a tunnel is made or ends, and by the idle sweep, not per flow).
-    pub fn update_pool_gauges(&self) {
-        let p = self.tunnels.stats();
-        let h = &self.stats.hbone;
-        h.tunnels.set(p.tunnels as u64);
-        h.pool_keys.set(p.keys as u64);
-    }
-
-    /// Whether a per-connection failure line for `reason` may be written now: every
-    /// data-path failure log asks first, so a flood of failures writes a few lines per
-    /// second and a summary (the failure counters are kept apart and stay exact).
-    pub fn may_log(&self, reason: FailReason) -> bool {
-        self.logs.admit(reason, Instant::now())
-    }
-
-    /// Turns on TCP keepalive on a data-path socket, if configured (ztunnel's defaults).
-    pub fn set_keepalive(&self, socket: &impl std::os::fd::AsRawFd) {
-        let Some(k) = self.cfg.tcp_keepalive else {
-            return;
-        };
-        if let Err(e) = sys::set_keepalive(socket, k.time, k.interval, k.retries) {
-            debug!(shard = self.id, "cannot set TCP keepalive: {e}");
-        }
-    }
-
-    /// A cheap shard-local random number (xorshift), e.g. to pick an endpoint.
-    pub fn random(&self) -> u32 {
-        let mut x = self.rng.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng.set(x);
-        (x >> 32) as u32
     }
 }
 
@@ -458,15 +264,15 @@ fn recheck(shard: &Rc<Shard>) {
     let snapshot = shard.snapshot();
     let mut table = shard.table.borrow_mut();
     let closed = table.abort_matching(|info| {
-        let refused = with_inbound_conn(info, |conn| {
-            let refusal = authorize(shard, &snapshot, conn, info, When::Recheck).err()?;
-            let reason = refusal.reason();
-            if shard.may_log(reason) {
-                info!(shard = shard.id, src = %info.src, dst = %conn.dst_ip, "closing live connection: {refusal}");
-            }
-            Some(reason)
-        });
-        refused.flatten()
+        let peer = info.peer.borrow();
+        let conn = inbound_of(info, peer.as_ref())?;
+        let tally = |d: &_| shard.count_decision(&snapshot, d);
+        let refusal = authorize(&snapshot, conn, When::Recheck, tally).err()?;
+        let reason = refusal.reason();
+        if shard.may_log(reason) {
+            info!(shard = shard.id, src = %info.src, dst = %conn.dst, "closing live connection: {refusal}");
+        }
+        Some(reason)
     });
     drop(table);
     if closed > 0 {
@@ -477,25 +283,21 @@ fn recheck(shard: &Rc<Shard>) {
     }
 }
 
-/// Runs `f` on the policy view of a live inbound connection; `None` for outbound
-/// connections and those whose destination is not known yet.
-fn with_inbound_conn<R>(
+/// The policy view of a live inbound connection (with `peer`, its verified peer);
+/// `None` for outbound connections and those whose destination is not known yet.
+fn inbound_of<'a>(
     info: &ConnInfo,
-    f: impl FnOnce(&zpath_policy::Conn<'_>) -> R,
-) -> Option<R> {
+    peer: Option<&'a Rc<zpath_crypto::VerifiedPeer>>,
+) -> Option<Inbound<'a>> {
     let dst = info.dst.get()?;
     if info.direction != Direction::Inbound {
         return None;
     }
-    let peer = info.peer.borrow().clone();
-    Some(f(&zpath_policy::Conn {
-        src_ip: info.src.ip().to_canonical(),
-        dst_ip: dst.ip().to_canonical(),
-        dst_port: dst.port(),
-        peer: peer
-            .as_deref()
-            .and_then(|p| zpath_policy::Peer::parse(p).ok()),
-    }))
+    Some(Inbound {
+        src: info.src.ip(),
+        dst: SocketAddr::new(dst.ip().to_canonical(), dst.port()),
+        peer,
+    })
 }
 
 async fn drain(
@@ -560,14 +362,14 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, kind: ListenerKind
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                let Some(admitted) = admit(&shard, &stream, kind) else {
+                let Some(admitted) = take_place(&shard, &stream, kind) else {
                     continue;
                 };
                 shard.set_keepalive(&stream);
                 if kind == ListenerKind::Hbone {
                     let s = shard.clone();
                     glommio::spawn_local(async move {
-                        crate::hbone::serve(s, stream).await;
+                        inbound::hbone::serve(s, stream).await;
                         drop(admitted);
                     })
                     .detach();
@@ -586,16 +388,16 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, kind: ListenerKind
 
 /// Takes a place for a new connection, or refuses it (reset, counted as `overload`)
 /// when the shard holds its cap or the process is near its open-file limit.
-fn admit(shard: &Rc<Shard>, stream: &TcpStream, kind: ListenerKind) -> Option<Admitted> {
+fn take_place(shard: &Rc<Shard>, stream: &TcpStream, kind: ListenerKind) -> Option<Place> {
     use std::os::fd::AsRawFd;
     let held = shard.accepted.get();
     let cap = shard.cfg.max_connections_per_shard;
     let at_cap = held >= cap;
     if !at_cap && shard.fds.data_allows(stream.as_raw_fd()) {
         shard.accepted.set(held + 1);
-        return Some(Admitted(shard.clone()));
+        return Some(Place(shard.clone()));
     }
-    crate::relay::Abort::abort(stream);
+    stream.abort();
     shard
         .stats
         .dir(kind.direction())
@@ -616,7 +418,7 @@ fn admit(shard: &Rc<Shard>, stream: &TcpStream, kind: ListenerKind) -> Option<Ad
     None
 }
 
-fn spawn_connection(shard: &Rc<Shard>, stream: TcpStream, kind: ListenerKind, admitted: Admitted) {
+fn spawn_connection(shard: &Rc<Shard>, stream: TcpStream, kind: ListenerKind, admitted: Place) {
     let Ok(src) = stream.peer_addr() else { return };
     let dir = kind.direction();
     let guard = ConnTable::insert(&shard.table, dir, src);
@@ -625,7 +427,7 @@ fn spawn_connection(shard: &Rc<Shard>, stream: TcpStream, kind: ListenerKind, ad
     let s = shard.clone();
     let task = glommio::spawn_local(async move {
         let result = serve(&s, stream, kind, &guard).await;
-        finish(&s, dir, &guard, result);
+        s.finish(dir, &guard, result);
         drop(admitted);
     })
     .detach();
@@ -637,104 +439,23 @@ async fn serve(
     stream: TcpStream,
     kind: ListenerKind,
     guard: &TableGuard,
-) -> Result<(), flow::Failure> {
+) -> Result<(), Failure> {
     use std::os::fd::AsRawFd;
     let _ = stream.set_nodelay(true);
     guard.info.fds.set([stream.as_raw_fd(), -1]);
     if shard.snapshot().generation == 0 {
         // No configuration yet (xDS has not answered): nothing is known of workloads
         // or policies, so nothing is relayed.
-        crate::relay::Abort::abort(&stream);
-        return Err(flow::fail(
+        stream.abort();
+        return Err(fail(
             FailReason::NoConfig,
             "no configuration applied yet; refusing until the control plane answers",
         ));
     }
     match kind {
-        ListenerKind::Outbound => flow::outbound(shard, stream, &guard.info).await,
-        ListenerKind::Inbound => flow::inbound(shard, stream, &guard.info).await,
-        ListenerKind::Socks5 => flow::socks5(shard, stream, &guard.info).await,
+        ListenerKind::Outbound => outbound::outbound(shard, stream, &guard.info).await,
+        ListenerKind::Inbound => inbound::inbound(shard, stream, &guard.info).await,
+        ListenerKind::Socks5 => outbound::socks5::socks5(shard, stream, &guard.info).await,
         ListenerKind::Hbone => Ok(()),
-    }
-}
-
-pub(crate) fn finish(
-    shard: &Shard,
-    dir: Direction,
-    guard: &TableGuard,
-    result: Result<(), flow::Failure>,
-) {
-    let stats = shard.stats.dir(dir);
-    stats.closed.add(1);
-    guard.info.fds.set([-1, -1]);
-    if let Err(f) = result {
-        stats.count_failed(f.reason);
-        let level_info = !matches!(f.reason, FailReason::Reset);
-        if !shard.may_log(f.reason) {
-            return;
-        }
-        if level_info {
-            info!(shard = shard.id, src = %guard.info.src, dst = ?guard.info.dst.get(), reason = f.reason.label(), "connection failed: {}", f.message);
-        } else {
-            debug!(shard = shard.id, src = %guard.info.src, "connection reset: {}", f.message);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn addrs() -> BoundAddrs {
-        let a = |s: &str| Some(s.parse::<SocketAddr>().unwrap());
-        BoundAddrs {
-            outbound: a("[::]:15001"),
-            inbound: a("[::]:15006"),
-            socks5: a("127.0.0.1:15080"),
-            hbone: a("[::]:15008"),
-            reserved: vec!["127.0.0.1:15000".parse().unwrap()],
-        }
-    }
-
-    fn own(dst: &str) -> bool {
-        addrs().is_own(dst.parse().unwrap(), None)
-    }
-
-    #[test]
-    fn unspecified_targets_are_this_host_on_any_port() {
-        assert!(own("0.0.0.0:15080"));
-        assert!(own("[::]:15080"));
-        assert!(own("[::ffff:0.0.0.0]:15001"));
-        assert!(own("0.0.0.0:8080"), "0.0.0.0 is never a destination");
-    }
-
-    #[test]
-    fn loopback_addresses_on_our_ports_are_a_loop_where_a_listener_takes_them() {
-        assert!(own("127.0.0.1:15080"));
-        assert!(own("127.0.0.1:15000"));
-        // Wildcard listeners take every loopback address.
-        assert!(own("[::1]:15001"));
-        assert!(own("127.0.0.2:15006"));
-        assert!(own("[::ffff:127.0.0.3]:15008"));
-        // Listeners on 127.0.0.1 do not: another process may own these.
-        assert!(!own("127.0.0.2:15080"));
-        assert!(!own("127.9.9.9:15000"));
-        assert!(!own("127.0.0.2:8080"));
-    }
-
-    #[test]
-    fn a_local_interface_address_on_a_wildcard_port_is_a_loop() {
-        // Whatever this host's addresses are, the probe must agree with a bind.
-        let lo_any = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-        let _ = lo_any.connect("192.0.2.1:9");
-        if let Ok(a) = lo_any.local_addr() {
-            if !a.ip().is_unspecified() {
-                assert!(own(&format!("{}:15001", a.ip())), "{a} is local");
-            }
-        }
-        assert!(
-            !own("192.0.2.1:15001"),
-            "a documentation address is not local"
-        );
     }
 }

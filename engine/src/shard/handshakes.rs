@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv6Addr};
 use std::rc::Rc;
 
-use crate::signal::Flag;
+use crate::shard::signal::Flag;
 
 /// The bounds of pending handshakes on one shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,15 +70,13 @@ pub struct PendingHandshakes {
 /// The answer to a new connection.
 #[derive(Debug)]
 pub enum Admission {
-    /// Admitted as `id`; its task aborts when `evict` is raised. `evicted`: the
-    /// handshake evicted to make room (already told), if the shard was full.
+    /// Admitted as `id`; its task aborts when `evict` is raised. If the shard was
+    /// full, the oldest handshake was evicted to make room (and told).
     Admitted {
         /// Its place, to release with [`PendingHandshakes::release`].
         id: u64,
         /// Raised if a newer handshake evicts this one.
         evict: Rc<Flag>,
-        /// Whether an older handshake was evicted to admit this one.
-        evicted: bool,
     },
     /// Its source already has `max_per_source` handshakes pending.
     SourceFull,
@@ -102,14 +100,12 @@ impl PendingHandshakes {
         if from_source >= self.limits.max_per_source {
             return Admission::SourceFull;
         }
-        let mut evicted = false;
         while self.by_age.len() >= self.limits.max_pending.max(1) {
             let Some((_, oldest)) = self.by_age.pop_first() else {
                 break;
             };
             self.forget(oldest.source);
             oldest.evict.raise();
-            evicted = true;
         }
         let id = self.next;
         self.next += 1;
@@ -122,7 +118,7 @@ impl PendingHandshakes {
             },
         );
         *self.by_source.entry(source).or_insert(0) += 1;
-        Admission::Admitted { id, evict, evicted }
+        Admission::Admitted { id, evict }
     }
 
     /// Releases the place of handshake `id` (finished, failed, or evicted: then it
@@ -147,11 +143,13 @@ impl PendingHandshakes {
         self.by_age.len()
     }
 
+    #[cfg(test)]
     /// Whether none is pending.
     pub fn is_empty(&self) -> bool {
         self.by_age.is_empty()
     }
 
+    #[cfg(test)]
     /// Sources with a handshake pending now.
     pub fn sources(&self) -> usize {
         self.by_source.len()
@@ -217,9 +215,9 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn admitted(a: Admission) -> (u64, Rc<Flag>, bool) {
+    fn admitted(a: Admission) -> (u64, Rc<Flag>) {
         match a {
-            Admission::Admitted { id, evict, evicted } => (id, evict, evicted),
+            Admission::Admitted { id, evict } => (id, evict),
             Admission::SourceFull => panic!("refused"),
         }
     }
@@ -231,7 +229,7 @@ mod tests {
             max_per_source: 2,
         });
         admitted(p.admit(ip("10.0.0.1")));
-        let (second, _, _) = admitted(p.admit(ip("10.0.0.1")));
+        let (second, _) = admitted(p.admit(ip("10.0.0.1")));
         assert!(matches!(p.admit(ip("10.0.0.1")), Admission::SourceFull));
         // The IPv4-mapped form is the same source.
         assert!(matches!(
@@ -253,16 +251,15 @@ mod tests {
         let flags: Vec<_> = (1..=3)
             .map(|i| admitted(p.admit(ip(&format!("10.0.0.{i}")))).1)
             .collect();
-        let (_, newest, evicted) = admitted(p.admit(ip("10.0.0.9")));
-        assert!(evicted);
+        let (_, newest) = admitted(p.admit(ip("10.0.0.9")));
         assert!(flags[0].is_raised(), "the oldest is evicted");
         assert!(!flags[1].is_raised() && !flags[2].is_raised() && !newest.is_raised());
         assert_eq!((p.len(), p.sources()), (3, 3));
         // The evicted one's release (its task ending) changes nothing.
         p.release(0);
         assert_eq!(p.len(), 3);
-        let (_, _, evicted) = admitted(p.admit(ip("10.0.0.9")));
-        assert!(evicted && flags[1].is_raised());
+        admitted(p.admit(ip("10.0.0.9")));
+        assert!(flags[1].is_raised());
     }
 
     #[test]

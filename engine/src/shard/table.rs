@@ -8,13 +8,11 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use glommio::task::JoinHandle;
-use serde::Serialize;
 
 use crate::stats::{Direction, ShardStats};
 
 /// Where a connection is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnState {
     /// Reading the destination (original destination or SOCKS5 request).
     Accepted,
@@ -35,8 +33,6 @@ pub struct ConnInfo {
     pub src: SocketAddr,
     /// The destination, once known.
     pub dst: Cell<Option<SocketAddr>>,
-    /// When it was accepted.
-    pub started: Instant,
     /// Client → server bytes so far.
     pub up: Cell<u64>,
     /// Server → client bytes so far.
@@ -46,7 +42,15 @@ pub struct ConnInfo {
     /// Descriptors of the client and upstream sockets while they are open (-1: none).
     pub fds: Cell<[RawFd; 2]>,
     /// The verified peer identity of an HBONE inbound stream (policy re-checks use it).
-    pub peer: RefCell<Option<Rc<str>>>,
+    pub peer: RefCell<Option<Rc<zpath_crypto::VerifiedPeer>>>,
+    /// When it was accepted (the access log's duration).
+    pub started: Instant,
+    /// What the client addressed (a service VIP, say), before any routing.
+    pub addressed: Cell<Option<SocketAddr>>,
+    /// Over HBONE, the CONNECT target (`:authority`).
+    pub hbone_target: Cell<Option<SocketAddr>>,
+    /// Outbound over HBONE, the tunnel's address (the destination node's 15008).
+    pub tunnel: Cell<Option<SocketAddr>>,
 }
 
 struct Entry {
@@ -98,27 +102,6 @@ impl Drop for TableGuard {
     }
 }
 
-/// A summary of one entry for the config dump.
-#[derive(Debug, Serialize)]
-pub struct ConnView {
-    /// Shard-unique id.
-    pub id: u64,
-    /// "inbound" or "outbound".
-    pub direction: &'static str,
-    /// Client address.
-    pub src: SocketAddr,
-    /// Destination, once known.
-    pub dst: Option<SocketAddr>,
-    /// Seconds since accept.
-    pub age_secs: f64,
-    /// Client → server bytes.
-    pub up_bytes: u64,
-    /// Server → client bytes.
-    pub down_bytes: u64,
-    /// Life stage.
-    pub state: ConnState,
-}
-
 impl ConnTable {
     /// An empty table counting into `stats`.
     pub fn new(stats: std::sync::Arc<ShardStats>) -> Rc<RefCell<Self>> {
@@ -140,12 +123,15 @@ impl ConnTable {
             direction,
             src,
             dst: Cell::new(None),
-            started: Instant::now(),
             up: Cell::new(0),
             down: Cell::new(0),
             state: Cell::new(ConnState::Accepted),
             fds: Cell::new([-1, -1]),
             peer: RefCell::new(None),
+            started: Instant::now(),
+            addressed: Cell::new(None),
+            hbone_target: Cell::new(None),
+            tunnel: Cell::new(None),
         });
         let entry = Entry {
             info: info.clone(),
@@ -225,27 +211,6 @@ impl ConnTable {
             n += 1;
         }
         n
-    }
-
-    /// A view of every entry, for the config dump.
-    pub fn views(&self) -> Vec<ConnView> {
-        self.slots
-            .iter()
-            .flatten()
-            .map(|e| ConnView {
-                id: e.info.id,
-                direction: match e.info.direction {
-                    Direction::Outbound => "outbound",
-                    Direction::Inbound => "inbound",
-                },
-                src: e.info.src,
-                dst: e.info.dst.get(),
-                age_secs: e.info.started.elapsed().as_secs_f64(),
-                up_bytes: e.info.up.get(),
-                down_bytes: e.info.down.get(),
-                state: e.info.state.get(),
-            })
-            .collect()
     }
 }
 

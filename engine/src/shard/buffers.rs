@@ -1,10 +1,13 @@
 //! Shard-local relay buffers in size classes. A connection starts with the smallest
 //! class and moves up while its reads fill the buffer (bulk traffic), and back down
-//! after a run of small reads (quiet traffic). Freed buffers are kept for reuse up to a
-//! bound per class, so steady traffic allocates nothing.
+//! after a read under half of it (quiet traffic): the rule of
+//! [`ReadSizes::next`], which the HBONE relay follows too. Freed buffers are kept for
+//! reuse up to a bound per class, so steady traffic allocates nothing.
 
 use std::cell::RefCell;
 use std::rc::Rc;
+
+use zpath_tunnel::relay::ReadSizes;
 
 /// Buffer sizing for one shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,9 +37,6 @@ pub struct BufPool {
     classes: RefCell<Vec<Vec<Box<[u8]>>>>,
 }
 
-/// Reads smaller than a quarter of the buffer, this many times in a row, shrink it.
-const SHRINK_AFTER: u32 = 8;
-
 impl BufPool {
     /// A pool for `cfg` (sizes are rounded to powers of two).
     pub fn new(cfg: BufferConfig) -> Rc<Self> {
@@ -53,6 +53,13 @@ impl BufPool {
         self.cfg.min << class
     }
 
+    fn sizes(&self) -> ReadSizes {
+        ReadSizes {
+            min: self.cfg.min,
+            max: self.cfg.max,
+        }
+    }
+
     fn take(&self, class: usize) -> Box<[u8]> {
         let reused = self.classes.borrow_mut()[class].pop();
         reused.unwrap_or_else(|| vec![0u8; self.size(class)].into_boxed_slice())
@@ -65,7 +72,8 @@ impl BufPool {
         }
     }
 
-    /// Buffers currently held free in the pool (for tests and the config dump).
+    #[cfg(test)]
+    /// Buffers currently held free in the pool.
     pub fn idle_buffers(&self) -> usize {
         self.classes.borrow().iter().map(Vec::len).sum()
     }
@@ -77,7 +85,6 @@ pub struct RelayBuf {
     pool: Rc<BufPool>,
     class: usize,
     buf: Option<Box<[u8]>>,
-    small_reads: u32,
 }
 
 impl RelayBuf {
@@ -87,7 +94,6 @@ impl RelayBuf {
             buf: Some(pool.take(0)),
             pool: pool.clone(),
             class: 0,
-            small_reads: 0,
         }
     }
 
@@ -101,22 +107,16 @@ impl RelayBuf {
         &self.buf.as_deref().unwrap_or(&[])[..n]
     }
 
-    /// Adapts the size after a read of `n` bytes: a full read grows the buffer, a run of
-    /// small reads shrinks it. Call between a write completing and the next read.
+    /// Adapts the size after a read of `n` bytes ([`ReadSizes::next`]: a full read
+    /// doubles the buffer, one under half halves it). Call between a write completing
+    /// and the next read.
     pub fn adapt(&mut self, n: usize) {
         let len = self.pool.size(self.class);
-        let last = self.pool.classes.borrow().len() - 1;
-        if n == len && self.class < last {
-            self.small_reads = 0;
+        let next = self.pool.sizes().next(len, n);
+        if next > len {
             self.switch(self.class + 1);
-        } else if n < len / 4 && self.class > 0 {
-            self.small_reads += 1;
-            if self.small_reads >= SHRINK_AFTER {
-                self.small_reads = 0;
-                self.switch(self.class - 1);
-            }
-        } else {
-            self.small_reads = 0;
+        } else if next < len {
+            self.switch(self.class - 1);
         }
     }
 
@@ -161,17 +161,20 @@ mod tests {
     }
 
     #[test]
-    fn small_reads_shrink_after_a_run() {
+    fn a_read_under_half_shrinks_and_one_of_half_keeps_the_size() {
         let p = pool();
         let mut b = RelayBuf::new(&p);
         b.adapt(1024);
+        b.adapt(2048);
+        assert_eq!(b.space().len(), 4096);
+        b.adapt(2048);
+        assert_eq!(b.space().len(), 4096, "half a buffer keeps it");
+        b.adapt(2047);
         assert_eq!(b.space().len(), 2048);
-        for _ in 0..SHRINK_AFTER - 1 {
+        for _ in 0..5 {
             b.adapt(1);
         }
-        assert_eq!(b.space().len(), 2048);
-        b.adapt(1);
-        assert_eq!(b.space().len(), 1024);
+        assert_eq!(b.space().len(), 1024, "never under min");
     }
 
     #[test]

@@ -32,6 +32,7 @@ impl Flag {
         }
     }
 
+    #[cfg(test)]
     /// Whether the flag was raised.
     pub fn is_raised(&self) -> bool {
         self.raised.get()
@@ -92,6 +93,7 @@ impl FlagSet {
         }
     }
 
+    #[cfg(test)]
     /// Members now.
     pub fn len(&self) -> usize {
         self.members.borrow().len()
