@@ -276,6 +276,14 @@ pub struct WorkloadProfile {
 }
 
 impl WorkloadProfile {
+    /// The SPIFFE identity of its workloads, `spiffe://td/ns/NS/sa/SA`.
+    pub fn spiffe_id(&self) -> String {
+        format!(
+            "spiffe://{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
+    }
+
     /// The port map of the endpoint in service `namespace/hostname`, if it is one.
     pub fn endpoint_ports(&self, namespace: &str, hostname: &str) -> Option<&PortMap> {
         let i = self
@@ -355,14 +363,6 @@ impl Workload {
     /// The shared profile, for changing it (copied first if other workloads share it).
     pub fn profile_mut(&mut self) -> &mut WorkloadProfile {
         Arc::make_mut(&mut self.profile)
-    }
-
-    /// The workload's SPIFFE identity, `spiffe://td/ns/NS/sa/SA`.
-    pub fn spiffe_id(&self) -> String {
-        format!(
-            "spiffe://{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.service_account
-        )
     }
 }
 

@@ -79,6 +79,11 @@ impl Identity {
         })
     }
 
+    /// The whole URI, `spiffe://td/ns/NS/sa/SA`.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
     /// The trust domain (`cluster.local` in a default Istio install).
     pub fn trust_domain(&self) -> &str {
         &self.uri[SCHEME.len()..self.td_end]

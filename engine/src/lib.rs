@@ -19,13 +19,18 @@
 //!   plan, CONNECT admission, authorization).
 //! * `dial`, `relay`, `capture`, `keepalive`: what the flows share.
 //! * `control/`: what runs on the control thread (daemon, admin, certificates).
+//! * `stats`, `traffic`, `counter`: the shards' counters (Istio's labelled
+//!   `istio_tcp_*` in `traffic`) and their Prometheus text.
 //!
 //! This crate is the only user of glommio and raw syscalls (all in [`sys`]).
 
 mod access;
+#[doc(hidden)]
+pub mod bench;
 mod capture;
 pub mod config;
 mod control;
+mod counter;
 mod decide;
 mod dial;
 mod failure;
@@ -40,6 +45,7 @@ mod relay;
 mod shard;
 mod stats;
 pub mod sys;
+mod traffic;
 
 pub use config::EngineConfig;
 pub use control::daemon::{Daemon, StartError};

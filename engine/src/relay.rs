@@ -28,6 +28,7 @@ use crate::shard::buffers::{BufPool, RelayBuf};
 use crate::shard::table::{ConnInfo, ConnState};
 use crate::shard::Shard;
 use crate::stats::{Direction, DirectionStats, FailReason};
+use crate::traffic::TrafficCounters;
 
 /// A stream the relay can abort with a reset.
 pub(crate) trait Abort {
@@ -88,6 +89,7 @@ pub(crate) enum Toward {
 pub(crate) struct Meters<'a> {
     stats: &'a DirectionStats,
     info: &'a ConnInfo,
+    traffic: Option<&'a TrafficCounters>,
 }
 
 impl<'a> Meters<'a> {
@@ -96,6 +98,7 @@ impl<'a> Meters<'a> {
         Meters {
             stats: shard.stats.dir(info.direction),
             info,
+            traffic: info.traffic.get().map(|t| &***t),
         }
     }
 
@@ -108,6 +111,12 @@ impl<'a> Meters<'a> {
         };
         counter.add(n);
         cell.set(cell.get() + n);
+        if let Some(t) = self.traffic {
+            match toward {
+                Toward::Server => t.received.add(n),
+                Toward::Client => t.sent.add(n),
+            }
+        }
     }
 }
 

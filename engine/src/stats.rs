@@ -3,39 +3,9 @@
 //! writer, so no read-modify-write and no cross-core contention), aligned so that two
 //! shards never share a cache line.
 
+pub use crate::counter::Counter;
+use crate::traffic::{Published, ResponseFlag};
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-/// A counter or gauge with a single writer (its shard).
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    /// Adds `n`; only the owning shard calls it.
-    #[inline]
-    pub fn add(&self, n: u64) {
-        let v = self.0.load(Ordering::Relaxed);
-        self.0.store(v.wrapping_add(n), Ordering::Relaxed);
-    }
-
-    /// Sets a gauge; only the owning shard calls it.
-    #[inline]
-    pub fn set(&self, v: u64) {
-        self.0.store(v, Ordering::Relaxed);
-    }
-
-    /// Subtracts `n` (gauges); only the owning shard calls it.
-    #[inline]
-    pub fn sub(&self, n: u64) {
-        let v = self.0.load(Ordering::Relaxed);
-        self.0.store(v.wrapping_sub(n), Ordering::Relaxed);
-    }
-
-    /// The current value, from any thread.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
 
 /// Holds one unit of a gauge: added when made, taken back when dropped, also when the
 /// task holding it is cancelled (drain, policy re-check).
@@ -58,9 +28,9 @@ impl Drop for Gauge<'_> {
 /// Traffic direction, as Istio labels it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
-    /// From a local workload to anywhere (15001, SOCKS5); reporter "source".
+    /// From a local workload to anywhere (15001, SOCKS5); Istio's reporter "source".
     Outbound = 0,
-    /// To a local workload (15006, 15008); reporter "destination".
+    /// To a local workload (15006, 15008); Istio's reporter "destination".
     Inbound = 1,
 }
 
@@ -70,13 +40,6 @@ impl Direction {
         match self {
             Direction::Outbound => "outbound",
             Direction::Inbound => "inbound",
-        }
-    }
-
-    fn reporter(self) -> &'static str {
-        match self {
-            Direction::Outbound => "source",
-            Direction::Inbound => "destination",
         }
     }
 }
@@ -177,6 +140,20 @@ impl FailReason {
     }
 }
 
+/// ztunnel's response flag of a connection that ended with `failure` (`None`:
+/// completed). As in ztunnel, a connection closed by drain carries no flag, and
+/// anything that is not a policy, TLS or identity failure is a connection failure
+/// (`CONNECT`), a refused or reset HBONE stream included.
+pub(crate) fn response_flag(failure: Option<FailReason>) -> ResponseFlag {
+    match failure {
+        None | Some(FailReason::Drained) => ResponseFlag::None,
+        Some(FailReason::Denied) => ResponseFlag::Deny,
+        Some(FailReason::Tls) => ResponseFlag::TlsFailure,
+        Some(FailReason::NoCertificate) => ResponseFlag::IdentityError,
+        Some(_) => ResponseFlag::Connect,
+    }
+}
+
 /// Counters of one direction.
 #[derive(Debug, Default)]
 pub struct DirectionStats {
@@ -217,6 +194,9 @@ pub struct ShardStats {
     pub hbone: HboneStats,
     /// Decisions by policy, for the snapshot the shard uses now.
     pub by_policy: arc_swap::ArcSwap<PolicyCounts>,
+    /// The `istio_tcp_*` counters of every label set the shard has seen (replaced, not
+    /// changed, when the shard adds one).
+    pub(crate) traffic: arc_swap::ArcSwap<Published>,
 }
 
 /// Inbound decisions by policy of one shard: ALLOWs by the policy that allowed, DENYs
@@ -447,39 +427,36 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 pub fn render_prometheus(shards: &[std::sync::Arc<ShardStats>], extra: &str) -> String {
     let mut out = String::with_capacity(4096);
     let sum = |f: &dyn Fn(&ShardStats) -> u64| shards.iter().map(|s| f(s)).sum::<u64>();
+    let traffic: Vec<_> = shards.iter().map(|s| s.traffic.load_full()).collect();
+    crate::traffic::render_prometheus(&mut out, &traffic);
     type Family = (&'static str, &'static str, fn(&DirectionStats) -> &Counter);
     let families: [Family; 4] = [
         (
-            "istio_tcp_connections_opened_total",
-            "Total TCP connections opened",
+            "zpath_connections_opened_total",
+            "Connections accepted, by direction (istio_tcp_connections_opened_total counts those whose workloads were resolved).",
             |d| &d.opened,
         ),
         (
-            "istio_tcp_connections_closed_total",
-            "Total TCP connections closed",
+            "zpath_connections_closed_total",
+            "Connections finished (any outcome), by direction.",
             |d| &d.closed,
         ),
         (
-            "istio_tcp_received_bytes_total",
-            "Total bytes received during request in case of a TCP connection",
+            "zpath_received_bytes_total",
+            "Bytes from clients towards servers (Istio: received), by direction.",
             |d| &d.received_bytes,
         ),
         (
-            "istio_tcp_sent_bytes_total",
-            "Total bytes sent during response in case of a TCP connection",
+            "zpath_sent_bytes_total",
+            "Bytes from servers back to clients (Istio: sent), by direction.",
             |d| &d.sent_bytes,
         ),
     ];
     for (name, help, get) in families {
-        family(&mut out, name, "counter", &format!("{help}."));
+        family(&mut out, name, "counter", help);
         for d in [Direction::Outbound, Direction::Inbound] {
             let v = sum(&|s| get(s.dir(d)).get());
-            let _ = writeln!(
-                out,
-                "{name}{{reporter=\"{}\",direction=\"{}\"}} {v}",
-                d.reporter(),
-                d.label()
-            );
+            let _ = writeln!(out, "{name}{{direction=\"{}\"}} {v}", d.label());
         }
     }
     let name = "zpath_connections_failed_total";
@@ -729,13 +706,33 @@ mod tests {
         a.open.sub(1);
         let text = render_prometheus(&[a, b], "");
         assert!(
-            text.contains(
-                "istio_tcp_connections_opened_total{reporter=\"source\",direction=\"outbound\"} 5"
-            ),
+            text.contains("zpath_connections_opened_total{direction=\"outbound\"} 5"),
             "{text}"
         );
         assert!(text
             .contains("zpath_connections_failed_total{direction=\"inbound\",reason=\"loop\"} 1"));
         assert!(text.contains("zpath_open_connections{shard=\"0\"} 3"));
+    }
+
+    #[test]
+    fn flags_follow_ztunnels_classification() {
+        assert_eq!(response_flag(None), ResponseFlag::None);
+        assert_eq!(response_flag(Some(FailReason::Drained)), ResponseFlag::None);
+        assert_eq!(response_flag(Some(FailReason::Denied)), ResponseFlag::Deny);
+        assert_eq!(
+            response_flag(Some(FailReason::Tls)),
+            ResponseFlag::TlsFailure
+        );
+        assert_eq!(
+            response_flag(Some(FailReason::NoCertificate)),
+            ResponseFlag::IdentityError
+        );
+        for r in [
+            FailReason::UpstreamConnect,
+            FailReason::Reset,
+            FailReason::Tunnel,
+        ] {
+            assert_eq!(response_flag(Some(r)), ResponseFlag::Connect);
+        }
     }
 }

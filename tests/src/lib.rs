@@ -11,6 +11,7 @@ pub mod mesh;
 pub mod netns;
 pub mod node;
 pub mod peer;
+pub mod prometheus;
 pub mod socks5;
 
 pub use node::{Node, NodeOptions};

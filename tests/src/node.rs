@@ -249,6 +249,13 @@ impl Node {
             .1
     }
 
+    /// The samples of the metric `name`, parsed.
+    pub fn samples(&self, name: &str) -> Vec<crate::prometheus::Sample> {
+        let mut all = crate::prometheus::parse(&self.metrics_text());
+        all.retain(|s| s.name == name);
+        all
+    }
+
     /// The sum of every sample whose name and labels start with `prefix`.
     pub fn metric(&self, prefix: &str) -> u64 {
         sum_metric(&self.metrics_text(), prefix)

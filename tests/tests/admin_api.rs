@@ -43,3 +43,138 @@ fn logging_reads_and_changes_the_level_and_quitquitquit_stops_the_daemon() {
         .stderr()
         .contains("shutdown asked for on /quitquitquit"));
 }
+
+/// Checks `v` against `schema`, the shape of what `istioctl ztunnel-config` decodes
+/// (its Go structs): "string", "number" or "bool" for a value of that JSON type, `[s]`
+/// for an array of `s`, `{"*": s}` for a map of `s`, an object for a struct whose keys
+/// must be present (a key starting with `?` may be absent). A Go decoder fails on a
+/// type mismatch, so a mismatch here is what would break `istioctl`.
+fn check(v: &serde_json::Value, schema: &serde_json::Value, at: &str) {
+    use serde_json::Value;
+    match schema {
+        Value::String(t) => {
+            let ok = match t.as_str() {
+                "string" => v.is_string(),
+                "number" => v.is_number(),
+                "bool" => v.is_boolean(),
+                other => panic!("schema type {other}"),
+            };
+            assert!(ok, "{at}: {v} is not a {t}");
+        }
+        Value::Array(item) => {
+            let items = v
+                .as_array()
+                .unwrap_or_else(|| panic!("{at}: {v} is not an array"));
+            for (i, x) in items.iter().enumerate() {
+                check(x, &item[0], &format!("{at}[{i}]"));
+            }
+        }
+        Value::Object(fields) if fields.contains_key("*") => {
+            let map = v
+                .as_object()
+                .unwrap_or_else(|| panic!("{at}: {v} is not a map"));
+            for (k, x) in map {
+                check(x, &fields["*"], &format!("{at}.{k}"));
+            }
+        }
+        Value::Object(fields) => {
+            let obj = v
+                .as_object()
+                .unwrap_or_else(|| panic!("{at}: {v} is not an object"));
+            for (k, s) in fields {
+                let (key, optional) = match k.strip_prefix('?') {
+                    Some(key) => (key, true),
+                    None => (k.as_str(), false),
+                };
+                match obj.get(key) {
+                    Some(x) => check(x, s, &format!("{at}.{key}")),
+                    None => assert!(optional, "{at}: no {key} in {v}"),
+                }
+            }
+        }
+        other => panic!("schema {other}"),
+    }
+}
+
+/// `/config_dump` decodes as `istioctl ztunnel-config` decodes ztunnel's: the
+/// workloads, services, policies and certificates arrays with their fields' types.
+#[test]
+fn config_dump_has_the_shape_istioctl_reads() {
+    let config = r#"workloads:
+- name: client
+  namespace: default
+  serviceAccount: client
+  workloadIps: ["127.0.0.1"]
+  protocol: HBONE
+  node: node-a
+  canonicalName: client
+- name: server
+  namespace: prod
+  serviceAccount: server
+  workloadIps: ["10.0.1.2"]
+  protocol: HBONE
+  node: node-b
+  waypoint: {destination: "/10.0.9.9"}
+  services:
+    prod/api.prod.svc.cluster.local: {80: 8080}
+services:
+- name: api
+  namespace: prod
+  hostname: api.prod.svc.cluster.local
+  vips: ["/10.96.0.10"]
+  ports: {80: 8080}
+policies:
+- {name: deny-1, namespace: prod, scope: Namespace, action: Deny,
+   rules: [[[{destinationPorts: [1], principals: [{Exact: "cluster.local/ns/a/sa/b"}]}]]]}
+"#;
+    let node = Node::start(NodeOptions {
+        config: config.into(),
+        ..NodeOptions::default()
+    });
+    // The local workload's certificate is issued before ready.
+    let dump = node.config_dump();
+    let cert = serde_json::json!({
+        "pem": "string", "serialNumber": "string", "validFrom": "string",
+        "expirationTime": "string",
+    });
+    let schema = serde_json::json!({
+        "workloads": [{
+            "uid": "string", "workloadIps": ["string"], "?waypoint": {"destination": "string"},
+            "protocol": "string", "name": "string", "namespace": "string",
+            "serviceAccount": "string", "workloadName": "string", "workloadType": "string",
+            "canonicalName": "string", "canonicalRevision": "string", "clusterId": "string",
+            "trustDomain": "string", "node": "string", "network": "string",
+            "status": "string", "capacity": "number", "authorizationPolicies": ["string"],
+        }],
+        "services": [{
+            "name": "string", "namespace": "string", "hostname": "string", "vips": ["string"],
+            "ports": {"*": "number"}, "?waypoint": {"destination": "string"},
+            "endpoints": {"*": {"workloadUid": "string", "port": {"*": "number"}}},
+            "subjectAltNames": ["string"],
+        }],
+        "policies": [{
+            "name": "string", "namespace": "string", "scope": "string", "action": "string",
+            "rules": [[[{
+                "?destinationPorts": ["number"],
+                "?principals": [{"?Exact": "string", "?Prefix": "string", "?Suffix": "string"}],
+            }]]],
+        }],
+        "certificates": [{
+            "identity": "string", "state": "string", "certChain": [cert], "rootCerts": [cert],
+        }],
+        "workloadState": {"*": {}},
+    });
+    check(&dump, &schema, "config_dump");
+    assert_eq!(dump["workloads"].as_array().unwrap().len(), 2, "{dump}");
+    let server = &dump["workloads"][1];
+    assert_eq!(server["waypoint"]["destination"], "/10.0.9.9", "{server}");
+    let api = &dump["services"][0];
+    assert_eq!(api["vips"][0], "/10.96.0.10", "{api}");
+    let endpoints = api["endpoints"].as_object().unwrap();
+    assert_eq!(endpoints.len(), 1, "{api}");
+    assert_eq!(dump["policies"][0]["name"], "deny-1");
+    assert_eq!(
+        dump["certificates"][0]["identity"], "spiffe://cluster.local/ns/default/sa/client",
+        "{dump}"
+    );
+}

@@ -650,3 +650,151 @@ fn access_complete(node: &mut zpath_tests::Node) -> serde_json::Value {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Istio's labelled `istio_tcp_*` metrics on both nodes, parsed, as ztunnel reports
+/// them: the workloads, identities and service of a flow to a service VIP over HBONE
+/// (`mutual_tls`); a flow node B's policy denies is closed and failed with `DENY`
+/// there and `CONNECT` on node A; plaintext captured on node B's 15006 has no principal
+/// and `connection_security_policy="unknown"` (ztunnel's value; Istio's sidecars say
+/// `none`).
+#[test]
+fn istio_metrics_carry_workloads_identities_service_and_flags_on_both_nodes() {
+    if skip_unless_root() {
+        return;
+    }
+    let net = "10.79.32";
+    let config = format!(
+        "workloads:
+- {{name: client-7d4, namespace: web, serviceAccount: client, workloadIps: [\"{net}.1\"],
+   protocol: HBONE, node: node-a, canonicalName: client, canonicalRevision: v1,
+   workloadName: client, clusterId: east}}
+- {{name: server-5f9, namespace: prod, serviceAccount: server, workloadIps: [\"{net}.2\"],
+   protocol: HBONE, node: node-b, canonicalName: server, canonicalRevision: v2,
+   workloadName: server, services: {{prod/echo.prod.svc.cluster.local: {{80: 8080}}}}}}
+services:
+- {{name: echo, namespace: prod, hostname: echo.prod.svc.cluster.local,
+   vips: [\"/10.96.32.9\"], ports: {{80: 8080}}}}
+policies:
+- {{name: deny-8081, namespace: prod, scope: Namespace, action: Deny,
+   rules: [[[{{destinationPorts: [8081]}}]]]}}
+"
+    );
+    let m = Mesh::start("hbm", net, &config, None, &[], &[]);
+    let listen = format!("{net}.2:8080");
+    let echo = EchoServer::serve(
+        m.hosts
+            .server
+            .enter(move || std::net::TcpListener::bind(listen).expect("bind the server workload")),
+    );
+    let vip: SocketAddr = "10.96.32.9:80".parse().unwrap();
+    let s = m.connect(vip).expect("CONNECT accepted");
+    assert_eq!(roundtrip(s, &[7u8; 1000]).len(), 1000);
+    let denied: SocketAddr = format!("{net}.2:8081").parse().unwrap();
+    assert!(m.connect(denied).is_err(), "port 8081 is denied");
+    // Plaintext from the client host, captured into node B's 15006.
+    m.hosts.server.exec(&format!(
+        "iptables -t nat -A PREROUTING -p tcp -d {net}.2 --dport 8080 -j REDIRECT --to-ports {}",
+        m.b.inbound.port()
+    ));
+    let plain = m
+        .hosts
+        .client
+        .enter(move || std::net::TcpStream::connect(echo.addr).unwrap());
+    assert_eq!(roundtrip(plain, &[9u8; 300]).len(), 300);
+    m.a.assert_no_open_connections();
+    m.b.assert_no_open_connections();
+
+    let source = [
+        ("source_workload", "client"),
+        ("source_canonical_service", "client"),
+        ("source_canonical_revision", "v1"),
+        ("source_workload_namespace", "web"),
+        ("source_app", "client"),
+        ("source_version", "v1"),
+        ("source_cluster", "east"),
+        ("request_protocol", "tcp"),
+    ];
+    let destination = [
+        ("destination_workload", "server"),
+        ("destination_canonical_service", "server"),
+        ("destination_canonical_revision", "v2"),
+        ("destination_workload_namespace", "prod"),
+        (
+            "destination_principal",
+            "spiffe://cluster.local/ns/prod/sa/server",
+        ),
+        ("destination_app", "server"),
+        ("destination_version", "v2"),
+        ("destination_cluster", "Kubernetes"),
+    ];
+    let mtls = [
+        (
+            "source_principal",
+            "spiffe://cluster.local/ns/web/sa/client",
+        ),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    let service = [
+        ("destination_service", "echo.prod.svc.cluster.local"),
+        ("destination_service_namespace", "prod"),
+        ("destination_service_name", "echo"),
+    ];
+    let no_service = [
+        ("destination_service", "unknown"),
+        ("destination_service_namespace", "unknown"),
+        ("destination_service_name", "unknown"),
+    ];
+    let plaintext = [
+        ("source_principal", "unknown"),
+        ("connection_security_policy", "unknown"),
+    ];
+    // The value of the one sample of `family` on `node` with all of `labels`.
+    let value = |node: &zpath_tests::Node, family: &str, labels: &[&[(&str, &str)]]| {
+        let want: Vec<(&str, &str)> = labels.iter().flat_map(|l| l.iter().copied()).collect();
+        let found: Vec<_> = node
+            .samples(&format!("istio_tcp_{family}_total"))
+            .into_iter()
+            .filter(|s| s.has(&want))
+            .collect();
+        assert!(found.len() <= 1, "{family}: several samples {found:?}");
+        found.first().map_or(0, |s| s.value as u64)
+    };
+    for (node, reporter) in [(&m.a, "source"), (&m.b, "destination")] {
+        let r = [("reporter", reporter), ("response_flags", "-")];
+        let set: &[&[(&str, &str)]] = &[&r, &source, &destination, &mtls, &service];
+        let ctx = || format!("{reporter}:\n{}", node.metrics_text());
+        assert_eq!(value(node, "connections_opened", set), 1, "{}", ctx());
+        assert_eq!(value(node, "connections_closed", set), 1, "{}", ctx());
+        assert_eq!(value(node, "received_bytes", set), 1000, "{}", ctx());
+        assert_eq!(value(node, "sent_bytes", set), 1000, "{}", ctx());
+        assert_eq!(value(node, "connections_failed", set), 0, "{}", ctx());
+        // The denied flow was addressed to the workload, so it has no service.
+        let flag = if reporter == "source" {
+            "CONNECT"
+        } else {
+            "DENY"
+        };
+        let r = [("reporter", reporter), ("response_flags", flag)];
+        let set: &[&[(&str, &str)]] = &[&r, &source, &destination, &mtls, &no_service];
+        assert_eq!(value(node, "connections_closed", set), 1, "{}", ctx());
+        assert_eq!(value(node, "connections_failed", set), 1, "{}", ctx());
+        let r = [("reporter", reporter), ("response_flags", "-")];
+        assert_eq!(
+            value(
+                node,
+                "connections_opened",
+                &[&r, &source, &destination, &mtls, &no_service]
+            ),
+            1,
+            "{}",
+            ctx()
+        );
+    }
+    let r = [("reporter", "destination"), ("response_flags", "-")];
+    let set: &[&[(&str, &str)]] = &[&r, &source, &destination, &plaintext, &service];
+    let ctx = || m.b.metrics_text();
+    assert_eq!(value(&m.b, "connections_opened", set), 1, "{}", ctx());
+    assert_eq!(value(&m.b, "connections_closed", set), 1, "{}", ctx());
+    assert_eq!(value(&m.b, "received_bytes", set), 300, "{}", ctx());
+    assert_eq!(value(&m.b, "sent_bytes", set), 300, "{}", ctx());
+}

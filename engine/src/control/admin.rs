@@ -179,6 +179,10 @@ impl AdminState {
             .map(|(i, s)| serde_json::json!({"shard": i, "open_connections": s.open.get()}))
             .collect();
         let dump = serde_json::json!({
+            "workloads": super::dump::workloads(&snap),
+            "services": super::dump::services(&snap),
+            "policies": super::dump::policies(&snap),
+            "workloadState": {},
             "snapshot": &*snap,
             "shards": shards,
             "certificates": self.certificates(),

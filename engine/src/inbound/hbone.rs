@@ -389,6 +389,13 @@ async fn serve_stream(
     let snapshot = shard.snapshot();
     let tally = |d: &_| shard.count_decision(&snapshot, d);
     let admitted = admit(&req, carrier, &snapshot, &shard.addrs, tally);
+    let target = match &admitted {
+        Ok(a) => Some(a.target),
+        Err(refused) => refused.target,
+    };
+    if let Some(target) = target {
+        shard.count_inbound_opened(info, &snapshot, target, Some(&outer.verified));
+    }
     drop(snapshot);
     let Admitted { target, authorized } = match admitted {
         Ok(admitted) => admitted,

@@ -72,8 +72,14 @@ pub(crate) async fn open(
         shard.random(),
         &shard.cfg.cluster_id,
     );
+    let planned = planned.map_err(refused)?;
+    let (upstream, mtls) = match &planned {
+        Plan::Tunnel(t) => (t.target, true),
+        Plan::Direct(hop) => (hop.addr(), false),
+    };
+    shard.count_outbound_opened(info, &snapshot, upstream, mtls);
     drop(snapshot);
-    match planned.map_err(refused)? {
+    match planned {
         Plan::Tunnel(tunnelled) => {
             info.dst.set(Some(tunnelled.target));
             info.hbone_target.set(Some(tunnelled.target));

@@ -15,8 +15,10 @@ pub(crate) mod pool;
 pub(crate) mod run;
 pub(crate) mod signal;
 pub(crate) mod table;
+pub(crate) mod traffic;
 
 use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +31,7 @@ use crate::config::EngineConfig;
 use crate::control::certs::{CertCell, CertStore};
 use crate::failure::Failure;
 use crate::fds::FdBudget;
-use crate::stats::{Direction, FailReason, PolicyCounts, ShardStats};
+use crate::stats::{response_flag, Direction, FailReason, PolicyCounts, ShardStats};
 use crate::sys;
 use addrs::BoundAddrs;
 use buffers::BufPool;
@@ -38,7 +40,7 @@ use loglimit::LogLimiter;
 use notify::LocalNotify;
 use pool::TunnelPool;
 use signal::FlagSet;
-use table::{ConnTable, TableGuard};
+use table::{ConnInfo, ConnTable, TableGuard};
 
 /// A shard's copy of the current snapshot. The `Rc` is deliberate: connections clone
 /// it (a plain increment on this core) instead of the `Arc`, whose count all shards share.
@@ -74,6 +76,8 @@ pub struct Shard {
     pub served: Rc<FlagSet>,
     /// Rate limit of per-connection failure logs (see [`Shard::may_log`]).
     pub logs: LogLimiter,
+    /// The label sets of the `istio_tcp_*` counters.
+    pub(crate) traffic: traffic::TrafficSets,
     cell: Arc<SnapshotCell>,
     current: RefCell<LocalSnapshot>,
     cert_cell: Arc<CertCell>,
@@ -189,12 +193,51 @@ impl Shard {
         (x >> 32) as u32
     }
 
+    /// Counts the outbound connection `info` as opened under its `istio_tcp_*` label
+    /// set (see [`traffic::TrafficSets::outbound`]).
+    pub(crate) fn count_outbound_opened(
+        &self,
+        info: &ConnInfo,
+        snapshot: &Snapshot,
+        upstream: SocketAddr,
+        mtls: bool,
+    ) {
+        let addressed = info.addressed.get();
+        let counters = self.traffic.outbound(
+            snapshot,
+            info.src.ip(),
+            addressed,
+            upstream,
+            mtls,
+            &self.stats,
+        );
+        count_opened(info, counters);
+    }
+
+    /// Counts the inbound connection `info` to `dst` as opened under its
+    /// `istio_tcp_*` label set (see [`traffic::TrafficSets::inbound`]); `peer` over HBONE.
+    pub(crate) fn count_inbound_opened(
+        &self,
+        info: &ConnInfo,
+        snapshot: &Snapshot,
+        dst: SocketAddr,
+        peer: Option<&zpath_crypto::VerifiedPeer>,
+    ) {
+        let src = info.src.ip();
+        if let Some(c) = self.traffic.inbound(snapshot, src, dst, peer, &self.stats) {
+            count_opened(info, c);
+        }
+    }
+
     /// Counts a connection of the table that ended, and logs its failure (rate-limited).
     pub(crate) fn finish(&self, dir: Direction, guard: &TableGuard, result: Result<(), Failure>) {
         let shard = self;
         let stats = shard.stats.dir(dir);
         stats.closed.add(1);
         guard.info.fds.set([-1, -1]);
+        if let Some(t) = guard.info.traffic.get() {
+            t.close(response_flag(result.as_ref().err().map(|f| f.reason)));
+        }
         let Err(f) = &result else {
             crate::access::completed(
                 self.cfg.access_log,
@@ -221,5 +264,13 @@ impl Shard {
             &guard.info,
             &result,
         );
+    }
+}
+
+/// Counts `info` as opened under `counters`, once: a connection has one label set.
+fn count_opened(info: &ConnInfo, counters: crate::traffic::LocalCounters) {
+    if info.traffic.get().is_none() {
+        counters.open();
+        let _ = info.traffic.set(counters);
     }
 }

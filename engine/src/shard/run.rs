@@ -166,6 +166,7 @@ pub fn spawn(
                 handshakes: Rc::new(RefCell::new(PendingHandshakes::new(cfg.handshakes))),
                 served: Rc::default(),
                 logs: LogLimiter::default(),
+                traffic: Default::default(),
                 rng: Cell::new(
                     0x9E37_79B9_7F4A_7C15 ^ ((id as u64 + 1) << 32) ^ std::process::id() as u64,
                 ),

@@ -1,7 +1,7 @@
 //! The shard-local connection table: one entry per live connection, with what the
 //! config dump and drain need to know. Single-threaded (`Rc`/`RefCell`), never shared.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::rc::Rc;
@@ -9,7 +9,9 @@ use std::time::Instant;
 
 use glommio::task::JoinHandle;
 
+use crate::stats::response_flag;
 use crate::stats::{Direction, ShardStats};
+use crate::traffic::LocalCounters;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +53,8 @@ pub struct ConnInfo {
     pub hbone_target: Cell<Option<SocketAddr>>,
     /// Outbound over HBONE, the tunnel's address (the destination node's 15008).
     pub tunnel: Cell<Option<SocketAddr>>,
+    /// The `istio_tcp_*` counters it counts into, once its workloads are resolved.
+    pub(crate) traffic: OnceCell<LocalCounters>,
 }
 
 struct Entry {
@@ -132,6 +136,7 @@ impl ConnTable {
             addressed: Cell::new(None),
             hbone_target: Cell::new(None),
             tunnel: Cell::new(None),
+            traffic: OnceCell::new(),
         });
         let entry = Entry {
             info: info.clone(),
@@ -208,6 +213,9 @@ impl ConnTable {
             let d = self.stats.dir(e.info.direction);
             d.closed.add(1);
             d.count_failed(reason);
+            if let Some(t) = e.info.traffic.get() {
+                t.close(response_flag(Some(reason)));
+            }
             n += 1;
         }
         n

@@ -1,0 +1,413 @@
+//! The label sets of a shard's `istio_tcp_*` counters (see [`crate::traffic`]),
+//! interned: a connection finds its set by the addresses of the snapshot's workload
+//! profiles and service it involves (plus, inbound over HBONE, the peer's identity),
+//! so a set's text is built the first time the shard sees that combination, never per
+//! connection. Two combinations with the same text (a new snapshot with the same
+//! workloads, say) share one set of counters.
+
+use std::cell::{Cell, RefCell};
+use std::hash::{Hash, Hasher};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use std::net::{IpAddr, SocketAddr};
+
+use hashbrown::{Equivalent, HashMap};
+use zpath_control::model::{Service, WorkloadProfile};
+use zpath_control::Snapshot;
+use zpath_crypto::VerifiedPeer;
+
+use crate::stats::ShardStats;
+use crate::traffic::{LabelText, LocalCounters, Reporter, TrafficCounters, TrafficLabels};
+
+/// Combinations kept before the lookup table starts over (each holds its profiles
+/// alive; the counters stay).
+const MAX_COMBINATIONS: usize = 4096;
+
+/// Whose identity is the source principal.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Principal<'a> {
+    /// Not proved (plaintext).
+    Unknown,
+    /// The source workload's own identity (outbound HBONE: our certificate proves it).
+    OfSource,
+    /// The identity the peer's certificate proved (inbound HBONE).
+    Peer(&'a str),
+}
+
+/// What one connection's label set is made of.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Parties<'a> {
+    /// Which proxy reports.
+    pub(crate) reporter: Reporter,
+    /// The source workload's profile, when it is known.
+    pub(crate) source: Option<&'a Arc<WorkloadProfile>>,
+    /// The source principal.
+    pub(crate) principal: Principal<'a>,
+    /// The destination workload's profile, when it is known.
+    pub(crate) destination: Option<&'a Arc<WorkloadProfile>>,
+    /// The destination port (inbound, where the service is the destination's service
+    /// with this target port).
+    pub(crate) port: u16,
+    /// Whether the connection is carried over mutual TLS.
+    pub(crate) mtls: bool,
+}
+
+/// The part of a lookup key that is plain values: which objects (by address), which
+/// port, which way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Ids {
+    reporter: Reporter,
+    source: usize,
+    destination: usize,
+    service: usize,
+    port: u16,
+    mtls: bool,
+}
+
+/// A lookup key, borrowing the peer's identity.
+struct Key<'a> {
+    ids: Ids,
+    peer: Option<&'a str>,
+}
+
+/// A key as stored.
+#[derive(PartialEq, Eq)]
+struct StoredKey {
+    ids: Ids,
+    peer: Option<Box<str>>,
+}
+
+impl Hash for Key<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.ids.hash(state);
+        self.peer.hash(state);
+    }
+}
+
+impl Hash for StoredKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.ids.hash(state);
+        self.peer.as_deref().hash(state);
+    }
+}
+
+impl Equivalent<StoredKey> for Key<'_> {
+    fn equivalent(&self, key: &StoredKey) -> bool {
+        self.ids == key.ids && self.peer == key.peer.as_deref()
+    }
+}
+
+/// A combination's counters, and the objects its key points at, held so that their
+/// addresses cannot be reused by others while the key is stored.
+struct Held {
+    counters: LocalCounters,
+    _alive: Alive,
+}
+
+/// The source and destination profiles and the service a stored key points at (held,
+/// never read).
+#[allow(dead_code)]
+struct Alive(
+    Option<Arc<WorkloadProfile>>,
+    Option<Arc<WorkloadProfile>>,
+    Option<Arc<Service>>,
+);
+
+/// One shard's label sets.
+#[derive(Default)]
+pub(crate) struct TrafficSets {
+    /// The snapshot generation the combinations were looked up in (a newer one starts
+    /// the lookup table over, letting the old profiles go).
+    generation: Cell<u64>,
+    by_key: RefCell<HashMap<StoredKey, Held>>,
+    by_text: RefCell<HashMap<LabelText, LocalCounters>>,
+    /// Every set, as published to the control thread.
+    all: RefCell<Vec<Arc<TrafficCounters>>>,
+}
+
+fn address<T>(v: Option<&Arc<T>>) -> usize {
+    v.map_or(0, |a| Arc::as_ptr(a) as usize)
+}
+
+impl TrafficSets {
+    /// The counters of `parties` with `service` (looked up only when the combination
+    /// is new: `service` is a function of the others), made and published to `stats`
+    /// the first time.
+    pub(crate) fn counters(
+        &self,
+        generation: u64,
+        parties: &Parties<'_>,
+        service: Option<&Arc<Service>>,
+        inbound_service: impl FnOnce() -> Option<Arc<Service>>,
+        stats: &ShardStats,
+    ) -> LocalCounters {
+        if generation > self.generation.get() {
+            self.generation.set(generation);
+            self.by_key.borrow_mut().clear();
+        }
+        let peer = match parties.principal {
+            Principal::Peer(p) => Some(p),
+            Principal::Unknown | Principal::OfSource => None,
+        };
+        let key = Key {
+            ids: Ids {
+                reporter: parties.reporter,
+                source: address(parties.source),
+                destination: address(parties.destination),
+                service: address(service),
+                port: parties.port,
+                mtls: parties.mtls,
+            },
+            peer,
+        };
+        if let Some(held) = self.by_key.borrow().get(&key) {
+            return held.counters.clone();
+        }
+        let service = service.cloned().or_else(inbound_service);
+        let counters = self.by_text(parties, service.as_deref(), stats);
+        let mut by_key = self.by_key.borrow_mut();
+        if by_key.len() >= MAX_COMBINATIONS {
+            by_key.clear();
+        }
+        by_key.insert(
+            StoredKey {
+                ids: key.ids,
+                peer: peer.map(Box::from),
+            },
+            Held {
+                counters: counters.clone(),
+                _alive: Alive(
+                    parties.source.cloned(),
+                    parties.destination.cloned(),
+                    service,
+                ),
+            },
+        );
+        counters
+    }
+
+    /// The counters of the label set of `parties`: built, then shared with every
+    /// combination of the same text.
+    fn by_text(
+        &self,
+        parties: &Parties<'_>,
+        service: Option<&Service>,
+        stats: &ShardStats,
+    ) -> LocalCounters {
+        let own;
+        let source_principal = match parties.principal {
+            Principal::Unknown => None,
+            Principal::Peer(p) => Some(p),
+            Principal::OfSource => {
+                own = parties.source.map(|w| w.spiffe_id());
+                own.as_deref()
+            }
+        };
+        let text = TrafficLabels {
+            reporter: parties.reporter,
+            source: parties.source.map(|w| &**w),
+            source_principal,
+            destination: parties.destination.map(|w| &**w),
+            service,
+            mtls: parties.mtls,
+        }
+        .render();
+        if let Some(c) = self.by_text.borrow().get(&text) {
+            return c.clone();
+        }
+        let counters = Arc::new(TrafficCounters::new(text.clone()));
+        let mut all = self.all.borrow_mut();
+        all.push(counters.clone());
+        // A new label set is rare (a new workload pair); the control thread reads the
+        // list without a lock.
+        stats.traffic.store(Arc::new(all.clone()));
+        let counters = Rc::new(counters);
+        self.by_text.borrow_mut().insert(text, counters.clone());
+        counters
+    }
+}
+
+impl TrafficSets {
+    /// The counters of an outbound connection from `src`: its source is the local
+    /// workload at that address, its destination the workload at `upstream`, its
+    /// service the one whose VIP it `addressed`; `mtls` when it goes over HBONE.
+    pub(crate) fn outbound(
+        &self,
+        snapshot: &Snapshot,
+        src: IpAddr,
+        addressed: Option<SocketAddr>,
+        upstream: SocketAddr,
+        mtls: bool,
+        stats: &ShardStats,
+    ) -> LocalCounters {
+        let service = addressed
+            .and_then(|a| snapshot.service_by_vip(a.ip()))
+            .map(|r| &r.service);
+        let parties = Parties {
+            reporter: Reporter::Source,
+            source: snapshot
+                .local_workload(src.to_canonical())
+                .map(|w| &w.profile),
+            principal: if mtls {
+                Principal::OfSource
+            } else {
+                Principal::Unknown
+            },
+            destination: snapshot
+                .workload_by_ip(upstream.ip().to_canonical())
+                .map(|w| &w.profile),
+            port: 0,
+            mtls,
+        };
+        self.counters(snapshot.generation, &parties, service, || None, stats)
+    }
+
+    /// The counters of an inbound connection from `src` to `dst`: its source is the
+    /// workload at `src` (over HBONE, `peer` is the principal), its destination the
+    /// local workload at `dst`, its service that workload's service with `dst`'s port
+    /// as target port. `None` for a destination this node does not serve (refused
+    /// before anything is known of it, as ztunnel does).
+    pub(crate) fn inbound(
+        &self,
+        snapshot: &Snapshot,
+        src: IpAddr,
+        dst: SocketAddr,
+        peer: Option<&VerifiedPeer>,
+        stats: &ShardStats,
+    ) -> Option<LocalCounters> {
+        let destination = snapshot.local_workload(dst.ip().to_canonical())?;
+        let parties = Parties {
+            reporter: Reporter::Destination,
+            source: snapshot
+                .workload_by_ip(src.to_canonical())
+                .map(|w| &w.profile),
+            principal: peer.map_or(Principal::Unknown, |p| Principal::Peer(p.identity().uri())),
+            destination: Some(&destination.profile),
+            port: dst.port(),
+            mtls: peer.is_some(),
+        };
+        let service = || service_with_target_port(snapshot, &destination.profile, dst.port());
+        Some(self.counters(snapshot.generation, &parties, None, service, stats))
+    }
+}
+
+/// The service of `destination` that `port` is a target port of (directly, or
+/// through the endpoint's own port map), as ztunnel guesses an inbound connection's
+/// service.
+fn service_with_target_port(
+    snapshot: &Snapshot,
+    destination: &WorkloadProfile,
+    port: u16,
+) -> Option<Arc<Service>> {
+    destination
+        .services
+        .iter()
+        .zip(&destination.service_ports)
+        .find_map(|(key, endpoint_ports)| {
+            let svc = &snapshot.service(key)?.service;
+            let targets = svc.ports.iter().any(|(service_port, target)| {
+                *target == port
+                    || endpoint_ports
+                        .as_ref()
+                        .and_then(|m| m.get(service_port))
+                        .is_some_and(|p| *p == port)
+            });
+            targets.then(|| svc.clone())
+        })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn profile(ns: &str) -> Arc<WorkloadProfile> {
+        Arc::new(WorkloadProfile {
+            namespace: ns.into(),
+            trust_domain: "cluster.local".into(),
+            service_account: "sa".into(),
+            ..Default::default()
+        })
+    }
+
+    fn parties<'a>(
+        src: &'a Arc<WorkloadProfile>,
+        dst: &'a Arc<WorkloadProfile>,
+        principal: Principal<'a>,
+    ) -> Parties<'a> {
+        Parties {
+            reporter: Reporter::Destination,
+            source: Some(src),
+            principal,
+            destination: Some(dst),
+            port: 8080,
+            mtls: true,
+        }
+    }
+
+    #[test]
+    fn a_combination_is_built_once_and_equal_texts_share_counters() {
+        let sets = TrafficSets::default();
+        let stats = ShardStats::default();
+        let (a, b) = (profile("web"), profile("prod"));
+        let built = Cell::new(0);
+        let lookup = || {
+            built.set(built.get() + 1);
+            None
+        };
+        let peer = Principal::Peer("spiffe://cluster.local/ns/web/sa/sa");
+        let first = sets.counters(1, &parties(&a, &b, peer), None, lookup, &stats);
+        let again = sets.counters(1, &parties(&a, &b, peer), None, lookup, &stats);
+        assert!(Rc::ptr_eq(&first, &again));
+        assert_eq!(built.get(), 1, "the service was looked up again");
+        // Another peer is another set.
+        let other = Principal::Peer("spiffe://cluster.local/ns/x/sa/y");
+        let third = sets.counters(1, &parties(&a, &b, other), None, lookup, &stats);
+        assert!(!Arc::ptr_eq(&first, &third));
+        // Equal profiles elsewhere (a new snapshot) give the same text: same counters.
+        let (a2, b2) = (profile("web"), profile("prod"));
+        let fourth = sets.counters(2, &parties(&a2, &b2, peer), None, lookup, &stats);
+        assert!(Arc::ptr_eq(&first, &fourth));
+        assert_eq!(stats.traffic.load().len(), 2);
+    }
+
+    #[test]
+    fn the_source_principal_of_outbound_mtls_is_the_sources_identity() {
+        let sets = TrafficSets::default();
+        let stats = ShardStats::default();
+        let (a, b) = (profile("web"), profile("prod"));
+        let mut p = parties(&a, &b, Principal::OfSource);
+        p.reporter = Reporter::Source;
+        sets.counters(1, &p, None, || None, &stats);
+        let published = stats.traffic.load();
+        let text = published[0].labels().as_str();
+        assert!(
+            text.contains("source_principal=\"spiffe://cluster.local/ns/web/sa/sa\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_lookup_table_is_bounded() {
+        let sets = TrafficSets::default();
+        let stats = ShardStats::default();
+        let b = profile("prod");
+        let profiles: Vec<_> = (0..MAX_COMBINATIONS + 10).map(|_| profile("web")).collect();
+        for a in &profiles {
+            sets.counters(
+                1,
+                &parties(a, &b, Principal::Unknown),
+                None,
+                || None,
+                &stats,
+            );
+        }
+        assert!(sets.by_key.borrow().len() <= MAX_COMBINATIONS);
+        assert_eq!(
+            stats.traffic.load().len(),
+            1,
+            "one text, one set of counters"
+        );
+    }
+}
