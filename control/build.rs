@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "proto/istio/security/authorization.proto",
     "proto/istio/ca/ca.proto",
     "proto/envoy/service/discovery/v3/discovery.proto",
+    "proto/istio/zds/zds.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the seed corpus for the xds_decode fuzz target (hand-encoded protobuf)."""
+"""Writes the seed corpora of the xds_decode and zds fuzz targets (hand-encoded protobuf)."""
 import os
 
 def varint(n):
@@ -70,5 +70,30 @@ seeds = {
 out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus", "xds_decode")
 os.makedirs(out, exist_ok=True)
 for name, data in seeds.items():
+    with open(os.path.join(out, name), "wb") as f:
+        f.write(data)
+
+# zds: packets framed as <flags: descriptors | truncated << 2 | reconnect << 3> <len> <bytes>.
+def packet(flags, body):
+    return bytes([flags, len(body)]) + body
+
+info = ld(1, "web-0") + ld(2, "shop") + ld(3, "web")
+def add(uid):
+    return ld(1, ld(1, uid) + ld(2, info))
+keep = lambda uid: ld(5, ld(1, uid))
+dele = lambda uid: ld(2, ld(2, uid))
+snap = ld(3, b"")
+zds_seeds = {
+    "snapshot_then_changes": packet(1, add("a")) + packet(1, add("b")) + packet(0, snap)
+        + packet(1, add("c")) + packet(0, dele("a")),
+    "reconnect_with_keep": packet(1, add("a")) + packet(1, add("b")) + packet(0, snap)
+        + packet(9, add("a")) + packet(0, keep("b")) + packet(0, snap),
+    "refusals": packet(0, add("a")) + packet(2, add("a")) + packet(5, add("a"))
+        + packet(1, dele("a")) + packet(0, b"\xff\xff") + packet(0, snap) + packet(0, snap)
+        + packet(0, keep("x")),
+}
+out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus", "zds")
+os.makedirs(out, exist_ok=True)
+for name, data in zds_seeds.items():
     with open(os.path.join(out, name), "wb") as f:
         f.write(data)

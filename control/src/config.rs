@@ -32,8 +32,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::model::{
-    Endpoint, HealthStatus, NamespacedHostname, NetworkMode, Service, Strng, TunnelProtocol,
-    Waypoint, Workload, WorkloadProfile,
+    Endpoint, HealthStatus, Locality, NamespacedHostname, NetworkMode, Service, Strng,
+    TunnelProtocol, Waypoint, Workload, WorkloadProfile,
 };
 use crate::ConfigError;
 
@@ -139,7 +139,7 @@ struct FileWorkload {
     #[serde(default)]
     application_tunnel: Option<serde_yaml::Value>,
     #[serde(default)]
-    locality: Option<serde_yaml::Value>,
+    locality: Locality,
     #[serde(default)]
     capacity: Option<u32>,
 }
@@ -424,6 +424,7 @@ fn convert_workload(
         workload_type: file_workload_type(&fw.workload_type, at)?,
         cluster_id: or_default(&fw.cluster_id, "Kubernetes"),
         waypoint: file_waypoint(fw.waypoint, at("waypoint"))?,
+        locality: fw.locality,
     };
     let mut wl = Workload::new(uid, &fw.name, Arc::new(profile));
     wl.node = fw.node.into();

@@ -23,8 +23,8 @@ use zpath_policy::model::{
 };
 
 use crate::model::{
-    Endpoint, HealthStatus, NamespacedHostname, NetworkMode, Service, Strng, TunnelProtocol,
-    Waypoint, Workload, WorkloadProfile,
+    Endpoint, HealthStatus, Locality, NamespacedHostname, NetworkMode, Service, Strng,
+    TunnelProtocol, Waypoint, Workload, WorkloadProfile,
 };
 use crate::proto::istio::security as xsec;
 use crate::proto::istio::workload as xwl;
@@ -185,6 +185,15 @@ pub(crate) fn workload_with(
         workload_type: intern(workload_type(w.workload_type)),
         cluster_id: intern(or_default(&w.cluster_id, DEFAULT_CLUSTER_ID)),
         waypoint,
+        locality: w
+            .locality
+            .as_ref()
+            .map(|l| Locality {
+                region: intern(&l.region),
+                zone: intern(&l.zone),
+                subzone: intern(&l.subzone),
+            })
+            .unwrap_or_default(),
     };
     let mut workload = Workload::new(uid, &w.name, share(profile));
     workload.node = intern(&w.node);
@@ -241,6 +250,7 @@ pub(crate) fn profile_matches(p: &WorkloadProfile, w: &xwl::Workload) -> bool {
         && *p.workload_type == *workload_type(w.workload_type)
         && *p.cluster_id == *or_default(&w.cluster_id, DEFAULT_CLUSTER_ID)
         && same_waypoint(p.waypoint.as_ref(), w.waypoint.as_ref())
+        && same_locality(&p.locality, w.locality.as_ref())
         && p.authorization_policies.len() == w.authorization_policies.len()
         && p.authorization_policies
             .iter()
@@ -257,6 +267,18 @@ pub(crate) fn profile_matches(p: &WorkloadProfile, w: &xwl::Workload) -> bool {
                 .and_then(|i| p.service_ports.get(i)?.as_ref())
                 .is_some_and(|m| same_ports(m, &list.ports))
         })
+}
+
+/// Whether `l` converts to exactly `locality`.
+fn same_locality(locality: &Locality, l: Option<&xwl::Locality>) -> bool {
+    match l {
+        None => locality.is_empty(),
+        Some(l) => {
+            *locality.region == *l.region
+                && *locality.zone == *l.zone
+                && *locality.subzone == *l.subzone
+        }
+    }
 }
 
 /// Whether `g` converts (without error) to exactly `wp`, without allocating.
@@ -298,6 +320,14 @@ pub(crate) fn profile_wire_hash(w: &xwl::Workload, state: &impl std::hash::Build
     w.canonical_revision.hash(&mut h);
     w.workload_name.hash(&mut h);
     or_default(&w.cluster_id, DEFAULT_CLUSTER_ID).hash(&mut h);
+    let locality = w.locality.as_ref();
+    for part in [
+        locality.map_or("", |l| &l.region),
+        locality.map_or("", |l| &l.zone),
+        locality.map_or("", |l| &l.subzone),
+    ] {
+        part.hash(&mut h);
+    }
     w.authorization_policies.hash(&mut h);
     // The services map has no order: combine its keys' hashes commutatively.
     let services = w

@@ -4,7 +4,8 @@
 //! [`crate::xds::resource::fuzz_decode`].)
 //!
 //! [`local_config`] never panics on any input unless the local config's conversion
-//! into a snapshot breaks a property it checks, which is a bug in this crate.
+//! into a snapshot breaks a property it checks, which is a bug in this crate; nor does
+//! [`zds`] unless the ZDS session ([`crate::zds::Pods`]) breaks one of its own.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -112,6 +113,54 @@ pub fn local_config(data: &[u8]) -> bool {
     true
 }
 
+/// The ZDS fuzz entry point: `data` is a sequence of received packets, each as one
+/// byte (its low two bits: descriptors carried, 0 to 3; bit 2: truncated; bit 3: a
+/// reconnection before it), one byte of length, then that many bytes. Each packet is
+/// decoded and handled as the CNI's next request. Checks: a start is only asked for a
+/// pod not served, a stop only for served pods, and every request carried out or
+/// refused without a change. Returns how many requests were carried out.
+pub fn zds(data: &[u8]) -> usize {
+    use crate::zds::{decode, Change, Pods};
+    let mut pods = Pods::default();
+    pods.connected();
+    let (mut rest, mut done, mut slot) = (data, 0, 0u64);
+    while let [head, len, tail @ ..] = rest {
+        let len = usize::from(*len).min(tail.len());
+        let (packet, next) = tail.split_at(len);
+        rest = next;
+        if head & 8 != 0 {
+            pods.connected();
+        }
+        let fds = vec![(); usize::from(head & 3)];
+        let Ok(request) = decode(packet, fds, head & 4 != 0) else {
+            continue;
+        };
+        let before = pods.len();
+        match pods.handle(request) {
+            Ok(Change::Start { uid, .. }) => {
+                assert!(!pods.serves(&uid), "start of {uid}, already served");
+                slot += 1;
+                pods.started(uid, slot);
+                assert_eq!(pods.len(), before + 1);
+            }
+            Ok(Change::Stop(gone)) => {
+                for (uid, _) in &gone {
+                    assert!(!pods.serves(uid), "{uid} stopped but still served");
+                }
+                assert_eq!(pods.len() + gone.len(), before);
+            }
+            Ok(Change::None) => assert_eq!(pods.len(), before),
+            Err(e) => {
+                assert!(!e.to_string().is_empty());
+                assert_eq!(pods.len(), before, "a refused request changed the pods");
+                continue;
+            }
+        }
+        done += 1;
+    }
+    done
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -131,6 +180,18 @@ mod tests {
             parsed > 0 && parsed < files,
             "{parsed} of {files} seeds parse"
         );
+    }
+
+    #[test]
+    fn zds_fuzz_seed_corpus_runs_clean() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/zds");
+        let (mut files, mut done) = (0, 0);
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            done += zds(&std::fs::read(entry.unwrap().path()).unwrap());
+            files += 1;
+        }
+        assert!(files >= 3, "seed corpus missing in {}", dir.display());
+        assert!(done > 5, "the seeds carry out {done} requests");
     }
 
     #[test]

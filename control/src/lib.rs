@@ -13,6 +13,8 @@
 //!
 //! Entry points for the daemon: [`watch::FileSource`] (local file) and
 //! [`xds::XdsSource`] (istiod: delta xDS into snapshots, with readiness and counters).
+//! [`zds`] is the protocol istio-cni speaks to hand the node proxy its pods (in-pod
+//! mode), without I/O; the daemon does not use it yet.
 
 pub mod config;
 #[doc(hidden)]
@@ -80,3 +82,4 @@ pub mod ca_client;
 pub mod convert;
 pub mod proto;
 pub mod xds;
+pub mod zds;

@@ -273,6 +273,27 @@ pub struct WorkloadProfile {
     pub cluster_id: Strng,
     /// The waypoint that workload-addressed traffic to it must go through.
     pub waypoint: Option<Waypoint>,
+    /// Where it runs (region, zone, subzone), for telemetry.
+    pub locality: Locality,
+}
+
+/// Where a workload runs, as Istio's workload API gives it (empty: unknown).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Locality {
+    /// Region.
+    pub region: Strng,
+    /// Zone within the region.
+    pub zone: Strng,
+    /// Subzone within the zone.
+    pub subzone: Strng,
+}
+
+impl Locality {
+    /// Whether nothing of it is known.
+    pub fn is_empty(&self) -> bool {
+        self.region.is_empty() && self.zone.is_empty() && self.subzone.is_empty()
+    }
 }
 
 impl WorkloadProfile {
@@ -371,7 +392,7 @@ impl Serialize for Workload {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let p = &*self.profile;
-        let mut st = s.serialize_struct("Workload", 19)?;
+        let mut st = s.serialize_struct("Workload", 20)?;
         st.serialize_field("uid", &*self.uid)?;
         st.serialize_field("name", self.name())?;
         st.serialize_field("namespace", &*p.namespace)?;
@@ -391,6 +412,7 @@ impl Serialize for Workload {
         st.serialize_field("clusterId", &*p.cluster_id)?;
         st.serialize_field("networkMode", &self.network_mode)?;
         st.serialize_field("waypoint", &p.waypoint)?;
+        st.serialize_field("locality", &p.locality)?;
         st.end()
     }
 }
@@ -495,6 +517,7 @@ mod tests {
             workload_type: "deployment".into(),
             cluster_id: "Kubernetes".into(),
             waypoint: None,
+            locality: Locality::default(),
         };
         let mut w = Workload::new("K//Pod/shop/web-0".into(), "web-0", Arc::new(profile));
         w.node = "node-1".into();
@@ -509,7 +532,8 @@ mod tests {
                 r#""network":"","status":"Unhealthy","authorizationPolicies":["shop/allow"],"#,
                 r#""services":["shop/web.shop.svc.cluster.local"],"canonicalName":"web","#,
                 r#""canonicalRevision":"v1","workloadName":"web","workloadType":"deployment","#,
-                r#""clusterId":"Kubernetes","networkMode":"STANDARD","waypoint":null}"#
+                r#""clusterId":"Kubernetes","networkMode":"STANDARD","waypoint":null,"#,
+                r#""locality":{"region":"","zone":"","subzone":""}}"#
             )
         );
         // Profile fields read through the workload.

@@ -1,5 +1,6 @@
 //! Generated wire types (prost) and gRPC stubs (tonic) for the protocols zpath speaks
-//! with istiod: delta ADS, the workload and authorization resources, and the Istio CA.
+//! with istiod (delta ADS, the workload and authorization resources, the Istio CA) and
+//! with istio-cni (ZDS).
 //!
 //! Only `control` and its tests use this module. The rest of zpath sees domain types,
 //! converted from these with `TryFrom` (failing closed on anything invalid). The
@@ -10,6 +11,7 @@
 //! Module paths follow the proto packages:
 //! * [`istio::workload`] — `Address`, `Workload`, `Service`, …
 //! * [`istio::security`] — `Authorization`, `Rule`, `Clause`, `Match`, …
+//! * [`istio::workload::zds`] — `ZdsHello`, `WorkloadRequest`, `WorkloadResponse`.
 //! * [`istio::v1::auth`] — `IstioCertificateService` (`CreateCertificate`).
 //! * [`envoy::service::discovery::v3`] — `AggregatedDiscoveryService`,
 //!   `DeltaDiscoveryRequest`/`Response`, `Resource`.

@@ -39,17 +39,13 @@ pub fn shards_with_label_sets(label_sets: usize, shards: usize) -> Vec<Arc<Shard
     (0..shards)
         .map(|_| {
             let stats = ShardStats::default();
-            let counters: Vec<_> = sets
-                .iter()
-                .map(|labels| {
-                    let c = TrafficCounters::new(labels.clone());
-                    c.open();
-                    c.received.add(1000);
-                    c.close(ResponseFlag::None);
-                    Arc::new(c)
-                })
-                .collect();
-            stats.traffic.store(Arc::new(counters));
+            for labels in &sets {
+                let c = TrafficCounters::new(labels.clone());
+                c.open();
+                c.received.add(1000);
+                c.close(ResponseFlag::None);
+                stats.traffic.push(Arc::new(c));
+            }
             Arc::new(stats)
         })
         .collect()

@@ -1,7 +1,10 @@
 //! How a connection that did not complete is described: the counted reason and the
 //! message for the (rate-limited) log line.
 
-use crate::stats::FailReason;
+use std::io;
+
+use crate::stats::{response_flag, FailReason};
+use crate::traffic::ResponseFlag;
 
 /// Why a connection did not complete normally.
 #[derive(Debug)]
@@ -10,6 +13,9 @@ pub(crate) struct Failure {
     pub(crate) reason: FailReason,
     /// What happened, for the log.
     pub(crate) message: String,
+    /// A peer closed abruptly while relaying (a reset, a broken pipe, an early end):
+    /// counted as `reset`, but an ordinary close in Istio's telemetry, as in ztunnel.
+    peer_closed: bool,
 }
 
 /// A [`Failure`] for `reason`, described by `message`.
@@ -17,5 +23,51 @@ pub(crate) fn fail(reason: FailReason, message: impl Into<String>) -> Failure {
     Failure {
         reason,
         message: message.into(),
+        peer_closed: false,
+    }
+}
+
+impl Failure {
+    /// Notes the kind of the I/O error that ended a relay: a reset, a broken pipe, an
+    /// unexpected end or a socket no longer connected is the peer closing, which
+    /// ztunnel's telemetry does not count as a failure.
+    pub(crate) fn relay_error(mut self, kind: io::ErrorKind) -> Self {
+        use io::ErrorKind::*;
+        self.peer_closed = matches!(
+            kind,
+            ConnectionReset | BrokenPipe | UnexpectedEof | NotConnected
+        );
+        self
+    }
+
+    /// Its `response_flags` in Istio's telemetry.
+    pub(crate) fn response_flag(&self) -> ResponseFlag {
+        if self.peer_closed {
+            return ResponseFlag::None;
+        }
+        response_flag(Some(self.reason))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_closing_while_relaying_is_no_failure_to_istio_but_other_errors_are() {
+        use io::ErrorKind::*;
+        for kind in [ConnectionReset, BrokenPipe, UnexpectedEof, NotConnected] {
+            let f = fail(FailReason::Reset, "x").relay_error(kind);
+            assert_eq!(f.response_flag(), ResponseFlag::None, "{kind:?}");
+            assert_eq!(f.reason, FailReason::Reset);
+        }
+        for kind in [TimedOut, HostUnreachable, Other] {
+            let f = fail(FailReason::Reset, "x").relay_error(kind);
+            assert_eq!(f.response_flag(), ResponseFlag::Connect, "{kind:?}");
+        }
+        assert_eq!(
+            fail(FailReason::Denied, "x").response_flag(),
+            ResponseFlag::Deny
+        );
     }
 }

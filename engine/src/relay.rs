@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
-use zpath_tunnel::relay::{ReadSizes, Way};
+use zpath_tunnel::relay::{ReadSizes, RelayError as TunnelError, Way};
 use zpath_tunnel::Payload;
 
 use crate::failure::{fail, Failure};
@@ -253,9 +253,12 @@ pub(crate) async fn pair(
     crate::access::opened(shard.cfg.access_log, || shard.snapshot(), info);
     let result = relay(client, upstream, &shard.pool, Meters::of(shard, info)).await;
     info.fds.set([-1, -1]);
-    result
-        .map(|_| ())
-        .map_err(|e| fail(FailReason::Reset, e.to_string()))
+    result.map(|_| ()).map_err(|e| {
+        let kind = match &e {
+            RelayError::Read { source, .. } | RelayError::Write { source, .. } => source.kind(),
+        };
+        fail(FailReason::Reset, e.to_string()).relay_error(kind)
+    })
 }
 
 /// Relays the connection `info` between the local `socket` and an open HBONE stream
@@ -293,6 +296,11 @@ pub(crate) async fn tunnelled(
     info.fds.set([-1, -1]);
     result.map(|_| ()).map_err(|e| {
         socket.0.borrow().abort();
-        fail(FailReason::Reset, e.to_string())
+        let kind = match &e {
+            TunnelError::SocketRead(e) | TunnelError::SocketWrite(e) => e.kind(),
+            // A stream error is not the local peer closing.
+            TunnelError::Stream(_) => io::ErrorKind::Other,
+        };
+        fail(FailReason::Reset, e.to_string()).relay_error(kind)
     })
 }

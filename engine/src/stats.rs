@@ -4,7 +4,7 @@
 //! shards never share a cache line.
 
 pub use crate::counter::Counter;
-use crate::traffic::{Published, ResponseFlag};
+use crate::traffic::{ResponseFlag, TrafficCounters};
 use std::fmt::Write;
 
 /// Holds one unit of a gauge: added when made, taken back when dropped, also when the
@@ -141,14 +141,15 @@ impl FailReason {
 }
 
 /// ztunnel's response flag of a connection that ended with `failure` (`None`:
-/// completed). As in ztunnel, a connection closed by drain carries no flag, and
-/// anything that is not a policy, TLS or identity failure is a connection failure
-/// (`CONNECT`), a refused or reset HBONE stream included.
+/// completed). As in ztunnel, a connection closed by drain carries no flag, a policy
+/// denial (at connect or on a re-check) is `DENY`, a missing certificate
+/// `IDENTITY_ERROR`, and everything else a connection failure (`CONNECT`): a failed
+/// upstream connect or tunnel handshake, a refused or reset HBONE stream. (A peer's
+/// reset while relaying carries no flag either: see [`crate::failure::Failure`].)
 pub(crate) fn response_flag(failure: Option<FailReason>) -> ResponseFlag {
     match failure {
         None | Some(FailReason::Drained) => ResponseFlag::None,
         Some(FailReason::Denied) => ResponseFlag::Deny,
-        Some(FailReason::Tls) => ResponseFlag::TlsFailure,
         Some(FailReason::NoCertificate) => ResponseFlag::IdentityError,
         Some(_) => ResponseFlag::Connect,
     }
@@ -194,9 +195,9 @@ pub struct ShardStats {
     pub hbone: HboneStats,
     /// Decisions by policy, for the snapshot the shard uses now.
     pub by_policy: arc_swap::ArcSwap<PolicyCounts>,
-    /// The `istio_tcp_*` counters of every label set the shard has seen (replaced, not
-    /// changed, when the shard adds one).
-    pub(crate) traffic: arc_swap::ArcSwap<Published>,
+    /// The `istio_tcp_*` counters of every label set the shard has seen: appended to
+    /// by the shard (once per new set), read by the control thread, without a lock.
+    pub(crate) traffic: boxcar::Vec<std::sync::Arc<TrafficCounters>>,
 }
 
 /// Inbound decisions by policy of one shard: ALLOWs by the policy that allowed, DENYs
@@ -427,8 +428,10 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 pub fn render_prometheus(shards: &[std::sync::Arc<ShardStats>], extra: &str) -> String {
     let mut out = String::with_capacity(4096);
     let sum = |f: &dyn Fn(&ShardStats) -> u64| shards.iter().map(|s| f(s)).sum::<u64>();
-    let traffic: Vec<_> = shards.iter().map(|s| s.traffic.load_full()).collect();
-    crate::traffic::render_prometheus(&mut out, &traffic);
+    let sets = shards
+        .iter()
+        .flat_map(|s| s.traffic.iter().map(|(_, c)| &**c));
+    crate::traffic::render_prometheus(&mut out, sets);
     type Family = (&'static str, &'static str, fn(&DirectionStats) -> &Counter);
     let families: [Family; 4] = [
         (
@@ -720,17 +723,14 @@ mod tests {
         assert_eq!(response_flag(Some(FailReason::Drained)), ResponseFlag::None);
         assert_eq!(response_flag(Some(FailReason::Denied)), ResponseFlag::Deny);
         assert_eq!(
-            response_flag(Some(FailReason::Tls)),
-            ResponseFlag::TlsFailure
-        );
-        assert_eq!(
             response_flag(Some(FailReason::NoCertificate)),
             ResponseFlag::IdentityError
         );
         for r in [
             FailReason::UpstreamConnect,
-            FailReason::Reset,
+            FailReason::Tls,
             FailReason::Tunnel,
+            FailReason::Reset,
         ] {
             assert_eq!(response_flag(Some(r)), ResponseFlag::Connect);
         }

@@ -40,21 +40,18 @@ pub(crate) enum ResponseFlag {
     Deny = 1,
     /// The upstream connection could not be made or failed.
     Connect = 2,
-    /// The TLS handshake failed.
-    TlsFailure = 3,
     /// No certificate for an identity the connection needs.
-    IdentityError = 4,
+    IdentityError = 3,
 }
 
 impl ResponseFlag {
     /// How many flags there are.
-    pub(crate) const COUNT: usize = 5;
+    pub(crate) const COUNT: usize = 4;
 
     const ALL: [ResponseFlag; ResponseFlag::COUNT] = [
         ResponseFlag::None,
         ResponseFlag::Deny,
         ResponseFlag::Connect,
-        ResponseFlag::TlsFailure,
         ResponseFlag::IdentityError,
     ];
 
@@ -64,7 +61,6 @@ impl ResponseFlag {
             ResponseFlag::None => "-",
             ResponseFlag::Deny => "DENY",
             ResponseFlag::Connect => "CONNECT",
-            ResponseFlag::TlsFailure => "TLS_FAILURE",
             ResponseFlag::IdentityError => "IDENTITY_ERROR",
         }
     }
@@ -104,7 +100,7 @@ fn label(out: &mut String, name: &str, value: &str) {
 }
 
 impl TrafficLabels<'_> {
-    /// The label set's text, in ztunnel's order, with the place of `response_flags`
+    /// The label set's text, in ztunnel's order (its locality labels last), with the place of `response_flags`
     /// (which differs between the counters of one set) left out.
     pub(crate) fn render(&self) -> LabelText {
         let (src, dst, svc) = (self.source, self.destination, self.service);
@@ -156,7 +152,15 @@ impl TrafficLabels<'_> {
         }
         let split = out.len();
         let policy = if self.mtls { "mutual_tls" } else { "unknown" };
-        let _ = write!(out, ",connection_security_policy=\"{policy}\"");
+        label(&mut out, "connection_security_policy", policy);
+        for (name, value) in [
+            ("source_region", field(src, |w| &w.locality.region)),
+            ("source_zone", field(src, |w| &w.locality.zone)),
+            ("destination_region", field(dst, |w| &w.locality.region)),
+            ("destination_zone", field(dst, |w| &w.locality.zone)),
+        ] {
+            label(&mut out, name, value);
+        }
         LabelText {
             text: out.into_boxed_str(),
             split,
@@ -186,9 +190,6 @@ impl LabelText {
         let _ = write!(out, "{{{head},response_flags=\"{}\"{tail}}}", flag.label());
     }
 }
-
-/// A shard's label sets, as the control thread reads them.
-pub(crate) type Published = Vec<Arc<TrafficCounters>>;
 
 /// A shard's handle on one label set's counters. The `Rc` is deliberate (as for the
 /// shard's snapshot): connections clone it with a plain increment on their core, while
@@ -251,9 +252,12 @@ struct Sums {
 
 /// Writes the `istio_tcp_*` families of every shard's label sets, equal sets summed, as
 /// ztunnel names them (failed: the closed connections with a failure flag).
-pub(crate) fn render_prometheus(out: &mut String, shards: &[Arc<Published>]) {
+pub(crate) fn render_prometheus<'a>(
+    out: &mut String,
+    sets: impl Iterator<Item = &'a TrafficCounters>,
+) {
     let mut sums: BTreeMap<&LabelText, Sums> = BTreeMap::new();
-    for c in shards.iter().flat_map(|sets| sets.iter()) {
+    for c in sets {
         let s = sums.entry(&c.labels).or_default();
         s.opened += c.opened.get();
         s.received += c.received.get();
@@ -336,7 +340,9 @@ mod tests {
 
     #[test]
     fn labels_are_ztunnels_in_its_order_with_unknown_for_what_is_not_known() {
-        let src = profile("web", "client");
+        let mut src = profile("web", "client");
+        src.locality.region = "eu".into();
+        src.locality.zone = "eu-1".into();
         let dst = profile("prod", "server");
         let text = TrafficLabels {
             reporter: Reporter::Source,
@@ -363,7 +369,9 @@ mod tests {
              destination_principal=\"spiffe://cluster.local/ns/prod/sa/server-sa\",\
              destination_app=\"server\",destination_version=\"v1\",\
              destination_cluster=\"Kubernetes\",request_protocol=\"tcp\",\
-             response_flags=\"-\",connection_security_policy=\"mutual_tls\"}"
+             response_flags=\"-\",connection_security_policy=\"mutual_tls\",\
+             source_region=\"eu\",source_zone=\"eu-1\",destination_region=\"unknown\",\
+             destination_zone=\"unknown\"}"
         );
     }
 
@@ -388,7 +396,7 @@ mod tests {
         );
         assert!(text
             .as_str()
-            .ends_with(",connection_security_policy=\"unknown\""));
+            .contains(",connection_security_policy=\"unknown\","));
     }
 
     #[test]
@@ -413,7 +421,7 @@ mod tests {
         a.close(ResponseFlag::None);
         b.close(ResponseFlag::Deny);
         let mut out = String::new();
-        render_prometheus(&mut out, &[Arc::new(vec![a]), Arc::new(vec![b])]);
+        render_prometheus(&mut out, [&*a, &*b].into_iter());
         let value = |name: &str, flag: &str| -> Option<u64> {
             out.lines()
                 .find(|l| l.starts_with(name) && l.contains(&format!("response_flags=\"{flag}\"")))

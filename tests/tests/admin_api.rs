@@ -31,6 +31,10 @@ fn logging_reads_and_changes_the_level_and_quitquitquit_stops_the_daemon() {
         post("/logging?reset"),
         (200, "current log level is info\n".into())
     );
+    // No in-process profiler: the answer says how to profile instead.
+    let (status, body) = http_get(node.admin, "/debug/pprof/profile").unwrap();
+    assert_eq!(status, 501, "{body}");
+    assert!(body.contains("perf record"), "{body}");
     // Both are POST only, as in ztunnel.
     assert_eq!(http_get(node.admin, "/logging").unwrap().0, 405);
     assert_eq!(http_get(node.admin, "/quitquitquit").unwrap().0, 405);
@@ -108,6 +112,7 @@ fn config_dump_has_the_shape_istioctl_reads() {
   protocol: HBONE
   node: node-a
   canonicalName: client
+  locality: {region: eu, zone: eu-1}
 - name: server
   namespace: prod
   serviceAccount: server
@@ -145,11 +150,13 @@ policies:
             "canonicalName": "string", "canonicalRevision": "string", "clusterId": "string",
             "trustDomain": "string", "node": "string", "network": "string",
             "status": "string", "capacity": "number", "authorizationPolicies": ["string"],
+            "services": ["string"], "networkMode": "string",
+            "?locality": {"?region": "string", "?zone": "string", "?subzone": "string"},
         }],
         "services": [{
             "name": "string", "namespace": "string", "hostname": "string", "vips": ["string"],
             "ports": {"*": "number"}, "?waypoint": {"destination": "string"},
-            "endpoints": {"*": {"workloadUid": "string", "port": {"*": "number"}}},
+            "endpoints": {"*": {"workloadUid": "string", "port": {"*": "number"}, "status": "string"}},
             "subjectAltNames": ["string"],
         }],
         "policies": [{
@@ -166,6 +173,7 @@ policies:
     });
     check(&dump, &schema, "config_dump");
     assert_eq!(dump["workloads"].as_array().unwrap().len(), 2, "{dump}");
+    assert_eq!(dump["workloads"][0]["locality"]["zone"], "eu-1", "{dump}");
     let server = &dump["workloads"][1];
     assert_eq!(server["waypoint"]["destination"], "/10.0.9.9", "{server}");
     let api = &dump["services"][0];

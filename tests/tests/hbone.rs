@@ -667,7 +667,7 @@ fn istio_metrics_carry_workloads_identities_service_and_flags_on_both_nodes() {
         "workloads:
 - {{name: client-7d4, namespace: web, serviceAccount: client, workloadIps: [\"{net}.1\"],
    protocol: HBONE, node: node-a, canonicalName: client, canonicalRevision: v1,
-   workloadName: client, clusterId: east}}
+   workloadName: client, clusterId: east, locality: {{region: eu, zone: eu-1}}}}
 - {{name: server-5f9, namespace: prod, serviceAccount: server, workloadIps: [\"{net}.2\"],
    protocol: HBONE, node: node-b, canonicalName: server, canonicalRevision: v2,
    workloadName: server, services: {{prod/echo.prod.svc.cluster.local: {{80: 8080}}}}}}
@@ -712,6 +712,9 @@ policies:
         ("source_app", "client"),
         ("source_version", "v1"),
         ("source_cluster", "east"),
+        ("source_region", "eu"),
+        ("source_zone", "eu-1"),
+        ("destination_region", "unknown"),
         ("request_protocol", "tcp"),
     ];
     let destination = [
@@ -767,7 +770,22 @@ policies:
         assert_eq!(value(node, "connections_closed", set), 1, "{}", ctx());
         assert_eq!(value(node, "received_bytes", set), 1000, "{}", ctx());
         assert_eq!(value(node, "sent_bytes", set), 1000, "{}", ctx());
-        assert_eq!(value(node, "connections_failed", set), 0, "{}", ctx());
+        // No failed sample of the completed flow's label set, whatever its flag.
+        let any_flag: &[&[(&str, &str)]] = &[
+            &[("reporter", reporter)],
+            &source,
+            &destination,
+            &mtls,
+            &service,
+        ];
+        assert_eq!(value(node, "connections_failed", any_flag), 0, "{}", ctx());
+        // Every labelled connection that opened has closed.
+        assert_eq!(
+            node.metric("istio_tcp_connections_opened_total"),
+            node.metric("istio_tcp_connections_closed_total"),
+            "{}",
+            ctx()
+        );
         // The denied flow was addressed to the workload, so it has no service.
         let flag = if reporter == "source" {
             "CONNECT"

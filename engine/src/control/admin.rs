@@ -279,6 +279,15 @@ fn respond(
             text(StatusCode::OK, "text/plain; version=0.0.4", state.metrics())
         }
         "/config_dump" if admin => text(StatusCode::OK, "application/json", state.config_dump()),
+        // ztunnel's in-process profiler samples every thread from a signal handler that
+        // takes a lock; zpath keeps locks off its shards and is profiled from outside.
+        "/debug/pprof/profile" | "/debug/pprof/heap" if admin => text(
+            StatusCode::NOT_IMPLEMENTED,
+            "text/plain",
+            "zpath has no in-process profiler (it would take a lock on every shard); \
+             profile it from outside: perf record -g -p <pid>, or zpath-perf compare --perf-record\n"
+                .into(),
+        ),
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }

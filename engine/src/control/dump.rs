@@ -43,13 +43,18 @@ fn workload(w: &Workload) -> Value {
         "services": &w.services,
         "capacity": 1,
     });
-    if let (Some(wp), Value::Object(m)) = (&w.waypoint, &mut v) {
-        m.insert("waypoint".into(), waypoint(wp));
+    if let Value::Object(m) = &mut v {
+        if let Some(wp) = &w.waypoint {
+            m.insert("waypoint".into(), waypoint(wp));
+        }
+        if !w.locality.is_empty() {
+            m.insert("locality".into(), json!(w.locality));
+        }
     }
     v
 }
 
-/// The services, sorted by `namespace/hostname`, as ztunnel dumps them: with the
+/// The services, sorted by hostname (then namespace), as ztunnel dumps them: with the
 /// endpoints the workloads give them, by workload uid.
 pub(crate) fn services(snapshot: &Snapshot) -> Vec<Value> {
     let mut endpoints: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
@@ -64,9 +69,9 @@ pub(crate) fn services(snapshot: &Snapshot) -> Vec<Value> {
             );
         }
     }
-    snapshot
-        .services
-        .iter()
+    let mut all: Vec<_> = snapshot.services.iter().collect();
+    all.sort_by(|a, b| (&a.0.hostname, &a.0.namespace).cmp(&(&b.0.hostname, &b.0.namespace)));
+    all.into_iter()
         .map(|(key, route)| {
             let mut of_service = endpoints.remove(&key.to_string()).unwrap_or_default();
             for (uid, e) in &route.service.endpoints {

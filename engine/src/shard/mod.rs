@@ -31,8 +31,9 @@ use crate::config::EngineConfig;
 use crate::control::certs::{CertCell, CertStore};
 use crate::failure::Failure;
 use crate::fds::FdBudget;
-use crate::stats::{response_flag, Direction, FailReason, PolicyCounts, ShardStats};
+use crate::stats::{Direction, FailReason, PolicyCounts, ShardStats};
 use crate::sys;
+use crate::traffic::ResponseFlag;
 use addrs::BoundAddrs;
 use buffers::BufPool;
 use handshakes::PendingHandshakes;
@@ -236,7 +237,11 @@ impl Shard {
         stats.closed.add(1);
         guard.info.fds.set([-1, -1]);
         if let Some(t) = guard.info.traffic.get() {
-            t.close(response_flag(result.as_ref().err().map(|f| f.reason)));
+            t.close(
+                result
+                    .as_ref()
+                    .map_or_else(Failure::response_flag, |_| ResponseFlag::None),
+            );
         }
         let Err(f) = &result else {
             crate::access::completed(

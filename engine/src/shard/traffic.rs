@@ -7,10 +7,9 @@
 
 use std::cell::{Cell, RefCell};
 use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
-
-use std::net::{IpAddr, SocketAddr};
 
 use hashbrown::{Equivalent, HashMap};
 use zpath_control::model::{Service, WorkloadProfile};
@@ -21,7 +20,7 @@ use crate::stats::ShardStats;
 use crate::traffic::{LabelText, LocalCounters, Reporter, TrafficCounters, TrafficLabels};
 
 /// Combinations kept before the lookup table starts over (each holds its profiles
-/// alive; the counters stay).
+/// alive, also those of older snapshots; the counters stay).
 const MAX_COMBINATIONS: usize = 4096;
 
 /// Whose identity is the source principal.
@@ -98,42 +97,42 @@ impl Equivalent<StoredKey> for Key<'_> {
     }
 }
 
-/// A combination's counters, and the objects its key points at, held so that their
-/// addresses cannot be reused by others while the key is stored.
+/// A combination's counters; the objects its key points at, held so that their
+/// addresses cannot be reused by others while the key is stored; and the snapshot
+/// generation it was last found valid in.
 struct Held {
     counters: LocalCounters,
+    generation: Cell<u64>,
+    /// The service it was labelled with (an inbound one is checked again in a newer
+    /// snapshot: the destination's services may have changed).
+    service: Option<Arc<Service>>,
     _alive: Alive,
 }
 
-/// The source and destination profiles and the service a stored key points at (held,
-/// never read).
+/// The source and destination profiles a stored key points at (held, never read).
 #[allow(dead_code)]
-struct Alive(
-    Option<Arc<WorkloadProfile>>,
-    Option<Arc<WorkloadProfile>>,
-    Option<Arc<Service>>,
-);
+struct Alive(Option<Arc<WorkloadProfile>>, Option<Arc<WorkloadProfile>>);
 
 /// One shard's label sets.
 #[derive(Default)]
 pub(crate) struct TrafficSets {
-    /// The snapshot generation the combinations were looked up in (a newer one starts
-    /// the lookup table over, letting the old profiles go).
-    generation: Cell<u64>,
     by_key: RefCell<HashMap<StoredKey, Held>>,
     by_text: RefCell<HashMap<LabelText, LocalCounters>>,
-    /// Every set, as published to the control thread.
-    all: RefCell<Vec<Arc<TrafficCounters>>>,
 }
 
 fn address<T>(v: Option<&Arc<T>>) -> usize {
     v.map_or(0, |a| Arc::as_ptr(a) as usize)
 }
 
+fn same<T>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
+    address(a) == address(b)
+}
+
 impl TrafficSets {
-    /// The counters of `parties` with `service` (looked up only when the combination
-    /// is new: `service` is a function of the others), made and published to `stats`
-    /// the first time.
+    /// The counters of `parties` with `service` (outbound: the addressed service, part
+    /// of the key) or `inbound_service` (a function of the others and the snapshot,
+    /// looked up only for a new combination, or for one last found valid in an older
+    /// snapshot), made and published to `stats` the first time their text is seen.
     pub(crate) fn counters(
         &self,
         generation: u64,
@@ -142,10 +141,6 @@ impl TrafficSets {
         inbound_service: impl FnOnce() -> Option<Arc<Service>>,
         stats: &ShardStats,
     ) -> LocalCounters {
-        if generation > self.generation.get() {
-            self.generation.set(generation);
-            self.by_key.borrow_mut().clear();
-        }
         let peer = match parties.principal {
             Principal::Peer(p) => Some(p),
             Principal::Unknown | Principal::OfSource => None,
@@ -161,10 +156,35 @@ impl TrafficSets {
             },
             peer,
         };
-        if let Some(held) = self.by_key.borrow().get(&key) {
-            return held.counters.clone();
+        let by_key = self.by_key.borrow();
+        if let Some(held) = by_key.get(&key) {
+            // Outbound, every part of the label set is in the key.
+            if held.generation.get() == generation || parties.reporter == Reporter::Source {
+                held.generation.set(generation);
+                return held.counters.clone();
+            }
+            let now = inbound_service();
+            if same(now.as_ref(), held.service.as_ref()) {
+                held.generation.set(generation);
+                return held.counters.clone();
+            }
+            drop(by_key);
+            return self.insert(key, parties, now, generation, stats);
         }
+        drop(by_key);
         let service = service.cloned().or_else(inbound_service);
+        self.insert(key, parties, service, generation, stats)
+    }
+
+    /// Stores the combination `key` of `parties` and `service`, with its counters.
+    fn insert(
+        &self,
+        key: Key<'_>,
+        parties: &Parties<'_>,
+        service: Option<Arc<Service>>,
+        generation: u64,
+        stats: &ShardStats,
+    ) -> LocalCounters {
         let counters = self.by_text(parties, service.as_deref(), stats);
         let mut by_key = self.by_key.borrow_mut();
         if by_key.len() >= MAX_COMBINATIONS {
@@ -173,15 +193,13 @@ impl TrafficSets {
         by_key.insert(
             StoredKey {
                 ids: key.ids,
-                peer: peer.map(Box::from),
+                peer: key.peer.map(Box::from),
             },
             Held {
                 counters: counters.clone(),
-                _alive: Alive(
-                    parties.source.cloned(),
-                    parties.destination.cloned(),
-                    service,
-                ),
+                generation: Cell::new(generation),
+                service,
+                _alive: Alive(parties.source.cloned(), parties.destination.cloned()),
             },
         );
         counters
@@ -217,11 +235,9 @@ impl TrafficSets {
             return c.clone();
         }
         let counters = Arc::new(TrafficCounters::new(text.clone()));
-        let mut all = self.all.borrow_mut();
-        all.push(counters.clone());
-        // A new label set is rare (a new workload pair); the control thread reads the
-        // list without a lock.
-        stats.traffic.store(Arc::new(all.clone()));
+        // A new label set is rare (a new workload pair): one append, which the control
+        // thread sees without a lock.
+        stats.traffic.push(counters.clone());
         let counters = Rc::new(counters);
         self.by_text.borrow_mut().insert(text, counters.clone());
         counters
@@ -369,7 +385,7 @@ mod tests {
         let (a2, b2) = (profile("web"), profile("prod"));
         let fourth = sets.counters(2, &parties(&a2, &b2, peer), None, lookup, &stats);
         assert!(Arc::ptr_eq(&first, &fourth));
-        assert_eq!(stats.traffic.load().len(), 2);
+        assert_eq!(stats.traffic.count(), 2);
     }
 
     #[test]
@@ -380,8 +396,7 @@ mod tests {
         let mut p = parties(&a, &b, Principal::OfSource);
         p.reporter = Reporter::Source;
         sets.counters(1, &p, None, || None, &stats);
-        let published = stats.traffic.load();
-        let text = published[0].labels().as_str();
+        let text = stats.traffic[0].labels().as_str();
         assert!(
             text.contains("source_principal=\"spiffe://cluster.local/ns/web/sa/sa\""),
             "{text}"
@@ -404,10 +419,55 @@ mod tests {
             );
         }
         assert!(sets.by_key.borrow().len() <= MAX_COMBINATIONS);
-        assert_eq!(
-            stats.traffic.load().len(),
-            1,
-            "one text, one set of counters"
-        );
+        assert_eq!(stats.traffic.count(), 1, "one text, one set of counters");
+    }
+
+    fn service(name: &str) -> Arc<Service> {
+        Arc::new(Service {
+            name: name.into(),
+            namespace: "prod".into(),
+            hostname: format!("{name}.prod.svc.cluster.local").as_str().into(),
+            vips: vec![],
+            ports: [(80, 8080)].into(),
+            subject_alt_names: vec![],
+            endpoints: Default::default(),
+            waypoint: None,
+        })
+    }
+
+    #[test]
+    fn an_inbound_combination_is_checked_again_in_a_newer_snapshot() {
+        let sets = TrafficSets::default();
+        let stats = ShardStats::default();
+        let (a, b) = (profile("web"), profile("prod"));
+        let (api, other) = (service("api"), service("other"));
+        let p = parties(&a, &b, Principal::Unknown);
+        let asked = Cell::new(0);
+        let ask = |s: &Arc<Service>| {
+            asked.set(asked.get() + 1);
+            Some(s.clone())
+        };
+        let first = sets.counters(1, &p, None, || ask(&api), &stats);
+        // Same snapshot: not looked up again.
+        let again = sets.counters(1, &p, None, || ask(&other), &stats);
+        assert!(Rc::ptr_eq(&first, &again));
+        assert_eq!(asked.get(), 1);
+        // A newer snapshot with the same service: same counters, found valid again.
+        let valid = sets.counters(2, &p, None, || ask(&api), &stats);
+        assert!(Rc::ptr_eq(&first, &valid));
+        assert_eq!(asked.get(), 2);
+        assert!(Rc::ptr_eq(
+            &first,
+            &sets.counters(2, &p, None, || ask(&other), &stats)
+        ));
+        assert_eq!(asked.get(), 2);
+        // A newer one where the port belongs to another service: another label set.
+        let moved = sets.counters(3, &p, None, || ask(&other), &stats);
+        assert!(!Arc::ptr_eq(&first, &moved));
+        assert!(moved
+            .labels()
+            .as_str()
+            .contains("destination_service_name=\"other\""));
+        assert_eq!(stats.traffic.count(), 2);
     }
 }

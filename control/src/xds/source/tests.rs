@@ -384,6 +384,11 @@ fn known_profile_shortcut_agrees_with_full_conversion_on_corrupted_workloads() {
         canonical_revision: "v1".into(),
         workload_name: "web".into(),
         cluster_id: "c1".into(),
+        locality: Some(xwl::Locality {
+            region: "eu".into(),
+            zone: "eu-1".into(),
+            subzone: "".into(),
+        }),
         authorization_policies: vec!["shop/allow".into()],
         services: [(
             "shop/web.shop.svc.cluster.local".to_string(),
@@ -527,6 +532,27 @@ fn full_workload(i: u8) -> xwl::Workload {
         }],
         capacity: Some(3),
     }
+}
+
+#[test]
+fn locality_is_kept_and_replicas_in_other_zones_get_their_own_profile() {
+    let mut interner = Interner::default();
+    let a = interner.workload(&full_workload(1)).unwrap();
+    let want = crate::model::Locality {
+        region: "r".into(),
+        zone: "z".into(),
+        subzone: "s".into(),
+    };
+    assert_eq!(a.locality, want);
+    let mut other = full_workload(2);
+    other.locality = Some(xwl::Locality {
+        region: "r".into(),
+        zone: "y".into(),
+        subzone: "".into(),
+    });
+    let b = interner.workload(&other).unwrap();
+    assert_eq!(&*b.locality.zone, "y");
+    assert!(!Arc::ptr_eq(&a.profile, &b.profile));
 }
 
 #[test]
