@@ -28,6 +28,7 @@ pub fn shards_with_label_sets(label_sets: usize, shards: usize) -> Vec<Arc<Shard
             TrafficLabels {
                 reporter: Reporter::Destination,
                 source: Some(&src),
+                derived: None,
                 source_principal: Some("spiffe://cluster.local/ns/client/sa/sa"),
                 destination: Some(&dst),
                 service: None,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use zpath_control::model::{Service, WorkloadProfile};
 use zpath_control::xds::metrics::label_value;
+use zpath_tunnel::connect::Baggage;
 
 use crate::counter::Counter;
 
@@ -73,6 +74,9 @@ pub(crate) struct TrafficLabels<'a> {
     pub(crate) reporter: Reporter,
     /// The source workload, when it is known.
     pub(crate) source: Option<&'a WorkloadProfile>,
+    /// Inbound over HBONE, what the source's `baggage` says of it: its labels when
+    /// the source workload is not known by address (as ztunnel's derived source).
+    pub(crate) derived: Option<Baggage<'a>>,
     /// The source identity, when mTLS proved it (inbound HBONE) or will prove it
     /// (outbound HBONE): `spiffe://...`.
     pub(crate) source_principal: Option<&'a str>,
@@ -105,22 +109,45 @@ impl TrafficLabels<'_> {
     pub(crate) fn render(&self) -> LabelText {
         let (src, dst, svc) = (self.source, self.destination, self.service);
         let principal = dst.map_or(String::new(), |w| w.spiffe_id());
+        // The workload known by address wins; else what the source's baggage says.
+        let derived = if src.is_none() { self.derived } else { None };
+        let from = |of_workload: fn(&WorkloadProfile) -> &str,
+                    of_baggage: fn(Baggage<'_>) -> Option<&str>| {
+            match (src, &derived) {
+                (Some(w), _) => of_workload(w),
+                (None, Some(b)) => of_baggage(*b).unwrap_or(""),
+                (None, None) => "",
+            }
+        };
         let labels: [(&str, &str); 21] = [
             ("reporter", self.reporter.label()),
-            ("source_workload", field(src, |w| &w.workload_name)),
+            (
+                "source_workload",
+                from(|w| &w.workload_name, |b| b.workload_name),
+            ),
             (
                 "source_canonical_service",
-                field(src, |w| &w.canonical_name),
+                from(|w| &w.canonical_name, |b| b.service_name),
             ),
             (
                 "source_canonical_revision",
-                field(src, |w| &w.canonical_revision),
+                from(|w| &w.canonical_revision, |b| b.service_version),
             ),
-            ("source_workload_namespace", field(src, |w| &w.namespace)),
+            (
+                "source_workload_namespace",
+                from(|w| &w.namespace, |b| b.namespace),
+            ),
             ("source_principal", self.source_principal.unwrap_or("")),
-            ("source_app", field(src, |w| &w.canonical_name)),
-            ("source_version", field(src, |w| &w.canonical_revision)),
-            ("source_cluster", field(src, |w| &w.cluster_id)),
+            // ztunnel's derived source gives its workload name as the app.
+            (
+                "source_app",
+                from(|w| &w.canonical_name, |b| b.workload_name),
+            ),
+            (
+                "source_version",
+                from(|w| &w.canonical_revision, |b| b.service_version),
+            ),
+            ("source_cluster", from(|w| &w.cluster_id, |b| b.cluster)),
             ("destination_service", svc.map_or("", |s| &s.hostname)),
             (
                 "destination_service_namespace",
@@ -154,8 +181,8 @@ impl TrafficLabels<'_> {
         let policy = if self.mtls { "mutual_tls" } else { "unknown" };
         label(&mut out, "connection_security_policy", policy);
         for (name, value) in [
-            ("source_region", field(src, |w| &w.locality.region)),
-            ("source_zone", field(src, |w| &w.locality.zone)),
+            ("source_region", from(|w| &w.locality.region, |b| b.region)),
+            ("source_zone", from(|w| &w.locality.zone, |b| b.zone)),
             ("destination_region", field(dst, |w| &w.locality.region)),
             ("destination_zone", field(dst, |w| &w.locality.zone)),
         ] {
@@ -347,6 +374,7 @@ mod tests {
         let text = TrafficLabels {
             reporter: Reporter::Source,
             source: Some(&src),
+            derived: None,
             source_principal: Some("spiffe://cluster.local/ns/web/sa/client-sa"),
             destination: Some(&dst),
             service: None,
@@ -376,12 +404,58 @@ mod tests {
     }
 
     #[test]
+    fn a_source_not_known_by_address_is_labelled_from_its_baggage() {
+        let dst = profile("prod", "server");
+        let baggage = zpath_tunnel::connect::parse_baggage(
+            "k8s.cluster.name=east,k8s.namespace.name=web,k8s.deployment.name=client-deploy,\
+             service.name=client,service.version=v1,cloud.region=eu",
+        );
+        let labels = |source: Option<&WorkloadProfile>| {
+            TrafficLabels {
+                reporter: Reporter::Destination,
+                source,
+                derived: Some(baggage),
+                source_principal: None,
+                destination: Some(&dst),
+                service: None,
+                mtls: true,
+            }
+            .render()
+        };
+        let derived = labels(None);
+        for want in [
+            "source_workload=\"client-deploy\"",
+            "source_canonical_service=\"client\"",
+            "source_canonical_revision=\"v1\"",
+            "source_workload_namespace=\"web\"",
+            // As ztunnel: the derived source's app is its workload name.
+            "source_app=\"client-deploy\"",
+            "source_version=\"v1\"",
+            "source_cluster=\"east\"",
+            "source_region=\"eu\"",
+            "source_zone=\"unknown\"",
+        ] {
+            assert!(
+                derived.as_str().contains(want),
+                "{want}: {}",
+                derived.as_str()
+            );
+        }
+        // A workload known by address wins over what its baggage says.
+        let known = profile("shop", "other");
+        let text = labels(Some(&known));
+        assert!(text.as_str().contains("source_workload_namespace=\"shop\""));
+        assert!(text.as_str().contains("source_region=\"unknown\""));
+    }
+
+    #[test]
     fn a_value_is_escaped() {
         let mut src = profile("web", "client");
         src.canonical_name = "a\"b\\c\nd".into();
         let text = TrafficLabels {
             reporter: Reporter::Destination,
             source: Some(&src),
+            derived: None,
             source_principal: None,
             destination: None,
             service: None,
@@ -405,6 +479,7 @@ mod tests {
         let labels = TrafficLabels {
             reporter: Reporter::Destination,
             source: None,
+            derived: None,
             source_principal: None,
             destination: Some(&dst),
             service: None,

@@ -73,7 +73,7 @@ const NOT_IMPLEMENTED: &[(&str, Option<&str>, &str)] = &[
     ("ENABLE_PROXY", Some("true"), "the proxy always runs"),
     ("PREFERED_SERVICE_NAMESPACE", None, "zpath has no DNS proxy yet"),
     ("LOCALHOST_APP_TUNNEL", None, "application tunnels are not implemented"),
-    ("ENABLE_RESPONSE_BAGGAGE", None, "response baggage is not sent"),
+    ("ENABLE_RESPONSE_BAGGAGE", None, "response baggage is not sent, and request baggage labels a source unknown by address whatever its value"),
     ("IPV6_ENABLED", Some("true"), "zpath listens on [::] (dual stack) unless an address is given"),
     ("AUTHZ_POLICY_INFO_LOGGING", None, "policy decisions are counted; denials are logged, rate-limited"),
 ];

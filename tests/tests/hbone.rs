@@ -816,3 +816,49 @@ policies:
     assert_eq!(value(&m.b, "received_bytes", set), 300, "{}", ctx());
     assert_eq!(value(&m.b, "sent_bytes", set), 300, "{}", ctx());
 }
+
+/// A source node B does not know by address (a workload of another cluster, say) is
+/// labelled from the `baggage` node A sends with its CONNECT, as ztunnel's derived
+/// source; its principal is still the identity mTLS proved.
+#[test]
+fn a_source_unknown_to_the_destination_node_is_labelled_from_its_baggage() {
+    if skip_unless_root() {
+        return;
+    }
+    let net = "10.79.33";
+    let client = format!(
+        "- {{name: client-7d4, namespace: web, serviceAccount: client, workloadIps: [\"{net}.1\"],
+   protocol: HBONE, node: node-a, canonicalName: client, canonicalRevision: v1,
+   workloadName: client-deploy, clusterId: east}}\n"
+    );
+    let server = format!(
+        "- {{name: server-5f9, namespace: prod, serviceAccount: server, workloadIps: [\"{net}.2\"],
+   protocol: HBONE, node: node-b}}\n"
+    );
+    let config_a = format!("workloads:\n{client}{server}");
+    let config_b = format!("workloads:\n{server}");
+    let m = Mesh::start("hbg", net, &config_a, Some(&config_b), &[], &[]);
+    let echo = EchoServer::serve(m.server_listener());
+    let s = m.connect(echo.addr).expect("CONNECT accepted");
+    assert_eq!(roundtrip(s, &[5u8; 100]).len(), 100);
+    m.b.assert_no_open_connections();
+    let want = [
+        ("reporter", "destination"),
+        ("source_workload", "client-deploy"),
+        ("source_canonical_service", "client"),
+        ("source_canonical_revision", "v1"),
+        ("source_workload_namespace", "web"),
+        ("source_app", "client-deploy"),
+        ("source_version", "v1"),
+        ("source_cluster", "east"),
+        (
+            "source_principal",
+            "spiffe://cluster.local/ns/web/sa/client",
+        ),
+        ("destination_workload_namespace", "prod"),
+    ];
+    let opened = m.b.samples("istio_tcp_connections_opened_total");
+    let found: Vec<_> = opened.iter().filter(|s| s.has(&want)).collect();
+    assert_eq!(found.len(), 1, "{opened:?}");
+    assert_eq!(found[0].value, 1.0);
+}

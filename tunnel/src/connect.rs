@@ -65,6 +65,52 @@ impl SourceInfo<'_> {
     }
 }
 
+/// The source attributes a `baggage` header carries, as ztunnel reads them: borrowed
+/// from the header value, an empty value read as absent.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Baggage<'a> {
+    /// `k8s.cluster.name`.
+    pub cluster: Option<&'a str>,
+    /// `k8s.namespace.name`.
+    pub namespace: Option<&'a str>,
+    /// `k8s.<deployment|cronjob|pod|job>.name`.
+    pub workload_name: Option<&'a str>,
+    /// `service.name` (the canonical service).
+    pub service_name: Option<&'a str>,
+    /// `service.version` (the canonical revision).
+    pub service_version: Option<&'a str>,
+    /// `cloud.region`.
+    pub region: Option<&'a str>,
+    /// `cloud.availability_zone`.
+    pub zone: Option<&'a str>,
+}
+
+/// Reads a `baggage` header value: comma-separated `key=value` members, the keys
+/// ztunnel knows, others ignored (a member without `=` too).
+pub fn parse_baggage(value: &str) -> Baggage<'_> {
+    let mut b = Baggage::default();
+    for member in value.split(',') {
+        let mut parts = member.split('=');
+        let (Some(key), Some(v)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let v = (!v.is_empty()).then_some(v);
+        match key {
+            "k8s.cluster.name" => b.cluster = v,
+            "k8s.namespace.name" => b.namespace = v,
+            "k8s.deployment.name" | "k8s.cronjob.name" | "k8s.pod.name" | "k8s.job.name" => {
+                b.workload_name = v
+            }
+            "service.name" => b.service_name = v,
+            "service.version" => b.service_version = v,
+            "cloud.region" => b.region = v,
+            "cloud.availability_zone" => b.zone = v,
+            _ => {}
+        }
+    }
+    b
+}
+
 /// A W3C `traceparent` value with fresh ids from the caller's random numbers:
 /// `00-<32 hex trace id>-<16 hex span id>-00` (not sampled).
 pub fn traceparent(trace_id: u128, span_id: u64) -> String {
@@ -191,6 +237,38 @@ mod tests {
         };
         assert_eq!(job.baggage(), "service.version=v2");
         assert_eq!(SourceInfo::default().baggage(), "");
+    }
+
+    #[test]
+    fn baggage_we_send_reads_back_and_unknown_or_empty_members_are_absent() {
+        let info = SourceInfo {
+            cluster: "east",
+            namespace: "web",
+            workload_kind: "cronjob",
+            workload_name: "report",
+            canonical_name: "reporter",
+            canonical_revision: "v3",
+        };
+        let sent = info.baggage();
+        let got = parse_baggage(&sent);
+        assert_eq!(
+            got,
+            Baggage {
+                cluster: Some("east"),
+                namespace: Some("web"),
+                workload_name: Some("report"),
+                service_name: Some("reporter"),
+                service_version: Some("v3"),
+                region: None,
+                zone: None,
+            }
+        );
+        let odd =
+            parse_baggage("cloud.region=eu,cloud.availability_zone=,x=y,bare,k8s.pod.name=p=q");
+        assert_eq!(odd.region, Some("eu"));
+        assert_eq!(odd.zone, None);
+        assert_eq!(odd.workload_name, Some("p"));
+        assert_eq!(parse_baggage(""), Baggage::default());
     }
 
     #[test]

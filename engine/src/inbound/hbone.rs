@@ -394,7 +394,9 @@ async fn serve_stream(
         Err(refused) => refused.target,
     };
     if let Some(target) = target {
-        shard.count_inbound_opened(info, &snapshot, target, Some(&outer.verified));
+        // The first `baggage` header (ztunnel's clients and zpath's send one).
+        let baggage = req.headers().get("baggage").and_then(|v| v.to_str().ok());
+        shard.count_inbound_opened(info, &snapshot, target, Some(&outer.verified), baggage);
     }
     drop(snapshot);
     let Admitted { target, authorized } = match admitted {

@@ -32,7 +32,7 @@ pub(crate) async fn inbound(
         dst,
         peer: None,
     };
-    shard.count_inbound_opened(info, &snapshot, dst, None);
+    shard.count_inbound_opened(info, &snapshot, dst, None, None);
     let tally = |d: &_| shard.count_decision(&snapshot, d);
     let authorized = match authorize(&snapshot, conn, When::Opening, tally) {
         Ok(authorized) => authorized,

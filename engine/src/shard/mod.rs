@@ -216,16 +216,22 @@ impl Shard {
     }
 
     /// Counts the inbound connection `info` to `dst` as opened under its
-    /// `istio_tcp_*` label set (see [`traffic::TrafficSets::inbound`]); `peer` over HBONE.
+    /// `istio_tcp_*` label set (see [`traffic::TrafficSets::inbound`]); `peer` and the
+    /// request's `baggage` over HBONE.
     pub(crate) fn count_inbound_opened(
         &self,
         info: &ConnInfo,
         snapshot: &Snapshot,
         dst: SocketAddr,
         peer: Option<&zpath_crypto::VerifiedPeer>,
+        baggage: Option<&str>,
     ) {
         let src = info.src.ip();
-        if let Some(c) = self.traffic.inbound(snapshot, src, dst, peer, &self.stats) {
+        let stats = &self.stats;
+        if let Some(c) = self
+            .traffic
+            .inbound(snapshot, src, dst, peer, baggage, stats)
+        {
             count_opened(info, c);
         }
     }

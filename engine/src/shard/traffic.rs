@@ -15,6 +15,7 @@ use hashbrown::{Equivalent, HashMap};
 use zpath_control::model::{Service, WorkloadProfile};
 use zpath_control::Snapshot;
 use zpath_crypto::VerifiedPeer;
+use zpath_tunnel::connect::parse_baggage;
 
 use crate::stats::ShardStats;
 use crate::traffic::{LabelText, LocalCounters, Reporter, TrafficCounters, TrafficLabels};
@@ -43,6 +44,9 @@ pub(crate) struct Parties<'a> {
     pub(crate) source: Option<&'a Arc<WorkloadProfile>>,
     /// The source principal.
     pub(crate) principal: Principal<'a>,
+    /// Inbound over HBONE, the request's `baggage`: the source's labels when it is not
+    /// a workload known by address.
+    pub(crate) baggage: Option<&'a str>,
     /// The destination workload's profile, when it is known.
     pub(crate) destination: Option<&'a Arc<WorkloadProfile>>,
     /// The destination port (inbound, where the service is the destination's service
@@ -64,10 +68,12 @@ struct Ids {
     mtls: bool,
 }
 
-/// A lookup key, borrowing the peer's identity.
+/// A lookup key, borrowing the peer's identity and, for a source not known by
+/// address, its baggage.
 struct Key<'a> {
     ids: Ids,
     peer: Option<&'a str>,
+    baggage: Option<&'a str>,
 }
 
 /// A key as stored.
@@ -75,12 +81,14 @@ struct Key<'a> {
 struct StoredKey {
     ids: Ids,
     peer: Option<Box<str>>,
+    baggage: Option<Box<str>>,
 }
 
 impl Hash for Key<'_> {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.ids.hash(state);
         self.peer.hash(state);
+        self.baggage.hash(state);
     }
 }
 
@@ -88,12 +96,15 @@ impl Hash for StoredKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.ids.hash(state);
         self.peer.as_deref().hash(state);
+        self.baggage.as_deref().hash(state);
     }
 }
 
 impl Equivalent<StoredKey> for Key<'_> {
     fn equivalent(&self, key: &StoredKey) -> bool {
-        self.ids == key.ids && self.peer == key.peer.as_deref()
+        self.ids == key.ids
+            && self.peer == key.peer.as_deref()
+            && self.baggage == key.baggage.as_deref()
     }
 }
 
@@ -155,6 +166,8 @@ impl TrafficSets {
                 mtls: parties.mtls,
             },
             peer,
+            // Only a source not known by address takes its labels from baggage.
+            baggage: parties.baggage.filter(|_| parties.source.is_none()),
         };
         let by_key = self.by_key.borrow();
         if let Some(held) = by_key.get(&key) {
@@ -194,6 +207,7 @@ impl TrafficSets {
             StoredKey {
                 ids: key.ids,
                 peer: key.peer.map(Box::from),
+                baggage: key.baggage.map(Box::from),
             },
             Held {
                 counters: counters.clone(),
@@ -225,6 +239,7 @@ impl TrafficSets {
         let text = TrafficLabels {
             reporter: parties.reporter,
             source: parties.source.map(|w| &**w),
+            derived: parties.baggage.map(parse_baggage),
             source_principal,
             destination: parties.destination.map(|w| &**w),
             service,
@@ -273,6 +288,7 @@ impl TrafficSets {
             destination: snapshot
                 .workload_by_ip(upstream.ip().to_canonical())
                 .map(|w| &w.profile),
+            baggage: None,
             port: 0,
             mtls,
         };
@@ -280,7 +296,8 @@ impl TrafficSets {
     }
 
     /// The counters of an inbound connection from `src` to `dst`: its source is the
-    /// workload at `src` (over HBONE, `peer` is the principal), its destination the
+    /// workload at `src` (over HBONE, `peer` is the principal and, when no workload has
+    /// that address, the request's `baggage` names the source), its destination the
     /// local workload at `dst`, its service that workload's service with `dst`'s port
     /// as target port. `None` for a destination this node does not serve (refused
     /// before anything is known of it, as ztunnel does).
@@ -290,6 +307,7 @@ impl TrafficSets {
         src: IpAddr,
         dst: SocketAddr,
         peer: Option<&VerifiedPeer>,
+        baggage: Option<&str>,
         stats: &ShardStats,
     ) -> Option<LocalCounters> {
         let destination = snapshot.local_workload(dst.ip().to_canonical())?;
@@ -300,6 +318,7 @@ impl TrafficSets {
                 .map(|w| &w.profile),
             principal: peer.map_or(Principal::Unknown, |p| Principal::Peer(p.identity().uri())),
             destination: Some(&destination.profile),
+            baggage,
             port: dst.port(),
             mtls: peer.is_some(),
         };
@@ -356,6 +375,7 @@ mod tests {
             reporter: Reporter::Destination,
             source: Some(src),
             principal,
+            baggage: None,
             destination: Some(dst),
             port: 8080,
             mtls: true,
