@@ -150,8 +150,7 @@ pub fn zds(data: &[u8]) -> usize {
                 assert_eq!(pods.len() + gone.len(), before);
             }
             Ok(Change::None) => assert_eq!(pods.len(), before),
-            Err(e) => {
-                assert!(!e.to_string().is_empty());
+            Err(_) => {
                 assert_eq!(pods.len(), before, "a refused request changed the pods");
                 continue;
             }

@@ -452,6 +452,19 @@ pub struct Service {
 }
 
 impl Service {
+    /// The port a connection to `service_port` reaches on an endpoint whose own port
+    /// map is `endpoint_ports`: the endpoint's mapping wins, then the service's, then
+    /// the service port itself (a target of 0 keeps it). `None`: the service does not
+    /// expose `service_port`.
+    pub fn target_port(&self, service_port: u16, endpoint_ports: Option<&PortMap>) -> Option<u16> {
+        let target = *self.ports.get(&service_port)?;
+        Some(match endpoint_ports.and_then(|p| p.get(&service_port)) {
+            Some(&p) if p != 0 => p,
+            _ if target != 0 => target,
+            _ => service_port,
+        })
+    }
+
     /// The service key `namespace/hostname`.
     pub fn key(&self) -> NamespacedHostname {
         NamespacedHostname {
@@ -483,6 +496,26 @@ mod tests {
         assert_eq!(Addresses::default(), none);
         // One address lives inline: the whole list is three words.
         assert_eq!(std::mem::size_of::<Addresses>(), 24);
+    }
+
+    #[test]
+    fn a_target_port_is_the_endpoints_then_the_services_then_the_service_port() {
+        let svc = Service {
+            name: "api".into(),
+            namespace: "prod".into(),
+            hostname: "api.prod.svc.cluster.local".into(),
+            vips: vec![],
+            ports: [(80, 8080), (443, 0)].into(),
+            subject_alt_names: vec![],
+            endpoints: BTreeMap::new(),
+            waypoint: None,
+        };
+        let own: PortMap = Arc::new([(80, 9090), (443, 0)].into());
+        assert_eq!(svc.target_port(80, None), Some(8080));
+        assert_eq!(svc.target_port(80, Some(&own)), Some(9090));
+        assert_eq!(svc.target_port(443, None), Some(443));
+        assert_eq!(svc.target_port(443, Some(&own)), Some(443));
+        assert_eq!(svc.target_port(81, Some(&own)), None);
     }
 
     #[test]

@@ -347,9 +347,9 @@ impl Snapshot {
                 waypoint: waypoint.clone(),
             };
         }
-        let Some(&target) = route.service.ports.get(&dst.port()) else {
+        if !route.service.ports.contains_key(&dst.port()) {
             return Route::NoEndpoint(route.service.key());
-        };
+        }
         if route.healthy.is_empty() {
             return Route::NoEndpoint(route.service.key());
         }
@@ -358,11 +358,8 @@ impl Snapshot {
         };
         let svc = &route.service;
         let ports = wl.endpoint_ports(&svc.namespace, &svc.hostname);
-        // The endpoint's own mapping wins, then the service's, then the service port.
-        let port = match ports.and_then(|p| p.get(&dst.port())) {
-            Some(&p) if p != 0 => p,
-            _ if target != 0 => target,
-            _ => dst.port(),
+        let Some(port) = svc.target_port(dst.port(), ports) else {
+            return Route::NoEndpoint(route.service.key());
         };
         let ip = pick_family(&wl.workload_ips, dst.ip());
         Route::Workload {

@@ -107,34 +107,33 @@ pub fn decode<F>(bytes: &[u8], mut fds: Vec<F>, truncated: bool) -> Result<Reque
             expected,
         })
     };
-    let payload = request.payload.ok_or(ZdsError::NoPayload)?;
-    if let Payload::Add(add) = payload {
-        let count = fds.len();
-        let netns = match (fds.pop(), fds.is_empty()) {
-            (Some(fd), true) => fd,
-            _ => return descriptors("add", count, 1),
-        };
-        if add.uid.is_empty() {
-            return Err(ZdsError::NoUid);
-        }
-        let info = add
-            .workload_info
-            .ok_or_else(|| ZdsError::NoWorkloadInfo(add.uid.clone()))?;
-        return Ok(Request::Add {
-            uid: add.uid,
-            info: PodInfo {
+    let (name, request) = match request.payload.ok_or(ZdsError::NoPayload)? {
+        Payload::Add(add) => {
+            let count = fds.len();
+            let netns = match (fds.pop(), fds.is_empty()) {
+                (Some(fd), true) => fd,
+                _ => return descriptors("add", count, 1),
+            };
+            if add.uid.is_empty() {
+                return Err(ZdsError::NoUid);
+            }
+            let info = add
+                .workload_info
+                .ok_or_else(|| ZdsError::NoWorkloadInfo(add.uid.clone()))?;
+            let info = PodInfo {
                 name: info.name,
                 namespace: info.namespace,
                 service_account: info.service_account,
-            },
-            netns,
-        });
-    }
-    let (name, request) = match payload {
+            };
+            return Ok(Request::Add {
+                uid: add.uid,
+                info,
+                netns,
+            });
+        }
         Payload::Keep(k) => ("keep", Request::Keep { uid: k.uid }),
         Payload::Del(d) => ("del", Request::Del { uid: d.uid }),
         Payload::SnapshotSent(_) => ("snapshot_sent", Request::SnapshotSent),
-        Payload::Add(_) => return Err(ZdsError::NoPayload),
     };
     if !fds.is_empty() {
         return descriptors(name, fds.len(), 0);
@@ -263,16 +262,11 @@ impl Pods {
                 }
                 self.snapshot_done = true;
                 let named = std::mem::take(&mut self.named);
-                let gone: Vec<_> = self
-                    .served
-                    .iter()
-                    .filter(|(uid, _)| !named.contains(*uid))
-                    .map(|(uid, slot)| (uid.clone(), *slot))
-                    .collect();
-                for (uid, _) in &gone {
-                    self.served.remove(uid);
-                }
-                Ok(Change::Stop(gone))
+                let (kept, gone): (HashMap<_, _>, HashMap<_, _>) = std::mem::take(&mut self.served)
+                    .into_iter()
+                    .partition(|(uid, _)| named.contains(uid));
+                self.served = kept;
+                Ok(Change::Stop(gone.into_iter().collect()))
             }
         }
     }

@@ -50,9 +50,7 @@ mod tls;
 mod verifier;
 
 pub use ca::{LocalCa, ROOT_CERT_FILE, ROOT_KEY_FILE};
-pub use certificate::{
-    summarize, CertSummary, CertificateRequest, TrustBundle, WorkloadCertificate,
-};
+pub use certificate::{CertSummary, CertificateRequest, TrustBundle, WorkloadCertificate};
 pub use config::{CertifiedTls, ClientConfigCache};
 pub use error::{Error, SessionError};
 pub use identity::{Identity, IdentityError};

@@ -2,7 +2,8 @@
 //! it completes (`info`, `error` when it failed), under the target `access` with the
 //! fields ztunnel logs, so the log reads as ztunnel's. Workloads, namespaces, services
 //! and identities are looked up in the snapshot when the line is written, and only
-//! when the line is enabled (`--access-log off`, or `RUST_LOG=access=off`, turns it off).
+//! when the line is enabled: the log filter decides (`--access-log off` adds
+//! `access=off` to it, as `RUST_LOG=…,access=off` does).
 
 use std::net::SocketAddr;
 use std::ops::Deref;
@@ -72,7 +73,7 @@ macro_rules! access_line {
             src.namespace = $e.src.map(|w| &*w.namespace),
             src.identity = $e.src_identity.as_deref(),
             dst.addr = $e.dst_addr.map(tracing::field::display),
-            dst.hbone_addr = $info.hbone_target.get().map(tracing::field::display),
+            dst.hbone_addr = $info.hbone_target().map(tracing::field::display),
             dst.service = $e.service,
             dst.workload = $e.dst.map(|w| w.name()),
             dst.namespace = $e.dst.map(|w| &*w.namespace),
@@ -84,14 +85,13 @@ macro_rules! access_line {
     };
 }
 
-/// The connection starts relaying. `on`: the access log is on (`--access-log`);
-/// `snapshot` gives the current snapshot, asked only when the line is written.
+/// The connection starts relaying. `snapshot` gives the current snapshot, asked only
+/// when the line is written.
 pub(crate) fn opened<S: Deref<Target = Arc<Snapshot>>>(
-    on: bool,
     snapshot: impl FnOnce() -> S,
     info: &ConnInfo,
 ) {
-    if !on || !tracing::enabled!(target: "access", Level::DEBUG) {
+    if !tracing::enabled!(target: "access", Level::DEBUG) {
         return;
     }
     let snapshot = snapshot();
@@ -103,7 +103,6 @@ pub(crate) fn opened<S: Deref<Target = Arc<Snapshot>>>(
 /// (outbound: sent toward the server; inbound: sent toward the client), duration, and
 /// the error.
 pub(crate) fn completed<S: Deref<Target = Arc<Snapshot>>>(
-    on: bool,
     snapshot: impl FnOnce() -> S,
     info: &ConnInfo,
     result: &Result<(), Failure>,
@@ -112,7 +111,7 @@ pub(crate) fn completed<S: Deref<Target = Arc<Snapshot>>>(
         Ok(()) => tracing::enabled!(target: "access", Level::INFO),
         Err(_) => tracing::enabled!(target: "access", Level::ERROR),
     };
-    if !on || !enabled {
+    if !enabled {
         return;
     }
     let snapshot = snapshot();

@@ -256,7 +256,7 @@ pub(crate) struct Args {
     pub(crate) log: String,
     /// The access log (target `access`, ztunnel's fields): a line per connection
     /// opened (debug) and completed (info; error when it failed, rate-limited).
-    #[arg(long, env = "ZPATH_ACCESS_LOG", default_value = "on", value_parser = on_off)]
+    #[arg(long, env = "ZPATH_ACCESS_LOG", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
     pub(crate) access_log: bool,
     /// How log lines are written: plain text or one JSON object per line.
     #[arg(long, env = "ZPATH_LOG_FORMAT", value_enum, default_value = "plain")]
@@ -438,7 +438,6 @@ impl Args {
             ca_server_name: self.ca_server_name,
             xds_headers: self.xds_headers,
             ca_headers: self.ca_headers,
-            access_log: self.access_log,
             h2: zpath_tunnel::H2Settings {
                 stream_window: self.h2_stream_window,
                 connection_window: self.h2_connection_window,
@@ -455,7 +454,16 @@ impl Args {
     }
 }
 
-/// The command line, with ztunnel's name of each setting beside ours in `--help`.
+/// The log filter to start with: `log`, with the access log turned off in it unless
+/// `access_log` (so `/logging?reset` keeps it off, and one filter decides every line).
+pub(crate) fn log_filter(log: &str, access_log: bool) -> String {
+    if access_log {
+        log.to_string()
+    } else {
+        format!("{log},access=off")
+    }
+}
+
 /// ztunnel's durations: `30s`, `5m`, `500ms`, `1h`, or a bare number of seconds.
 pub(crate) fn duration(v: &str) -> Result<Duration, String> {
     if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
@@ -489,6 +497,19 @@ impl LogFormat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn access_log_off_is_a_clause_of_the_log_filter() {
+        assert_eq!(log_filter("info", true), "info");
+        assert_eq!(log_filter("info,h2=warn", false), "info,h2=warn,access=off");
+        let args = Args::try_parse_from(["zpath", "--access-log", "off"]).expect("flags parse");
+        assert!(!args.access_log);
+        // The filter it makes parses, and turns off exactly the access target.
+        let filter = tracing_subscriber::EnvFilter::try_new(log_filter("debug", false)).unwrap();
+        let mut clauses: Vec<String> = filter.to_string().split(',').map(str::to_owned).collect();
+        clauses.sort();
+        assert_eq!(clauses, ["access=off", "debug"]);
+    }
 
     fn socks5_of(args: &[&str]) -> Option<SocketAddr> {
         let args = Args::try_parse_from(std::iter::once("zpath").chain(args.iter().copied()))

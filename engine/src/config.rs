@@ -195,9 +195,6 @@ pub struct EngineConfig {
     pub xds_headers: Vec<(String, String)>,
     /// Extra gRPC metadata on certificate requests (ztunnel's `CA_HEADER_*`).
     pub ca_headers: Vec<(String, String)>,
-    /// Write the access log (target `access`): a line per connection opened (debug)
-    /// and completed (info; error when it failed, rate-limited).
-    pub access_log: bool,
 }
 
 impl Default for EngineConfig {
@@ -259,7 +256,6 @@ impl Default for EngineConfig {
             ca_server_name: None,
             xds_headers: Vec::new(),
             ca_headers: Vec::new(),
-            access_log: true,
         }
     }
 }

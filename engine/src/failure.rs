@@ -27,19 +27,21 @@ pub(crate) fn fail(reason: FailReason, message: impl Into<String>) -> Failure {
     }
 }
 
-impl Failure {
-    /// Notes the kind of the I/O error that ended a relay: a reset, a broken pipe, an
-    /// unexpected end or a socket no longer connected is the peer closing, which
-    /// ztunnel's telemetry does not count as a failure.
-    pub(crate) fn relay_error(mut self, kind: io::ErrorKind) -> Self {
-        use io::ErrorKind::*;
-        self.peer_closed = matches!(
+/// A relay that ended on an I/O error of `kind` (counted as `reset`): a reset, a
+/// broken pipe, an unexpected end or a socket no longer connected is the peer closing,
+/// which ztunnel's telemetry does not count as a failure.
+pub(crate) fn relay_failed(kind: io::ErrorKind, message: impl Into<String>) -> Failure {
+    use io::ErrorKind::*;
+    Failure {
+        peer_closed: matches!(
             kind,
             ConnectionReset | BrokenPipe | UnexpectedEof | NotConnected
-        );
-        self
+        ),
+        ..fail(FailReason::Reset, message)
     }
+}
 
+impl Failure {
     /// Its `response_flags` in Istio's telemetry.
     pub(crate) fn response_flag(&self) -> ResponseFlag {
         if self.peer_closed {
@@ -57,12 +59,12 @@ mod tests {
     fn a_peer_closing_while_relaying_is_no_failure_to_istio_but_other_errors_are() {
         use io::ErrorKind::*;
         for kind in [ConnectionReset, BrokenPipe, UnexpectedEof, NotConnected] {
-            let f = fail(FailReason::Reset, "x").relay_error(kind);
+            let f = relay_failed(kind, "x");
             assert_eq!(f.response_flag(), ResponseFlag::None, "{kind:?}");
             assert_eq!(f.reason, FailReason::Reset);
         }
         for kind in [TimedOut, HostUnreachable, Other] {
-            let f = fail(FailReason::Reset, "x").relay_error(kind);
+            let f = relay_failed(kind, "x");
             assert_eq!(f.response_flag(), ResponseFlag::Connect, "{kind:?}");
         }
         assert_eq!(

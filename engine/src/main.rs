@@ -11,6 +11,7 @@ use cli::{Args, LogFormat};
 mod cli;
 mod ztunnel_env;
 
+/// The command line, with ztunnel's name of each setting beside ours in `--help`.
 fn command() -> clap::Command {
     let mut cmd = Args::command();
     for (id, name) in ztunnel_env::NAMES {
@@ -81,7 +82,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&args.log, args.log_format);
+    init_logging(
+        &cli::log_filter(&args.log, args.access_log),
+        args.log_format,
+    );
     for notice in &notices {
         tracing::warn!("{notice}");
     }

@@ -20,14 +20,14 @@ use std::task::{Context, Poll};
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
-use zpath_tunnel::relay::{ReadSizes, RelayError as TunnelError, Way};
+use zpath_tunnel::relay::{RelayError as TunnelError, Way};
 use zpath_tunnel::Payload;
 
-use crate::failure::{fail, Failure};
+use crate::failure::{relay_failed, Failure};
 use crate::shard::buffers::{BufPool, RelayBuf};
 use crate::shard::table::{ConnInfo, ConnState};
 use crate::shard::Shard;
-use crate::stats::{Direction, DirectionStats, FailReason};
+use crate::stats::{Direction, DirectionStats};
 use crate::traffic::TrafficCounters;
 
 /// A stream the relay can abort with a reset.
@@ -250,14 +250,14 @@ pub(crate) async fn pair(
 ) -> Result<(), Failure> {
     info.fds.set([client.as_raw_fd(), upstream.as_raw_fd()]);
     info.state.set(ConnState::Relaying);
-    crate::access::opened(shard.cfg.access_log, || shard.snapshot(), info);
+    crate::access::opened(|| shard.snapshot(), info);
     let result = relay(client, upstream, &shard.pool, Meters::of(shard, info)).await;
     info.fds.set([-1, -1]);
     result.map(|_| ()).map_err(|e| {
         let kind = match &e {
             RelayError::Read { source, .. } | RelayError::Write { source, .. } => source.kind(),
         };
-        fail(FailReason::Reset, e.to_string()).relay_error(kind)
+        relay_failed(kind, e.to_string())
     })
 }
 
@@ -272,7 +272,7 @@ pub(crate) async fn tunnelled(
 ) -> Result<(), Failure> {
     info.fds.set([socket.as_raw_fd(), -1]);
     info.state.set(ConnState::Relaying);
-    crate::access::opened(shard.cfg.access_log, || shard.snapshot(), info);
+    crate::access::opened(|| shard.snapshot(), info);
     let meters = Meters::of(shard, info);
     let outbound = info.direction == Direction::Outbound;
     let meter = |way: Way, n: usize| {
@@ -287,10 +287,7 @@ pub(crate) async fn tunnelled(
     let socket = Shared(Rc::new(RefCell::new(socket)));
     // The first read of a stream is --buffer-min bytes, as passthrough's: an idle
     // stream holds only that much; bulk doubles it up to --buffer-max.
-    let sizes = ReadSizes {
-        min: shard.cfg.buffers.min,
-        max: shard.cfg.buffers.max,
-    };
+    let sizes = shard.pool.sizes();
     let result =
         zpath_tunnel::relay::relay(socket.clone(), socket.clone(), send, recv, sizes, &meter).await;
     info.fds.set([-1, -1]);
@@ -301,6 +298,6 @@ pub(crate) async fn tunnelled(
             // A stream error is not the local peer closing.
             TunnelError::Stream(_) => io::ErrorKind::Other,
         };
-        fail(FailReason::Reset, e.to_string()).relay_error(kind)
+        relay_failed(kind, e.to_string())
     })
 }

@@ -15,7 +15,6 @@
 //! is given (`--ca-cert`).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -63,6 +62,7 @@ const NOT_IMPLEMENTED: &[(&str, Option<&str>, &str)] = &[
     ("NETWORK", Some(""), "multi-network meshes are not implemented yet; every address is on this node's network"),
     ("TRUST_DOMAIN", None, "zpath has no identity of its own; workload identities come from the configuration"),
     ("CLUSTER_DOMAIN", Some("cluster.local"), "zpath has no DNS proxy yet"),
+    ("ISTIO_META_DNS_CAPTURE", Some("false"), "zpath has no DNS proxy yet"),
     ("LOCAL_XDS", None, "inline local configuration is not supported; write it to a file for LOCAL_XDS_PATH"),
     ("XDS_ON_DEMAND", Some("false"), "on-demand xDS is not implemented"),
     ("FAKE_CA", Some("false"), "there is no fake CA; the built-in CA is used when no CA address is given"),
@@ -97,14 +97,13 @@ pub(crate) fn apply(
     vars: &BTreeMap<String, String>,
 ) -> Result<Vec<String>, String> {
     let mut notices = Vec::new();
-    let env = |name: &str| vars.get(name).cloned();
+    let var = |name: &str| vars.get(name).cloned();
     let given = |id: &str| {
         matches!(
             matches.value_source(id),
             Some(ValueSource::CommandLine | ValueSource::EnvVariable)
         )
     };
-    let var = |name: &str| env(name);
     macro_rules! take {
         ($field:ident, $name:literal, $parse:expr) => {
             if !given(stringify!($field)) {
@@ -136,8 +135,7 @@ pub(crate) fn apply(
     take!(log_format, "LOG_FORMAT", |v: &str| Ok::<_, String>(
         LogFormat::from_ztunnel(v)
     ));
-    if !given("keepalive_time") && var("KEEPALIVE_ENABLED").is_some() {
-        let v = var("KEEPALIVE_ENABLED").unwrap_or_default();
+    if let Some(v) = var("KEEPALIVE_ENABLED").filter(|_| !given("keepalive_time")) {
         if !boolean(&v).map_err(|e| format!("KEEPALIVE_ENABLED={v:?}: {e}"))? {
             args.keepalive_time = Duration::ZERO;
         }
@@ -279,7 +277,7 @@ fn ztunnel_source(
             Some(v) => boolean(&v).map_err(|e| format!("UNSTABLE_ENABLE_SOCKS5={v:?}: {e}"))?,
             None => false,
         };
-        args.socks5_addr = Some(on.then(|| SocketAddr::from(([127, 0, 0, 1], 15080))));
+        args.socks5_addr = Some(zpath_engine::EngineConfig::default_socks5_addr(!on));
     }
     Ok(())
 }
@@ -303,11 +301,6 @@ fn prefixed(
                 )),
             }
         } else if let Some(key) = name.strip_prefix("ISTIO_META_") {
-            if key == "DNS_CAPTURE" && value.eq_ignore_ascii_case("true") {
-                notices.push(format!(
-                    "{name}={value:?} is not honoured: zpath has no DNS proxy yet"
-                ));
-            }
             args.node_metadata.insert(key.to_string(), value.clone());
         } else if let Some(key) = name.strip_prefix("XDS_HEADER_") {
             args.xds_headers.push(header(name, key, value)?);

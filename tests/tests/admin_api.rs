@@ -24,6 +24,10 @@ fn logging_reads_and_changes_the_level_and_quitquitquit_stops_the_daemon() {
     let (status, body) = post("/logging?level=info,zpath_engine=trace");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("zpath_engine=trace"), "{body}");
+    // A percent-encoded filter (as curl --data-urlencode writes it, lower case too).
+    let (status, body) = post("/logging?level=info%2czpath_engine%3A%3Adecide%3Ddebug");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("zpath_engine::decide=debug"), "{body}");
     let (status, body) = post("/logging?level=loud");
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("Invalid level provided: loud"), "{body}");

@@ -206,19 +206,24 @@ fn workloads_policies_and_certificates_come_from_the_control_plane() {
         });
         assert!(node.metric("zpath_xds_updates_total{result=\"accepted\"}") >= 4);
         // ztunnel's own xDS counters: the responses by type, none of the stream ending.
-        let auth =
-            "istio_xds_message_total{url=\"type.googleapis.com/istio.security.Authorization\"}";
-        assert!(node.metric(auth) >= 3, "{}", node.metrics_text());
+        let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+            let samples = node.samples(name);
+            let found: Vec<_> = samples.iter().filter(|s| s.has(labels)).collect();
+            assert_eq!(found.len(), 1, "{name} {labels:?}: {samples:?}");
+            found[0].value
+        };
+        let url = |t: &'static str| [("url", t)];
+        let auth = url("type.googleapis.com/istio.security.Authorization");
         assert!(
-            node.metric(
-                "istio_xds_message_bytes_total{url=\"type.googleapis.com/istio.workload.Address\"}"
-            ) > 0
+            value("istio_xds_message_total", &auth) >= 3.0,
+            "{}",
+            node.metrics_text()
         );
+        let address = url("type.googleapis.com/istio.workload.Address");
+        assert!(value("istio_xds_message_bytes_total", &address) > 0.0);
         assert_eq!(node.metric("istio_xds_connection_terminations_total"), 0);
-        assert_eq!(
-            node.metric("istio_build{component=\"ztunnel\",tag=\"unknown\"}"),
-            1
-        );
+        let build = [("component", "ztunnel"), ("tag", "unknown")];
+        assert_eq!(value("istio_build", &build), 1.0);
         node.assert_no_open_connections();
     });
 }

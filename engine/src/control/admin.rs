@@ -113,23 +113,21 @@ impl AdminState {
             })
         };
         let certs = self.certs.load();
-        let mut out: Vec<_> = certs
+        let by_identity: std::collections::BTreeMap<String, serde_json::Value> = certs
             .iter()
             .map(|(id, tls)| {
                 let (chain, roots) = tls.certificate().summaries();
-                (
-                    id.to_string(),
-                    serde_json::json!({
-                        "identity": id.to_string(),
-                        "state": "Available",
-                        "certChain": chain.iter().map(show).collect::<Vec<_>>(),
-                        "rootCerts": roots.iter().map(show).collect::<Vec<_>>(),
-                    }),
-                )
+                let id = id.to_string();
+                let dump = serde_json::json!({
+                    "identity": id,
+                    "state": "Available",
+                    "certChain": chain.iter().map(show).collect::<Vec<_>>(),
+                    "rootCerts": roots.iter().map(show).collect::<Vec<_>>(),
+                });
+                (id, dump)
             })
             .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out.into_iter().map(|(_, v)| v).collect()
+        by_identity.into_values().collect()
     }
 
     fn endpoint_metrics(&self) -> String {
@@ -182,6 +180,8 @@ impl AdminState {
             "workloads": super::dump::workloads(&snap),
             "services": super::dump::services(&snap),
             "policies": super::dump::policies(&snap),
+            // In-pod mode's per-pod state (ztunnel's `workloadState`): none until zpath
+            // takes pods from istio-cni.
             "workloadState": {},
             "snapshot": &*snap,
             "shards": shards,
@@ -507,7 +507,13 @@ fn logging(query: &str) -> (StatusCode, String) {
     let mut reset = false;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
-            Some(("level", v)) => level = Some(v.replace("%3D", "=").replace("%2C", ",")),
+            Some(("level", v)) => {
+                level = Some(
+                    percent_encoding::percent_decode_str(v)
+                        .decode_utf8_lossy()
+                        .into_owned(),
+                )
+            }
             None if pair == "reset" => reset = true,
             Some(("reset", _)) => reset = true,
             _ => {}

@@ -6,15 +6,19 @@
 use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
-use zpath_control::model::{Service, Waypoint, Workload};
+use zpath_control::model::{Endpoint, Service, Waypoint, Workload};
 use zpath_control::Snapshot;
 
-/// ztunnel's JSON of a waypoint reference.
-fn waypoint(w: &Waypoint) -> Value {
-    json!({ "destination": w.to_string() })
+/// Sets `v`'s `waypoint` as ztunnel writes it (`{destination}`), or leaves it out.
+fn set_waypoint(v: &mut Map<String, Value>, w: Option<&Waypoint>) {
+    match w {
+        Some(w) => v.insert("waypoint".into(), json!({ "destination": w.to_string() })),
+        None => v.remove("waypoint"),
+    };
 }
 
-/// The workloads, sorted by uid, as ztunnel dumps them.
+/// The workloads, sorted by uid, as ztunnel dumps them: the model's own JSON, with
+/// the waypoint as an object, `capacity`, and no empty locality.
 pub(crate) fn workloads(snapshot: &Snapshot) -> Vec<Value> {
     let mut all: Vec<_> = snapshot.workloads.values().collect();
     all.sort_by(|a, b| a.uid.cmp(&b.uid));
@@ -22,84 +26,61 @@ pub(crate) fn workloads(snapshot: &Snapshot) -> Vec<Value> {
 }
 
 fn workload(w: &Workload) -> Value {
-    let mut v = json!({
-        "uid": &*w.uid,
-        "workloadIps": &w.workload_ips,
-        "protocol": w.protocol,
-        "networkMode": w.network_mode,
-        "name": w.name(),
-        "namespace": &*w.namespace,
-        "trustDomain": &*w.trust_domain,
-        "serviceAccount": &*w.service_account,
-        "network": &*w.network,
-        "workloadName": &*w.workload_name,
-        "workloadType": &*w.workload_type,
-        "canonicalName": &*w.canonical_name,
-        "canonicalRevision": &*w.canonical_revision,
-        "node": &*w.node,
-        "authorizationPolicies": &w.authorization_policies,
-        "status": w.status,
-        "clusterId": &*w.cluster_id,
-        "services": &w.services,
-        "capacity": 1,
-    });
-    if let Value::Object(m) = &mut v {
-        if let Some(wp) = &w.waypoint {
-            m.insert("waypoint".into(), waypoint(wp));
-        }
-        if !w.locality.is_empty() {
-            m.insert("locality".into(), json!(w.locality));
-        }
+    let mut v = match serde_json::to_value(w) {
+        Ok(Value::Object(v)) => v,
+        _ => return Value::Null,
+    };
+    set_waypoint(&mut v, w.waypoint.as_ref());
+    if w.locality.is_empty() {
+        v.remove("locality");
     }
-    v
+    v.insert("capacity".into(), json!(1));
+    Value::Object(v)
 }
 
-/// The services, sorted by hostname (then namespace), as ztunnel dumps them: with the
-/// endpoints the workloads give them, by workload uid.
+/// The services, sorted by hostname (then namespace), as ztunnel dumps them: the
+/// model's own JSON, with VIPs as `network/ip`, the waypoint as an object, and the
+/// endpoints the workloads give them added, by workload uid.
 pub(crate) fn services(snapshot: &Snapshot) -> Vec<Value> {
     let mut endpoints: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     for w in snapshot.workloads.values() {
         for (key, ports) in w.services.iter().zip(&w.service_ports) {
             let Some(ports) = ports else { continue };
-            let port: BTreeMap<String, u16> =
-                ports.iter().map(|(s, t)| (s.to_string(), *t)).collect();
-            endpoints.entry(key.to_string()).or_default().insert(
-                w.uid.to_string(),
-                json!({ "workloadUid": &*w.uid, "port": port, "status": w.status }),
-            );
+            let e = Endpoint {
+                workload_uid: w.uid.clone(),
+                port: (**ports).clone(),
+                status: w.status,
+            };
+            endpoints
+                .entry(key.to_string())
+                .or_default()
+                .insert(w.uid.to_string(), json!(e));
         }
     }
     let mut all: Vec<_> = snapshot.services.iter().collect();
     all.sort_by(|a, b| (&a.0.hostname, &a.0.namespace).cmp(&(&b.0.hostname, &b.0.namespace)));
     all.into_iter()
         .map(|(key, route)| {
-            let mut of_service = endpoints.remove(&key.to_string()).unwrap_or_default();
-            for (uid, e) in &route.service.endpoints {
-                of_service
-                    .entry(uid.to_string())
-                    .or_insert_with(|| json!(e));
-            }
-            service(&route.service, of_service)
+            let from_workloads = endpoints.remove(&key.to_string()).unwrap_or_default();
+            service(&route.service, from_workloads)
         })
         .collect()
 }
 
-fn service(s: &Service, endpoints: Map<String, Value>) -> Value {
-    let ports: BTreeMap<String, u16> = s.ports.iter().map(|(p, t)| (p.to_string(), *t)).collect();
+fn service(s: &Service, from_workloads: Map<String, Value>) -> Value {
+    let mut v = match serde_json::to_value(s) {
+        Ok(Value::Object(v)) => v,
+        _ => return Value::Null,
+    };
     let vips: Vec<String> = s.vips.iter().map(|ip| format!("/{ip}")).collect();
-    let mut v = json!({
-        "name": &*s.name,
-        "namespace": &*s.namespace,
-        "hostname": &*s.hostname,
-        "vips": vips,
-        "ports": ports,
-        "endpoints": endpoints,
-        "subjectAltNames": &s.subject_alt_names,
-    });
-    if let (Some(wp), Value::Object(m)) = (&s.waypoint, &mut v) {
-        m.insert("waypoint".into(), waypoint(wp));
+    v.insert("vips".into(), json!(vips));
+    set_waypoint(&mut v, s.waypoint.as_ref());
+    if let Some(Value::Object(endpoints)) = v.get_mut("endpoints") {
+        for (uid, e) in from_workloads {
+            endpoints.entry(uid).or_insert(e);
+        }
     }
-    v
+    Value::Object(v)
 }
 
 /// The authorization policies, sorted by `namespace/name`, as configured.

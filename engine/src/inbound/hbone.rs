@@ -409,19 +409,12 @@ async fn serve_stream(
     };
     info.dst.set(Some(target));
     info.addressed.set(Some(target));
-    info.hbone_target.set(Some(target));
     // Policy re-checks of the live stream see the peer it was authorized for.
     info.peer.borrow_mut().clone_from(&authorized.peer);
     info.state.set(ConnState::Connecting);
-    // A client that reset the stream gets no upstream connection: checked before the
-    // dial starts, and raced with it (a reset-after-accept flood opens nothing).
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    if respond.poll_reset(&mut cx).is_ready() {
-        return Err(fail(
-            FailReason::Tunnel,
-            "the client reset the stream before the answer",
-        ));
-    }
+    // A client that reset the stream gets no upstream connection: `or` polls the reset
+    // first, so it is checked before the dial starts, and raced with it after (a
+    // reset-after-accept flood opens nothing).
     let dialled = {
         let reset = async {
             let _ = futures_lite::future::poll_fn(|cx| respond.poll_reset(cx)).await;

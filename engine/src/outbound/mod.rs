@@ -82,7 +82,6 @@ pub(crate) async fn open(
     match planned {
         Plan::Tunnel(tunnelled) => {
             info.dst.set(Some(tunnelled.target));
-            info.hbone_target.set(Some(tunnelled.target));
             info.tunnel.set(Some(tunnelled.key.dst.addr()));
             hbone::open(shard, info, &tunnelled)
                 .await

@@ -53,7 +53,8 @@ impl BufPool {
         self.cfg.min << class
     }
 
-    fn sizes(&self) -> ReadSizes {
+    /// The read sizes of both relays: the configured bounds, as rounded here.
+    pub(crate) fn sizes(&self) -> ReadSizes {
         ReadSizes {
             min: self.cfg.min,
             max: self.cfg.max,

@@ -33,7 +33,6 @@ use crate::failure::Failure;
 use crate::fds::FdBudget;
 use crate::stats::{Direction, FailReason, PolicyCounts, ShardStats};
 use crate::sys;
-use crate::traffic::ResponseFlag;
 use addrs::BoundAddrs;
 use buffers::BufPool;
 use handshakes::PendingHandshakes;
@@ -238,43 +237,22 @@ impl Shard {
 
     /// Counts a connection of the table that ended, and logs its failure (rate-limited).
     pub(crate) fn finish(&self, dir: Direction, guard: &TableGuard, result: Result<(), Failure>) {
-        let shard = self;
-        let stats = shard.stats.dir(dir);
-        stats.closed.add(1);
-        guard.info.fds.set([-1, -1]);
-        if let Some(t) = guard.info.traffic.get() {
-            t.close(
-                result
-                    .as_ref()
-                    .map_or_else(Failure::response_flag, |_| ResponseFlag::None),
-            );
+        let info = &guard.info;
+        info.fds.set([-1, -1]);
+        info.count_end(self.stats.dir(dir), result.as_ref().err());
+        if let Err(f) = &result {
+            // A flood of failures writes a few lines per second (and a summary), access
+            // log included.
+            if !self.may_log(f.reason) {
+                return;
+            }
+            if matches!(f.reason, FailReason::Reset) {
+                debug!(shard = self.id, src = %info.src, "connection reset: {}", f.message);
+            } else {
+                info!(shard = self.id, src = %info.src, dst = ?info.dst.get(), reason = f.reason.label(), "connection failed: {}", f.message);
+            }
         }
-        let Err(f) = &result else {
-            crate::access::completed(
-                self.cfg.access_log,
-                || self.snapshot(),
-                &guard.info,
-                &result,
-            );
-            return;
-        };
-        stats.count_failed(f.reason);
-        // A flood of failures writes a few lines per second (and a summary), access
-        // log included.
-        if !shard.may_log(f.reason) {
-            return;
-        }
-        if matches!(f.reason, FailReason::Reset) {
-            debug!(shard = shard.id, src = %guard.info.src, "connection reset: {}", f.message);
-        } else {
-            info!(shard = shard.id, src = %guard.info.src, dst = ?guard.info.dst.get(), reason = f.reason.label(), "connection failed: {}", f.message);
-        }
-        crate::access::completed(
-            self.cfg.access_log,
-            || self.snapshot(),
-            &guard.info,
-            &result,
-        );
+        crate::access::completed(|| self.snapshot(), info, &result);
     }
 }
 

@@ -9,9 +9,10 @@ use std::time::Instant;
 
 use glommio::task::JoinHandle;
 
-use crate::stats::response_flag;
-use crate::stats::{Direction, ShardStats};
+use crate::failure::{fail, Failure};
+use crate::stats::{Direction, DirectionStats, ShardStats};
 use crate::traffic::LocalCounters;
+use crate::traffic::ResponseFlag;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,12 +50,31 @@ pub struct ConnInfo {
     pub started: Instant,
     /// What the client addressed (a service VIP, say), before any routing.
     pub addressed: Cell<Option<SocketAddr>>,
-    /// Over HBONE, the CONNECT target (`:authority`).
-    pub hbone_target: Cell<Option<SocketAddr>>,
     /// Outbound over HBONE, the tunnel's address (the destination node's 15008).
     pub tunnel: Cell<Option<SocketAddr>>,
     /// The `istio_tcp_*` counters it counts into, once its workloads are resolved.
     pub(crate) traffic: OnceCell<LocalCounters>,
+}
+
+impl ConnInfo {
+    /// Counts the connection as ended, completed or with `failure`: closed and failed
+    /// by direction, and closed with its response flag under its Istio label set.
+    pub(crate) fn count_end(&self, stats: &DirectionStats, failure: Option<&Failure>) {
+        stats.closed.add(1);
+        if let Some(f) = failure {
+            stats.count_failed(f.reason);
+        }
+        if let Some(t) = self.traffic.get() {
+            t.close(failure.map_or(ResponseFlag::None, Failure::response_flag));
+        }
+    }
+
+    /// Over HBONE, the CONNECT target (`:authority`): the destination of a connection
+    /// that went through a tunnel (outbound) or came in one (inbound, once admitted).
+    pub fn hbone_target(&self) -> Option<SocketAddr> {
+        let tunnelled = self.tunnel.get().is_some() || self.peer.borrow().is_some();
+        self.dst.get().filter(|_| tunnelled)
+    }
 }
 
 struct Entry {
@@ -134,7 +154,6 @@ impl ConnTable {
             peer: RefCell::new(None),
             started: Instant::now(),
             addressed: Cell::new(None),
-            hbone_target: Cell::new(None),
             tunnel: Cell::new(None),
             traffic: OnceCell::new(),
         });
@@ -210,12 +229,9 @@ impl ConnTable {
                 t.cancel();
             }
             // The cancelled task will not reach its own accounting.
-            let d = self.stats.dir(e.info.direction);
-            d.closed.add(1);
-            d.count_failed(reason);
-            if let Some(t) = e.info.traffic.get() {
-                t.close(response_flag(Some(reason)));
-            }
+            let failure = fail(reason, "aborted");
+            e.info
+                .count_end(self.stats.dir(e.info.direction), Some(&failure));
             n += 1;
         }
         n

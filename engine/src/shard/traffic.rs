@@ -15,10 +15,15 @@ use hashbrown::{Equivalent, HashMap};
 use zpath_control::model::{Service, WorkloadProfile};
 use zpath_control::Snapshot;
 use zpath_crypto::VerifiedPeer;
-use zpath_tunnel::connect::parse_baggage;
+use zpath_tunnel::connect::{parse_baggage, Baggage};
 
 use crate::stats::ShardStats;
 use crate::traffic::{LabelText, LocalCounters, Reporter, TrafficCounters, TrafficLabels};
+
+/// Label sets a shard makes from baggage; past them a source unknown by address is
+/// labelled `unknown`, so peers sending ever new baggage cannot grow the series
+/// without bound.
+const MAX_DERIVED_SETS: usize = 1024;
 
 /// Combinations kept before the lookup table starts over (each holds its profiles
 /// alive, also those of older snapshots; the counters stay).
@@ -44,9 +49,9 @@ pub(crate) struct Parties<'a> {
     pub(crate) source: Option<&'a Arc<WorkloadProfile>>,
     /// The source principal.
     pub(crate) principal: Principal<'a>,
-    /// Inbound over HBONE, the request's `baggage`: the source's labels when it is not
-    /// a workload known by address.
-    pub(crate) baggage: Option<&'a str>,
+    /// Inbound over HBONE, what the request's `baggage` says of the source: its labels
+    /// when it is not a workload known by address.
+    pub(crate) baggage: Option<Baggage<'a>>,
     /// The destination workload's profile, when it is known.
     pub(crate) destination: Option<&'a Arc<WorkloadProfile>>,
     /// The destination port (inbound, where the service is the destination's service
@@ -68,12 +73,28 @@ struct Ids {
     mtls: bool,
 }
 
+/// The baggage attributes a label set uses, in a fixed order (a member the labels do
+/// not use, a request id say, never makes another key).
+type BaggageFields<'a> = [Option<&'a str>; 7];
+
+fn fields<'a>(b: &Baggage<'a>) -> BaggageFields<'a> {
+    [
+        b.cluster,
+        b.namespace,
+        b.workload_name,
+        b.service_name,
+        b.service_version,
+        b.region,
+        b.zone,
+    ]
+}
+
 /// A lookup key, borrowing the peer's identity and, for a source not known by
-/// address, its baggage.
+/// address, its baggage attributes.
 struct Key<'a> {
     ids: Ids,
     peer: Option<&'a str>,
-    baggage: Option<&'a str>,
+    baggage: Option<BaggageFields<'a>>,
 }
 
 /// A key as stored.
@@ -81,7 +102,15 @@ struct Key<'a> {
 struct StoredKey {
     ids: Ids,
     peer: Option<Box<str>>,
-    baggage: Option<Box<str>>,
+    baggage: Option<[Option<Box<str>>; 7]>,
+}
+
+impl StoredKey {
+    fn baggage(&self) -> Option<BaggageFields<'_>> {
+        self.baggage
+            .as_ref()
+            .map(|b| b.each_ref().map(|f| f.as_deref()))
+    }
 }
 
 impl Hash for Key<'_> {
@@ -96,15 +125,13 @@ impl Hash for StoredKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.ids.hash(state);
         self.peer.as_deref().hash(state);
-        self.baggage.as_deref().hash(state);
+        self.baggage().hash(state);
     }
 }
 
 impl Equivalent<StoredKey> for Key<'_> {
     fn equivalent(&self, key: &StoredKey) -> bool {
-        self.ids == key.ids
-            && self.peer == key.peer.as_deref()
-            && self.baggage == key.baggage.as_deref()
+        self.ids == key.ids && self.peer == key.peer.as_deref() && self.baggage == key.baggage()
     }
 }
 
@@ -129,6 +156,9 @@ struct Alive(Option<Arc<WorkloadProfile>>, Option<Arc<WorkloadProfile>>);
 pub(crate) struct TrafficSets {
     by_key: RefCell<HashMap<StoredKey, Held>>,
     by_text: RefCell<HashMap<LabelText, LocalCounters>>,
+    /// Label sets made from baggage (which a peer chooses), bounded by
+    /// [`MAX_DERIVED_SETS`].
+    derived_sets: Cell<usize>,
 }
 
 fn address<T>(v: Option<&Arc<T>>) -> usize {
@@ -140,6 +170,13 @@ fn same<T>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
 }
 
 impl TrafficSets {
+    /// What the source's baggage says of it, when its labels come from there: a source
+    /// not known by address, while the shard has room for such label sets.
+    fn derived<'a>(&self, parties: &Parties<'a>) -> Option<Baggage<'a>> {
+        let room = self.derived_sets.get() < MAX_DERIVED_SETS;
+        parties.baggage.filter(|_| parties.source.is_none() && room)
+    }
+
     /// The counters of `parties` with `service` (outbound: the addressed service, part
     /// of the key) or `inbound_service` (a function of the others and the snapshot,
     /// looked up only for a new combination, or for one last found valid in an older
@@ -166,8 +203,7 @@ impl TrafficSets {
                 mtls: parties.mtls,
             },
             peer,
-            // Only a source not known by address takes its labels from baggage.
-            baggage: parties.baggage.filter(|_| parties.source.is_none()),
+            baggage: self.derived(parties).as_ref().map(fields),
         };
         let by_key = self.by_key.borrow();
         if let Some(held) = by_key.get(&key) {
@@ -207,7 +243,7 @@ impl TrafficSets {
             StoredKey {
                 ids: key.ids,
                 peer: key.peer.map(Box::from),
-                baggage: key.baggage.map(Box::from),
+                baggage: key.baggage.map(|b| b.map(|f| f.map(Box::from))),
             },
             Held {
                 counters: counters.clone(),
@@ -236,10 +272,11 @@ impl TrafficSets {
                 own.as_deref()
             }
         };
+        let derived = self.derived(parties);
         let text = TrafficLabels {
             reporter: parties.reporter,
             source: parties.source.map(|w| &**w),
-            derived: parties.baggage.map(parse_baggage),
+            derived,
             source_principal,
             destination: parties.destination.map(|w| &**w),
             service,
@@ -248,6 +285,9 @@ impl TrafficSets {
         .render();
         if let Some(c) = self.by_text.borrow().get(&text) {
             return c.clone();
+        }
+        if derived.is_some() {
+            self.derived_sets.set(self.derived_sets.get() + 1);
         }
         let counters = Arc::new(TrafficCounters::new(text.clone()));
         // A new label set is rare (a new workload pair): one append, which the control
@@ -310,6 +350,7 @@ impl TrafficSets {
         baggage: Option<&str>,
         stats: &ShardStats,
     ) -> Option<LocalCounters> {
+        let baggage = baggage.map(parse_baggage);
         let destination = snapshot.local_workload(dst.ip().to_canonical())?;
         let parties = Parties {
             reporter: Reporter::Destination,
@@ -327,9 +368,9 @@ impl TrafficSets {
     }
 }
 
-/// The service of `destination` that `port` is a target port of (directly, or
-/// through the endpoint's own port map), as ztunnel guesses an inbound connection's
-/// service.
+/// The service of `destination` that `port` is a target port of (as routing maps a
+/// service port to it: [`Service::target_port`]), as ztunnel guesses an inbound
+/// connection's service.
 fn service_with_target_port(
     snapshot: &Snapshot,
     destination: &WorkloadProfile,
@@ -341,13 +382,10 @@ fn service_with_target_port(
         .zip(&destination.service_ports)
         .find_map(|(key, endpoint_ports)| {
             let svc = &snapshot.service(key)?.service;
-            let targets = svc.ports.iter().any(|(service_port, target)| {
-                *target == port
-                    || endpoint_ports
-                        .as_ref()
-                        .and_then(|m| m.get(service_port))
-                        .is_some_and(|p| *p == port)
-            });
+            let targets = svc
+                .ports
+                .keys()
+                .any(|p| svc.target_port(*p, endpoint_ports.as_ref()) == Some(port));
             targets.then(|| svc.clone())
         })
 }
@@ -489,5 +527,68 @@ mod tests {
             .as_str()
             .contains("destination_service_name=\"other\""));
         assert_eq!(stats.traffic.count(), 2);
+    }
+
+    #[test]
+    fn baggage_keys_by_the_attributes_labels_use_and_its_sets_are_bounded() {
+        let sets = TrafficSets::default();
+        let stats = ShardStats::default();
+        let b = profile("prod");
+        let of = |value: &'static str| Parties {
+            reporter: Reporter::Destination,
+            source: None,
+            principal: Principal::Unknown,
+            baggage: Some(parse_baggage(value)),
+            destination: Some(&b),
+            port: 8080,
+            mtls: true,
+        };
+        let first = sets.counters(
+            1,
+            &of("k8s.namespace.name=web,x-request-id=1"),
+            None,
+            || None,
+            &stats,
+        );
+        let second = sets.counters(
+            1,
+            &of("k8s.namespace.name=web,x-request-id=2"),
+            None,
+            || None,
+            &stats,
+        );
+        assert!(
+            Rc::ptr_eq(&first, &second),
+            "an unused member made another set"
+        );
+        assert!(first
+            .labels()
+            .as_str()
+            .contains("source_workload_namespace=\"web\""));
+        let values: Vec<String> = (0..MAX_DERIVED_SETS + 5)
+            .map(|i| format!("k8s.namespace.name=ns{i}"))
+            .collect();
+        for v in &values {
+            let p = Parties {
+                baggage: Some(parse_baggage(v)),
+                ..of("")
+            };
+            sets.counters(1, &p, None, || None, &stats);
+        }
+        // The web set, the bounded number of derived ones, and one without baggage.
+        assert_eq!(stats.traffic.count(), MAX_DERIVED_SETS + 1);
+        let last = stats
+            .traffic
+            .iter()
+            .last()
+            .unwrap()
+            .1
+            .labels()
+            .as_str()
+            .to_owned();
+        assert!(
+            last.contains("source_workload_namespace=\"unknown\""),
+            "{last}"
+        );
     }
 }

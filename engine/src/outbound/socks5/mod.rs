@@ -11,7 +11,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use super::{open, OpenFailed, Upstream};
-use crate::failure::{fail, Failure};
+use crate::failure::{fail, relay_failed, Failure};
 use crate::relay::{self, Meters, Toward};
 use crate::shard::table::ConnInfo;
 use crate::shard::Shard;
@@ -88,12 +88,10 @@ pub(crate) async fn socks5(
     if !early.is_empty() {
         // Data the client sent right after its request, before our answer: it is part
         // of the request bytes, counted like the relay counts them.
-        upstream.write_all(&buf[early.clone()]).await.map_err(|e| {
-            fail(
-                FailReason::Reset,
-                format!("write to the server failed: {e}"),
-            )
-        })?;
+        upstream
+            .write_all(&buf[early.clone()])
+            .await
+            .map_err(|e| relay_failed(e.kind(), format!("write to the server failed: {e}")))?;
         Meters::of(shard, info).count(Toward::Server, early.len());
     }
     relay::pair(shard, client, upstream, info).await
