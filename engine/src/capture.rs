@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use glommio::net::TcpStream;
+use zpath_uring::IoStream;
 
 use crate::failure::{fail, Failure};
 use crate::relay::Abort;
@@ -16,7 +16,7 @@ use crate::sys;
 /// our own listeners: a connection made straight to a capture port would loop.
 pub(crate) fn captured_destination(
     shard: &Shard,
-    client: &TcpStream,
+    client: &IoStream,
     info: &ConnInfo,
 ) -> Result<SocketAddr, Failure> {
     let local = client.local_addr().ok();
@@ -34,7 +34,7 @@ pub(crate) fn captured_destination(
     Ok(dst)
 }
 
-fn original_dst(client: &TcpStream, local: Option<SocketAddr>) -> Result<SocketAddr, Failure> {
+fn original_dst(client: &IoStream, local: Option<SocketAddr>) -> Result<SocketAddr, Failure> {
     let Some(local) = local else {
         client.abort();
         return Err(fail(

@@ -89,16 +89,20 @@ pub(crate) struct Args {
     /// Time a SOCKS5 client has to complete its greeting and request.
     #[arg(long, env = "ZPATH_SOCKS5_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration_flag)]
     pub(crate) socks5_handshake_timeout: Duration,
-    /// io_uring ring depth per shard (each entry ~64 B of submission + completion queue).
-    #[arg(long, env = "ZPATH_RING_DEPTH", default_value_t = 128)]
+    /// io_uring submission queue entries per shard (each ~64 B, plus 4 completion entries
+    /// of 16 B; the completion queue has at least 4096).
+    #[arg(long, env = "ZPATH_RING_DEPTH", default_value_t = 256)]
     pub(crate) ring_depth: usize,
-    /// io_uring registered I/O memory per shard, in bytes (locked memory: this much per shard).
-    #[arg(long, env = "ZPATH_IO_MEMORY", default_value_t = 2 << 20)]
+    /// Receive buffers per shard, in bytes: the provided-buffer ring every connection of
+    /// the shard receives into, in 16 KiB buffers (rounded down to a power of two of
+    /// them, 8 to 32768). A connection holds at most 8 of them, only while its bytes wait
+    /// to be sent on; an idle one holds none.
+    #[arg(long, env = "ZPATH_IO_MEMORY", default_value_t = 4 << 20)]
     pub(crate) io_memory: usize,
-    /// First relay buffer of each direction, in bytes (idle cost: 2 x this per connection).
+    /// First read of each direction of an HBONE stream, in bytes.
     #[arg(long, env = "ZPATH_BUFFER_MIN", default_value_t = 4096)]
     pub(crate) buffer_min: usize,
-    /// Largest relay buffer a busy direction grows to (worst case: 2 x this per connection).
+    /// Largest read a busy HBONE stream direction grows to.
     #[arg(long, env = "ZPATH_BUFFER_MAX", default_value_t = 1024 * 1024)]
     pub(crate) buffer_max: usize,
     /// Listen backlog of each data-path listener, per shard.
@@ -392,7 +396,6 @@ impl Args {
             buffers: BufferConfig {
                 min: self.buffer_min,
                 max: self.buffer_max,
-                ..BufferConfig::default()
             },
             accept_backlog: self.accept_backlog,
             max_connections_per_shard: self.max_connections_per_shard,

@@ -115,9 +115,9 @@ pub struct EngineConfig {
     pub connect_timeout: Duration,
     /// Time a SOCKS5 client has to send its greeting and request.
     pub socks5_handshake_timeout: Duration,
-    /// io_uring submission queue depth per shard.
+    /// io_uring submission queue entries per shard.
     pub ring_depth: usize,
-    /// io_uring registered I/O memory per shard, in bytes.
+    /// Bytes of provided receive buffers per shard (16 KiB each).
     pub io_memory: usize,
     /// Relay buffer sizing per shard.
     pub buffers: BufferConfig,
@@ -221,8 +221,8 @@ impl Default for EngineConfig {
             packet_mark: 1337,
             connect_timeout: Duration::from_secs(10),
             socks5_handshake_timeout: Duration::from_secs(10),
-            ring_depth: 128,
-            io_memory: 2 << 20,
+            ring_depth: 256,
+            io_memory: 4 << 20,
             buffers: BufferConfig::default(),
             accept_backlog: 1024,
             max_connections_per_shard: 16384,
@@ -320,6 +320,12 @@ impl EngineConfig {
         }
         if !(8..=32768).contains(&self.ring_depth) {
             return Err(invalid("--ring-depth", "must be between 8 and 32768"));
+        }
+        if !((128 << 10)..=(512 << 20)).contains(&self.io_memory) {
+            return Err(invalid(
+                "--io-memory",
+                "must be between 128 KiB (8 receive buffers) and 512 MiB",
+            ));
         }
         if self.drain_deadline > Duration::from_secs(3600) {
             return Err(invalid("--drain-deadline", "must be at most one hour"));

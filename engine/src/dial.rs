@@ -5,7 +5,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 
-use glommio::net::TcpStream;
+use zpath_uring::{ConnectOptions, IoStream, TcpStream};
 
 use crate::decide::authorize::Authorized;
 use crate::decide::plan::Hop;
@@ -13,56 +13,44 @@ use crate::shard::Shard;
 use crate::sys;
 
 /// Connects to the destination a policy decision permitted.
-pub(crate) async fn dial_permitted(
-    shard: &Shard,
-    authorized: &Authorized,
-) -> io::Result<TcpStream> {
+pub(crate) async fn dial_permitted(shard: &Shard, authorized: &Authorized) -> io::Result<IoStream> {
     connect(shard, authorized.permit.destination(), None)
         .await
         .map_err(sys::ConnectError::into_io)
 }
 
 /// Connects to the upstream an outbound plan chose, from `source` when given (see
-/// [`sys::start_connect_from`]: that address or none, never silently another).
+/// [`sys::upstream_socket`]: that address or none, never silently another).
 pub(crate) async fn dial(
     shard: &Shard,
     hop: Hop,
     source: Option<IpAddr>,
-) -> Result<TcpStream, sys::ConnectError> {
+) -> Result<IoStream, sys::ConnectError> {
     connect(shard, hop.addr(), source).await
 }
 
 /// Connects to `dst` with our packet mark and TCP keepalive, within the connect
-/// timeout.
+/// timeout (a linked timeout of the connect itself).
 async fn connect(
     shard: &Shard,
     dst: SocketAddr,
     source: Option<IpAddr>,
-) -> Result<TcpStream, sys::ConnectError> {
-    let sock = sys::start_connect_from(dst, shard.cfg.packet_mark, source)?;
-    let mut stream = sys::into_glommio_stream(sock);
-    shard.set_keepalive(&stream);
+) -> Result<IoStream, sys::ConnectError> {
+    let sock = sys::upstream_socket(dst, shard.cfg.packet_mark, source)?;
+    shard.set_keepalive(&sock);
     let limit = shard.cfg.connect_timeout;
-    // A zero-length send completes when the connect does: it waits for writability
-    // while the handshake is in flight and reports the connect error if it failed.
-    let connected = glommio::timer::timeout(limit, async {
-        futures_lite::AsyncWriteExt::write(&mut stream, &[]).await?;
-        Ok(())
-    })
-    .await;
-    match connected {
-        Ok(()) => {}
-        Err(glommio::GlommioError::TimedOut(_)) => {
-            return Err(io::Error::new(
+    let options = ConnectOptions {
+        mark: 0,
+        timeout: Some(limit),
+    };
+    let stream = TcpStream::connect_socket(sock, dst, &options)
+        .await
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::TimedOut => io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("no answer within {limit:?}"),
-            )
-            .into())
-        }
-        Err(e) => return Err(io::Error::from(e).into()),
-    }
-    if let Some(e) = sys::take_error(&stream)? {
-        return Err(e.into());
-    }
-    Ok(stream)
+            ),
+            _ => e,
+        })?;
+    Ok(IoStream::new(stream)?)
 }

@@ -10,7 +10,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use glommio::task::JoinHandle;
+use zpath_uring::JoinHandle;
 
 use crate::shard::signal::Flag;
 
@@ -40,9 +40,9 @@ pub async fn unanswered(ping_pong: Option<h2::PingPong>, k: Keepalive) {
         return futures_lite::future::pending().await;
     };
     loop {
-        glommio::timer::sleep(k.interval).await;
-        let answered = glommio::timer::timeout(k.timeout, async {
-            Ok(ping_pong.ping(h2::Ping::opaque()).await)
+        let _ = zpath_uring::time::sleep(k.interval).await;
+        let answered = zpath_uring::time::timeout(k.timeout, async {
+            ping_pong.ping(h2::Ping::opaque()).await
         })
         .await;
         match answered {
@@ -109,7 +109,7 @@ pub async fn idle_for(activity: &Activity, idle: Duration) {
         if left.is_zero() {
             return;
         }
-        glommio::timer::sleep(left).await;
+        let _ = zpath_uring::time::sleep(left).await;
     }
 }
 
@@ -131,7 +131,7 @@ pub fn watch_server(
     idle: Duration,
     watched: Rc<Watched>,
 ) -> Watchers {
-    let task = glommio::spawn_local(async move {
+    let task = zpath_uring::spawn_local(async move {
         let keepalive = async {
             unanswered(ping_pong, k).await;
             watched.silent.raise();
@@ -141,19 +141,17 @@ pub fn watch_server(
             watched.idle.raise();
         };
         futures_lite::future::zip(keepalive, idle).await;
-    })
-    .detach();
+    });
     Watchers(task)
 }
 
 /// Spawns the keepalive of a client connection; `silent` is raised when a PING went
 /// unanswered. It stops when the returned guard is dropped.
 pub fn watch_client(ping_pong: Option<h2::PingPong>, k: Keepalive, silent: Rc<Flag>) -> Watchers {
-    let task = glommio::spawn_local(async move {
+    let task = zpath_uring::spawn_local(async move {
         unanswered(ping_pong, k).await;
         silent.raise();
-    })
-    .detach();
+    });
     Watchers(task)
 }
 
@@ -163,6 +161,6 @@ pub struct Watchers(JoinHandle<()>);
 
 impl Drop for Watchers {
     fn drop(&mut self) {
-        self.0.cancel();
+        self.0.abort();
     }
 }

@@ -1,8 +1,9 @@
-//! zpath-engine: thread-per-core shards over io_uring (glommio), listeners, capture,
-//! the relay, drain and the composition root of the `zpath` binary.
+//! zpath-engine: thread-per-core shards over io_uring (`zpath-uring`), listeners,
+//! capture, the relay, drain and the composition root of the `zpath` binary.
 //!
-//! Threading: one shard per core, each a pinned glommio `LocalExecutor` that owns its
-//! listeners (`SO_REUSEPORT`), connection table, buffer pool and counters; a connection
+//! Threading: one shard per core, each a pinned thread running a `zpath_uring` runtime
+//! (one ring, one executor) that owns its listeners (`SO_REUSEPORT`), connection table,
+//! receive-buffer ring and counters; a connection
 //! lives and dies on the shard that accepted it. The control thread (tokio,
 //! current-thread) owns configuration, admin endpoints and signals, and talks to shards
 //! only by message. On the data path: no lock, no atomic read-modify-write, no
@@ -22,7 +23,7 @@
 //! * `stats`, `traffic`, `counter`: the shards' counters (Istio's labelled
 //!   `istio_tcp_*` in `traffic`) and their Prometheus text.
 //!
-//! This crate is the only user of glommio and raw syscalls (all in [`sys`]).
+//! Raw syscalls of this crate are all in [`sys`]; those of the ring are in `zpath-uring`.
 
 mod access;
 #[doc(hidden)]

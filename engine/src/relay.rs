@@ -3,12 +3,13 @@
 //! HBONE). Both count every byte through [`Meters`] and reset the local socket on
 //! failure.
 //!
-//! Between two sockets, each direction reads into its own [`RelayBuf`] and writes what it read; bytes are
-//! copied only by the kernel (socket read into the buffer, write out of it).
-//! * FIN one way (read returns 0) shuts down the write side of the other stream and
+//! Between two sockets each direction is one multishot receive into the shard's
+//! provided-buffer ring, and every received buffer is sent on as it is: the kernel's
+//! copies only, and an idle connection holds no buffer.
+//! * FIN one way (end of stream) shuts down the write side of the other socket and
 //!   keeps the opposite direction running (half-close).
-//! * An error either way (a reset, a failed write) aborts both streams with RST.
-//! * The relay waits on the streams' readiness; it never polls in a loop.
+//! * An error either way (a reset, a failed send) aborts both sockets with RST.
+//! * The relay waits on completions; it never polls in a loop.
 
 use std::cell::RefCell;
 use std::io;
@@ -18,13 +19,12 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use futures_lite::io::{AsyncRead, AsyncWrite};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
 use zpath_tunnel::relay::{RelayError as TunnelError, Way};
 use zpath_tunnel::Payload;
+use zpath_uring::relay::{copy_counted, CopyError};
+use zpath_uring::{IoStream, TcpStream};
 
 use crate::failure::{relay_failed, Failure};
-use crate::shard::buffers::{BufPool, RelayBuf};
 use crate::shard::table::{ConnInfo, ConnState};
 use crate::shard::Shard;
 use crate::stats::{Direction, DirectionStats};
@@ -36,9 +36,15 @@ pub(crate) trait Abort {
     fn abort(&self);
 }
 
-impl Abort for glommio::net::TcpStream {
+impl Abort for TcpStream {
     fn abort(&self) {
-        let _ = crate::sys::set_reset_on_close(self);
+        let _ = self.set_reset_on_close();
+    }
+}
+
+impl Abort for IoStream {
+    fn abort(&self) {
+        let _ = self.set_reset_on_close();
     }
 }
 
@@ -156,102 +162,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Shared<S> {
     }
 }
 
-/// Relays between `client` and `server` until both directions finished, or aborts both
-/// with RST on the first error. Consumes the streams: they are closed on return.
-pub(crate) async fn relay<C, S>(
-    client: C,
-    server: S,
-    pool: &Rc<BufPool>,
-    meters: Meters<'_>,
-) -> Result<Transferred, RelayError>
-where
-    C: AsyncRead + AsyncWrite + Abort + Unpin,
-    S: AsyncRead + AsyncWrite + Abort + Unpin,
-{
-    let client = Shared(Rc::new(RefCell::new(client)));
-    let server = Shared(Rc::new(RefCell::new(server)));
-    let up = one_way(
-        client.clone(),
-        server.clone(),
-        ("client", "server"),
-        RelayBuf::new(pool),
-        (meters, Toward::Server),
-    );
-    let down = one_way(
-        server.clone(),
-        client.clone(),
-        ("server", "client"),
-        RelayBuf::new(pool),
-        (meters, Toward::Client),
-    );
-    match futures_lite::future::try_zip(up, down).await {
-        Ok((up, down)) => Ok(Transferred { up, down }),
-        Err(e) => {
-            client.0.borrow().abort();
-            server.0.borrow().abort();
-            Err(e)
-        }
-    }
-}
-
-async fn one_way<R, W>(
-    mut from: Shared<R>,
-    mut to: Shared<W>,
-    (from_name, to_name): (&'static str, &'static str),
-    mut buf: RelayBuf,
-    (meters, toward): (Meters<'_>, Toward),
-) -> Result<u64, RelayError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut total = 0u64;
-    loop {
-        let n = match from.read(buf.space()).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(source) => {
-                return Err(RelayError::Read {
-                    side: from_name,
-                    source,
-                })
-            }
-        };
-        to.write_all(buf.filled(n))
-            .await
-            .map_err(|source| RelayError::Write {
-                side: to_name,
-                source,
-            })?;
-        total += n as u64;
-        meters.count(toward, n);
-        buf.adapt(n);
-    }
-    // Half-close: pass the FIN on, keep the other direction running.
-    match to.close().await {
-        Ok(()) => Ok(total),
-        // The other side is already fully gone; nothing left to tell it.
-        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(total),
-        Err(source) => Err(RelayError::Write {
-            side: to_name,
-            source,
-        }),
-    }
-}
-
 /// Relays the connection `info` between `client` and `upstream` (two sockets) until
 /// both directions finished, or resets both on the first error.
 pub(crate) async fn pair(
     shard: &Shard,
-    client: TcpStream,
-    upstream: TcpStream,
+    client: IoStream,
+    upstream: IoStream,
     info: &ConnInfo,
 ) -> Result<(), Failure> {
     info.fds.set([client.as_raw_fd(), upstream.as_raw_fd()]);
     info.state.set(ConnState::Relaying);
     crate::access::opened(|| shard.snapshot(), info);
-    let result = relay(client, upstream, &shard.pool, Meters::of(shard, info)).await;
+    let result = relay_pair(client, upstream, Meters::of(shard, info)).await;
     info.fds.set([-1, -1]);
     result.map(|_| ()).map_err(|e| {
         let kind = match &e {
@@ -261,11 +183,61 @@ pub(crate) async fn pair(
     })
 }
 
+/// Both directions of [`pair`], in one task: a failure either way drops the other
+/// direction (its receive and send are cancelled) and resets both sockets.
+async fn relay_pair(
+    client: IoStream,
+    upstream: IoStream,
+    meters: Meters<'_>,
+) -> Result<Transferred, RelayError> {
+    let split = |e| RelayError::Read {
+        side: "client",
+        source: e,
+    };
+    let (client, mut client_rx, client_unread) = client.into_parts().await.map_err(split)?;
+    let (server, mut server_rx, server_unread) =
+        upstream
+            .into_parts()
+            .await
+            .map_err(|source| RelayError::Read {
+                side: "server",
+                source,
+            })?;
+    let named = |from: &'static str, to: &'static str| {
+        move |e: CopyError| match e {
+            CopyError::Recv(source) => RelayError::Read { side: from, source },
+            CopyError::Send(source) => RelayError::Write { side: to, source },
+        }
+    };
+    let up = async {
+        copy_counted(&mut client_rx, client_unread, &server, |n| {
+            meters.count(Toward::Server, n)
+        })
+        .await
+        .map_err(named("client", "server"))
+    };
+    let down = async {
+        copy_counted(&mut server_rx, server_unread, &client, |n| {
+            meters.count(Toward::Client, n)
+        })
+        .await
+        .map_err(named("server", "client"))
+    };
+    match futures_lite::future::try_zip(up, down).await {
+        Ok((up, down)) => Ok(Transferred { up, down }),
+        Err(e) => {
+            client.abort();
+            server.abort();
+            Err(e)
+        }
+    }
+}
+
 /// Relays the connection `info` between the local `socket` and an open HBONE stream
 /// (`send`, `recv`); resets the socket on any failure.
 pub(crate) async fn tunnelled(
     shard: &Shard,
-    socket: TcpStream,
+    socket: IoStream,
     send: h2::SendStream<Payload>,
     recv: h2::RecvStream,
     info: &ConnInfo,
@@ -287,7 +259,7 @@ pub(crate) async fn tunnelled(
     let socket = Shared(Rc::new(RefCell::new(socket)));
     // The first read of a stream is --buffer-min bytes, as passthrough's: an idle
     // stream holds only that much; bulk doubles it up to --buffer-max.
-    let sizes = shard.pool.sizes();
+    let sizes = shard.cfg.buffers.sizes();
     let result =
         zpath_tunnel::relay::relay(socket.clone(), socket.clone(), send, recv, sizes, &meter).await;
     info.fds.set([-1, -1]);

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
@@ -59,12 +59,6 @@ pub fn set_keepalive(
     with_sock(stream.as_raw_fd(), |s| s.set_tcp_keepalive(&ka))
 }
 
-/// A new non-blocking TCP socket for an upstream connection: `SO_MARK` (so capture rules
-/// can exclude our own traffic) and `TCP_NODELAY`, connect started.
-pub fn start_connect(dst: SocketAddr, mark: u32) -> io::Result<Socket> {
-    start_connect_from(dst, mark, None).map_err(ConnectError::into_io)
-}
-
 /// Why an upstream socket could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -92,17 +86,17 @@ impl ConnectError {
     }
 }
 
-/// As [`start_connect`], from `source` when given: the workload's own address, never
-/// silently another. An address of this host is bound as is; any other needs
-/// `IP_TRANSPARENT` (CAP_NET_ADMIN, and return traffic routed to this host, as in-pod
-/// or TPROXY setups do), else the connection fails with [`ConnectError::Source`].
-pub fn start_connect_from(
+/// A TCP socket for an upstream connection to `dst`, not yet connected: `SO_MARK` (so
+/// capture rules can exclude our own traffic), `TCP_NODELAY`, and bound to `source` when
+/// given: the workload's own address, never silently another. An address of this host
+/// is bound as is; any other needs `IP_TRANSPARENT` (CAP_NET_ADMIN, and return traffic
+/// routed to this host, as in-pod or TPROXY setups do), else [`ConnectError::Source`].
+pub fn upstream_socket(
     dst: SocketAddr,
     mark: u32,
     source: Option<std::net::IpAddr>,
 ) -> Result<Socket, ConnectError> {
     let sock = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
-    sock.set_nonblocking(true)?;
     sock.set_cloexec(true)?;
     if let Some(ip) = source {
         bind_source(&sock, ip, dst).map_err(|error| ConnectError::Source { ip, error })?;
@@ -113,11 +107,6 @@ pub fn start_connect_from(
         })?;
     }
     sock.set_tcp_nodelay(true)?;
-    match sock.connect(&dst.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e.into()),
-    }
     Ok(sock)
 }
 
@@ -214,38 +203,28 @@ pub fn bind_reuseport(addr: SocketAddr) -> io::Result<Socket> {
     Ok(sock)
 }
 
-/// Converts a socket into a glommio stream bound to the current executor.
-pub fn into_glommio_stream(sock: Socket) -> glommio::net::TcpStream {
-    let fd = sock.into_raw_fd();
-    // SAFETY: `fd` was just released by its only owner, so the stream becomes its sole owner.
-    unsafe { glommio::net::TcpStream::from_raw_fd(fd) }
-}
-
-/// A second descriptor for the socket of a connection this task still holds, as a
-/// glommio stream: the socket outlives the connection's own descriptor.
-pub fn dup_stream(fd: RawFd) -> io::Result<glommio::net::TcpStream> {
-    // `fd` belongs to a connection the caller holds (see `with_sock`).
-    let sock = with_sock(fd, |s| s.try_clone())?;
-    Ok(into_glommio_stream(sock))
-}
-
-/// Converts a listening socket into a glommio listener bound to the current executor.
-pub fn into_glommio_listener(sock: Socket) -> glommio::net::TcpListener {
-    let fd = sock.into_raw_fd();
-    // SAFETY: as above: ownership of a listening socket moves to the listener.
-    unsafe { glommio::net::TcpListener::from_raw_fd(fd) }
-}
-
-/// Converts one end of a socket pair into a glommio stream.
-pub fn into_glommio_unix(sock: std::os::unix::net::UnixStream) -> glommio::net::UnixStream {
-    let fd = sock.into_raw_fd();
-    // SAFETY: ownership moves from the std stream to the glommio stream.
-    unsafe { glommio::net::UnixStream::from_raw_fd(fd) }
-}
-
-/// The pending error of a socket (`SO_ERROR`), e.g. the result of a non-blocking connect.
-pub fn take_error(stream: &impl AsRawFd) -> io::Result<Option<io::Error>> {
-    with_sock(stream.as_raw_fd(), |s| s.take_error())
+/// Pins the calling thread to `cpu`.
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "CPU {cpu} is beyond the {} a CPU set holds",
+                libc::CPU_SETSIZE
+            ),
+        ));
+    }
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it (cpu is
+    // in range, checked above) and sched_setaffinity only reads it.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Runs `f` on a borrowed view of an open descriptor. Callers pass descriptors of
@@ -327,14 +306,14 @@ mod tests {
         let dst = l.local_addr().unwrap();
         // TEST-NET-1: never an address of this host.
         let ip: std::net::IpAddr = "192.0.2.7".parse().unwrap();
-        match start_connect_from(dst, 0, Some(ip)) {
+        match upstream_socket(dst, 0, Some(ip)) {
             // IP_TRANSPARENT was permitted (CAP_NET_ADMIN).
             Ok(sock) => assert_eq!(sock.local_addr().unwrap().as_socket().unwrap().ip(), ip),
             Err(ConnectError::Source { ip: refused, .. }) => assert_eq!(refused, ip),
             Err(e) => panic!("neither kept nor refused: {e}"),
         }
         let local: std::net::IpAddr = "127.0.0.3".parse().unwrap();
-        let sock = start_connect_from(dst, 0, Some(local)).unwrap();
+        let sock = upstream_socket(dst, 0, Some(local)).unwrap();
         assert_eq!(sock.local_addr().unwrap().as_socket().unwrap().ip(), local);
     }
 
@@ -347,7 +326,7 @@ mod tests {
         }
         let v4 = "127.0.0.1".parse().unwrap();
         assert!(matches!(
-            start_connect_from(dst, 0, Some(v4)),
+            upstream_socket(dst, 0, Some(v4)),
             Err(ConnectError::Source { .. })
         ));
     }

@@ -3,8 +3,8 @@
 //! with their headers parsed, so a test can send what no well-behaved client would
 //! (floods, bad stream ids, window overflows) and see exactly what the server answers.
 //!
-//! Everything here is single-threaded glommio: run it with [`run_in`], which starts a
-//! `LocalExecutor` on a thread inside a network namespace.
+//! Everything here is single-threaded zpath-uring: run it with [`run_in`], which starts
+//! a `Runtime` on a thread inside a network namespace.
 
 use std::future::Future;
 use std::io;
@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
 use zpath_crypto::{CertifiedTls, Identity, LocalCa, SessionBuffers, TlsStream};
+use zpath_uring::{ConnectOptions, IoStream, TcpStream};
 
 use crate::netns::Netns;
 
@@ -75,7 +75,7 @@ pub mod code {
     pub const ENHANCE_YOUR_CALM: u32 = 11;
 }
 
-/// Runs `make()`'s future on a glommio executor on a thread inside `ns`, so the
+/// Runs `make()`'s future on a zpath-uring runtime on a thread inside `ns`, so the
 /// sockets it opens live in that namespace.
 pub fn run_in<F, Fut, T>(ns: &Netns, make: F) -> T
 where
@@ -84,10 +84,9 @@ where
     T: Send + 'static,
 {
     ns.enter(move || {
-        glommio::LocalExecutorBuilder::default()
-            .make()
-            .expect("start a glommio executor")
-            .run(make())
+        let rt = zpath_uring::Runtime::new(zpath_uring::Config::default())
+            .expect("start a zpath-uring runtime");
+        rt.block_on(make()).expect("run on the zpath-uring runtime")
     })
 }
 
@@ -463,7 +462,7 @@ pub async fn tls_connect(
     ca_dir: &Path,
     addr: SocketAddr,
     server_sa: &str,
-) -> io::Result<TlsStream<TcpStream>> {
+) -> io::Result<TlsStream<IoStream>> {
     let ca = LocalCa::load_or_create(ca_dir).map_err(io::Error::other)?;
     let me = Identity::new("cluster.local", "default", "client").map_err(io::Error::other)?;
     let server = Identity::new("cluster.local", "default", server_sa).map_err(io::Error::other)?;
@@ -474,9 +473,9 @@ pub async fn tls_connect(
     let config = certified
         .client_config(&[server])
         .map_err(io::Error::other)?;
-    let glommio_err = |e: glommio::GlommioError<()>| io::Error::other(e.to_string());
-    let tcp = TcpStream::connect(addr).await.map_err(glommio_err)?;
-    tcp.set_nodelay(true).map_err(glommio_err)?;
+    let tcp = TcpStream::connect(addr, &ConnectOptions::default()).await?;
+    tcp.set_nodelay(true)?;
+    let tcp = IoStream::new(tcp)?;
     TlsStream::connect(tcp, &config, SessionBuffers::new(4 * 16645))
         .await
         .map_err(io::Error::other)
@@ -484,22 +483,22 @@ pub async fn tls_connect(
 
 /// Reads and discards until the peer closes (EOF or error); `false` if it did not
 /// within `limit`.
-pub async fn closed_within(tls: &mut TlsStream<TcpStream>, limit: Duration) -> bool {
+pub async fn closed_within(tls: &mut TlsStream<IoStream>, limit: Duration) -> bool {
     let read = async {
         let mut chunk = vec![0u8; READ_CHUNK];
         loop {
             match tls.read(&mut chunk).await {
-                Ok(0) | Err(_) => return Ok(()),
+                Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }
         }
     };
-    glommio::timer::timeout(limit, read).await.is_ok()
+    zpath_uring::time::timeout(limit, read).await.is_ok()
 }
 
 /// An mTLS HTTP/2 connection driven frame by frame.
 pub struct Conn {
-    tls: TlsStream<TcpStream>,
+    tls: TlsStream<IoStream>,
     /// Received plaintext; frames start at `pos`.
     buf: Vec<u8>,
     pos: usize,
@@ -564,7 +563,7 @@ impl Conn {
     /// so a client that does not read pushes back on the server sooner.
     pub fn shrink_socket_buffers(&self, bytes: usize) -> io::Result<()> {
         use std::os::fd::{AsRawFd, BorrowedFd};
-        let fd = self.tls.get_ref().as_raw_fd();
+        let fd = self.tls.get_ref().get_ref().as_raw_fd();
         // SAFETY: the descriptor belongs to our open socket, which outlives the borrow.
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
         let sock = socket2::SockRef::from(&fd);
@@ -576,9 +575,9 @@ impl Conn {
     /// no more for 10 s (the server stopped reading).
     pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         let tls = &mut self.tls;
-        let sent = glommio::timer::timeout(SEND_LIMIT, async {
+        let sent = zpath_uring::time::timeout(SEND_LIMIT, async {
             let r = tls.write_all(bytes).await;
-            Ok(r.and(tls.flush().await))
+            r.and(tls.flush().await)
         })
         .await;
         sent.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
@@ -592,14 +591,14 @@ impl Conn {
             let end = bytes.len().min(written + (64 << 10));
             let tls = &mut self.tls;
             let chunk = &bytes[written..end];
-            match glommio::timer::timeout(stall, async { Ok(tls.write(chunk).await) }).await {
+            match zpath_uring::time::timeout(stall, tls.write(chunk)).await {
                 Ok(Ok(0)) | Ok(Err(_)) => return Flood::Ended { written },
                 Ok(Ok(n)) => written += n,
                 Err(_) => return Flood::Stalled { written },
             }
         }
         let tls = &mut self.tls;
-        match glommio::timer::timeout(stall, async { Ok(tls.flush().await) }).await {
+        match zpath_uring::time::timeout(stall, tls.flush()).await {
             Ok(Ok(())) => Flood::Sent,
             Ok(Err(_)) => Flood::Ended { written },
             Err(_) => Flood::Stalled { written },
@@ -663,7 +662,7 @@ impl Conn {
                 return Poll::Pending;
             }
         });
-        let flood = glommio::timer::timeout(limit, async { Ok(pump.await) }).await;
+        let flood = zpath_uring::time::timeout(limit, pump).await;
         match flood {
             Ok(flood) => (flood, seen),
             Err(_) => (Flood::Stalled { written }, seen),
@@ -750,10 +749,10 @@ impl Conn {
             let mut chunk = vec![0u8; READ_CHUNK];
             loop {
                 if let Some(f) = self.take_frame() {
-                    return Ok(Some(f));
+                    return Some(f);
                 }
                 if self.eof {
-                    return Ok(None);
+                    return None;
                 }
                 match self.tls.read(&mut chunk).await {
                     Ok(0) | Err(_) => self.eof = true,
@@ -761,7 +760,7 @@ impl Conn {
                 }
             }
         };
-        match glommio::timer::timeout(limit, read).await {
+        match zpath_uring::time::timeout(limit, read).await {
             Ok(f) => Ok(f),
             Err(_) => Err(io::ErrorKind::TimedOut.into()),
         }

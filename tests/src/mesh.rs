@@ -184,13 +184,14 @@ impl Mesh {
         let config = tls.client_config(&[server]).expect("client config");
         let addr: SocketAddr = format!("{}.2:15008", self.net).parse().expect("address");
         self.hosts.client.enter(move || {
-            let ex = glommio::LocalExecutorBuilder::default()
-                .make()
-                .expect("executor");
-            ex.run(async move {
-                let tcp = glommio::net::TcpStream::connect(addr)
-                    .await
-                    .expect("connect 15008");
+            let rt = zpath_uring::Runtime::new(zpath_uring::Config::default())
+                .expect("start a zpath-uring runtime");
+            rt.block_on(async move {
+                let tcp =
+                    zpath_uring::TcpStream::connect(addr, &zpath_uring::ConnectOptions::default())
+                        .await
+                        .expect("connect 15008");
+                let tcp = zpath_uring::IoStream::new(tcp).expect("receive on 15008");
                 let stream = zpath_crypto::TlsStream::connect(
                     tcp,
                     &config,
@@ -206,7 +207,7 @@ impl Mesh {
                 )
                 .await
                 .expect("HTTP/2 handshake");
-                let driver = glommio::spawn_local(driver).detach();
+                let driver = zpath_uring::spawn_local(driver);
                 let pool = zpath_tunnel::Pool::<u8>::new(100);
                 let mut out = Vec::new();
                 for req in requests {
@@ -223,9 +224,10 @@ impl Mesh {
                 }
                 drop(tunnel);
                 drop(pool);
-                driver.cancel();
+                driver.abort();
                 out
             })
+            .expect("run the HBONE client on the ring")
         })
     }
 }

@@ -313,7 +313,7 @@ fn a_connection_ended_by_a_protocol_error_is_closed_without_a_reset() {
         c.send(&burst).await.expect("send the burst");
         let seen = c.watch(ANSWER).await;
         // Long enough for a reset to arrive if one was sent.
-        glommio::timer::sleep(Duration::from_millis(200)).await;
+        let _ = zpath_uring::time::sleep(Duration::from_millis(200)).await;
         let late_write = c.send(&h2raw::ping([7; 8])).await;
         let end = c.watch(ANSWER).await.end;
         (seen, late_write.map_err(|e| e.kind()), end)
@@ -384,7 +384,7 @@ fn one_byte_payloads_queued_for_a_peer_that_never_reads_pin_bounded_memory() {
         })
         .await;
         // Reads nothing more: B's socket and TLS buffers fill, then h2 queues.
-        glommio::timer::sleep(Duration::from_secs(4)).await;
+        let _ = zpath_uring::time::sleep(Duration::from_secs(4)).await;
         let open_streams = metric("zpath_hbone_server_streams");
         (answered, open_streams)
     });

@@ -1,5 +1,5 @@
-//! The byte stream under HTTP/2: a `futures-io` stream (our TLS stream over a glommio
-//! socket) presented with the `tokio` I/O traits the `h2` crate speaks.
+//! The byte stream under HTTP/2: a `futures-io` stream (our TLS stream over a ring
+//! socket of `zpath-uring`) presented with the `tokio` I/O traits the `h2` crate speaks.
 //!
 //! Reads copy decrypted bytes straight from the stream's buffer into h2's read buffer
 //! (no zeroing, no intermediate buffer). Writes are vectored, so a DATA frame's header

@@ -4,31 +4,45 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::cell::Cell;
+use std::future::Future;
 use std::rc::Rc;
 
-use futures_lite::io::BufReader;
-use glommio::net::{TcpListener, TcpStream};
 use http::StatusCode;
 use zpath_tunnel::{client, connect, server, ConnectFailed, H2Settings, Pool, SetupStep, Tunnel};
+use zpath_uring::{ConnectOptions, IoStream, TcpListener, TcpStream};
 
-type Conn = BufReader<TcpStream>;
+type Conn = IoStream;
+
+/// Runs `future` to completion on a fresh ring on this thread.
+fn run<F: Future>(future: F) -> F::Output {
+    let rt = zpath_uring::Runtime::new(zpath_uring::Config::default())
+        .expect("start a zpath-uring runtime");
+    rt.block_on(future).expect("run the test on the ring")
+}
+
+fn loopback() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0".parse().unwrap(), false).unwrap()
+}
 
 async fn dial(
     addr: std::net::SocketAddr,
     promised: Rc<Cell<u32>>,
 ) -> Result<Tunnel, ConnectFailed> {
-    let tcp = TcpStream::connect(addr).await.map_err(|e| ConnectFailed {
+    let connect_failed = |e: std::io::Error| ConnectFailed {
         step: SetupStep::Connect,
         message: e.to_string().into(),
-    })?;
-    let (tunnel, driver) =
-        client::handshake(BufReader::new(tcp), &H2Settings::default(), 100, promised)
-            .await
-            .map_err(|e| ConnectFailed {
-                step: SetupStep::Http2,
-                message: e.to_string().into(),
-            })?;
-    glommio::spawn_local(driver).detach();
+    };
+    let tcp = TcpStream::connect(addr, &ConnectOptions::default())
+        .await
+        .map_err(connect_failed)?;
+    let io = IoStream::new(tcp).map_err(connect_failed)?;
+    let (tunnel, driver) = client::handshake(io, &H2Settings::default(), 100, promised)
+        .await
+        .map_err(|e| ConnectFailed {
+            step: SetupStep::Http2,
+            message: e.to_string().into(),
+        })?;
+    drop(zpath_uring::spawn_local(driver));
     Ok(tunnel)
 }
 
@@ -52,14 +66,14 @@ async fn serve(listener: TcpListener, goaway_first: bool) {
 
 async fn serve_with(listener: TcpListener, goaway_first: bool, settings: H2Settings) {
     let mut first = goaway_first;
+    let mut incoming = listener.incoming();
     loop {
-        let tcp = listener.accept().await.unwrap();
+        let tcp = incoming.next().await.unwrap();
         let goaway = std::mem::take(&mut first);
-        glommio::spawn_local(async move {
+        drop(zpath_uring::spawn_local(async move {
+            let io = IoStream::new(tcp).unwrap();
             let mut conn: server::ServerConnection<Conn> =
-                server::accept(BufReader::new(tcp), &settings)
-                    .await
-                    .unwrap();
+                server::accept(io, &settings).await.unwrap();
             let mut kept = Vec::new();
             while let Some(Ok((req, mut respond))) = conn.accept().await {
                 assert_eq!(connect::target(&req).unwrap().port(), 80);
@@ -70,18 +84,16 @@ async fn serve_with(listener: TcpListener, goaway_first: bool, settings: H2Setti
                 }
             }
             let _ = futures_lite::future::poll_fn(|cx| conn.poll_closed(cx)).await;
-        })
-        .detach();
+        }));
     }
 }
 
 #[test]
 fn a_tunnel_that_said_goaway_is_not_offered_again() {
-    let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
-    ex.run(async {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        glommio::spawn_local(serve(listener, true)).detach();
+    run(async {
+        let listener = loopback();
+        let addr = listener.local_addr();
+        drop(zpath_uring::spawn_local(serve(listener, true)));
         let pool = Pool::<u8>::new(100);
 
         // First stream: a new tunnel; its server then says GOAWAY.
@@ -89,7 +101,7 @@ fn a_tunnel_that_said_goaway_is_not_offered_again() {
         let first = t1.open(request(), slot).await.unwrap();
         assert_eq!(pool.handshakes(), 1);
         // Let the GOAWAY arrive.
-        glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+        let _ = zpath_uring::time::sleep(std::time::Duration::from_millis(100)).await;
         assert!(
             t1.is_closed(),
             "a tunnel that said GOAWAY takes no new stream"
@@ -107,17 +119,16 @@ fn a_tunnel_that_said_goaway_is_not_offered_again() {
 
 #[test]
 fn concurrent_first_requests_share_one_handshake_up_to_the_stream_limit() {
-    let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
-    ex.run(async {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        glommio::spawn_local(serve(listener, false)).detach();
+    run(async {
+        let listener = loopback();
+        let addr = listener.local_addr();
+        drop(zpath_uring::spawn_local(serve(listener, false)));
         let pool = Pool::<u8>::new(3);
         // Seven flows at once, three streams per tunnel: three handshakes, not seven.
         let flows: Vec<_> = (0..7)
             .map(|_| {
                 let pool = pool.clone();
-                glommio::spawn_local(async move {
+                zpath_uring::spawn_local(async move {
                     let (t, slot) = pool.checkout(&0, |p| dial(addr, p)).await.unwrap();
                     (t, slot)
                 })
@@ -125,7 +136,7 @@ fn concurrent_first_requests_share_one_handshake_up_to_the_stream_limit() {
             .collect();
         let mut held = Vec::new();
         for f in flows {
-            held.push(f.await);
+            held.push(f.await.expect("the flow ran to its end"));
         }
         assert_eq!(pool.handshakes(), 3);
         assert_eq!(pool.stats().streams, 7);
@@ -167,11 +178,10 @@ async fn give_up_on_a_stalled_handshake(pool: &Rc<Pool<u8>>) -> Rc<Cell<bool>> {
 
 #[test]
 fn a_handshake_every_waiter_gave_up_on_is_dropped_not_joined() {
-    let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
-    ex.run(async {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        glommio::spawn_local(serve(listener, false)).detach();
+    run(async {
+        let listener = loopback();
+        let addr = listener.local_addr();
+        drop(zpath_uring::spawn_local(serve(listener, false)));
         let pool = Pool::<u8>::new(10);
         // A handshake that never finishes (a peer that never answers), and a caller
         // that gives up on it.
@@ -204,15 +214,15 @@ fn a_handshake_every_waiter_gave_up_on_is_dropped_not_joined() {
 
 #[test]
 fn the_servers_stream_limit_is_followed_once_its_settings_arrive() {
-    let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
-    ex.run(async {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
+    run(async {
+        let listener = loopback();
+        let addr = listener.local_addr();
         let settings = H2Settings {
             max_concurrent_streams: 2,
             ..H2Settings::default()
         };
-        glommio::spawn_local(serve_with(listener, false, settings)).detach();
+        let server = serve_with(listener, false, settings);
+        drop(zpath_uring::spawn_local(server));
         // We would put 100 streams on a tunnel; this server takes 2.
         let pool = Pool::<u8>::new(100);
         let (t1, slot) = pool.checkout(&0, |p| dial(addr, p)).await.unwrap();
@@ -226,7 +236,7 @@ fn the_servers_stream_limit_is_followed_once_its_settings_arrive() {
         let (t3, slot) = pool.checkout(&0, |p| dial(addr, p)).await.unwrap();
         assert_eq!(pool.handshakes(), 2);
         let s3 = futures_lite::future::or(async { Some(t3.open(request(), slot).await) }, async {
-            glommio::timer::sleep(std::time::Duration::from_secs(5)).await;
+            let _ = zpath_uring::time::sleep(std::time::Duration::from_secs(5)).await;
             None
         })
         .await

@@ -1,5 +1,6 @@
-//! tokio's `AsyncRead` / `AsyncWrite` over a ring connection, so protocol code written
-//! against those traits (h2, rustls stream wrappers) runs on this loop without a tokio
+//! A ring connection as an async byte stream, for protocol code written against the
+//! usual I/O traits: tokio's `AsyncRead` / `AsyncWrite` (h2) and `futures-io`'s
+//! `AsyncRead` / `AsyncBufRead` / `AsyncWrite` (TLS streams, relays), without a tokio
 //! runtime.
 //!
 //! Reads copy out of the provided buffer (which goes back to the ring at once when
@@ -13,6 +14,7 @@ use std::io;
 use std::net::Shutdown;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -30,23 +32,72 @@ enum WriteState {
     Done,
 }
 
-/// A [`TcpStream`] as a tokio I/O object.
-pub struct TokioStream {
+/// Longest a send still in flight when its stream is dropped may take to finish.
+const DROP_LINGER: Duration = Duration::from_secs(1);
+
+/// The write side: one send at a time. Dropped with a send in flight, it lets that
+/// send finish (within `DROP_LINGER`) instead of cancelling it, so that bytes a caller
+/// wrote just before dropping the stream (a refusal, a last reply) still leave, as they
+/// would from a blocking write; unless the socket was set to reset on close (an
+/// abort), whose send is cancelled so the reset goes out now.
+struct Writer {
+    state: WriteState,
+    stream: TcpStream,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let WriteState::Sending(op) = std::mem::replace(&mut self.state, WriteState::Done) {
+            if self.stream.resets_on_close() {
+                return;
+            }
+            drop(crate::runtime::spawn_local(finish_send(
+                self.stream.clone(),
+                op,
+            )));
+        }
+    }
+}
+
+/// Waits for `op` and sends what it left, within `DROP_LINGER`; the socket closes when
+/// this returns (it holds the last handle).
+async fn finish_send(stream: TcpStream, op: Op<(Vec<u8>, usize)>) {
+    let rest = async move {
+        let (mut res, (mut buf, mut offset)) = op.await;
+        while let Ok(n @ 1..) = check(res) {
+            offset += n;
+            if offset >= buf.len() {
+                return;
+            }
+            (res, (buf, offset)) = match stream.send_op(buf, offset) {
+                Ok(op) => op.await,
+                Err(_) => return,
+            };
+        }
+    };
+    let _ = crate::time::timeout(DROP_LINGER, rest).await;
+}
+
+/// A [`TcpStream`] as an I/O object of both trait families.
+pub struct IoStream {
     stream: TcpStream,
     recv: RecvStream,
     partial: Option<(BufRef, usize)>,
-    write: WriteState,
+    write: Writer,
 }
 
-impl TokioStream {
+impl IoStream {
     /// Wraps a connection.
-    pub fn new(stream: TcpStream) -> io::Result<TokioStream> {
+    pub fn new(stream: TcpStream) -> io::Result<IoStream> {
         let recv = stream.recv_stream()?;
-        Ok(TokioStream {
+        Ok(IoStream {
+            write: Writer {
+                state: WriteState::Idle(Vec::new()),
+                stream: stream.clone(),
+            },
             stream,
             recv,
             partial: None,
-            write: WriteState::Idle(Vec::new()),
         })
     }
 
@@ -55,10 +106,22 @@ impl TokioStream {
         &self.stream
     }
 
+    /// Splits the stream for a relay that sends received buffers on as they are: the
+    /// connection, its receiver (with whatever it has queued) and the bytes already
+    /// received but not read, after the send in flight (if any) has gone.
+    pub async fn into_parts(mut self) -> io::Result<(TcpStream, RecvStream, Vec<u8>)> {
+        std::future::poll_fn(|cx| self.poll_idle(cx)).await?;
+        let unread = match self.partial.take() {
+            Some((buf, offset)) => buf[offset..].to_vec(),
+            None => Vec::new(),
+        };
+        Ok((self.stream, self.recv, unread))
+    }
+
     /// Waits until no send is in flight.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            let WriteState::Sending(op) = &mut self.write else {
+            let WriteState::Sending(op) = &mut self.write.state else {
                 return Poll::Ready(Ok(()));
             };
             let (res, (buf, offset)) = ready!(Pin::new(op).poll(cx));
@@ -67,16 +130,16 @@ impl TokioStream {
                     self.submit(buf, offset + n)?;
                 }
                 Ok(0) if !buf.is_empty() => {
-                    self.write = WriteState::Done;
+                    self.write.state = WriteState::Done;
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
                 Ok(_) => {
                     let mut buf = buf;
                     buf.clear();
-                    self.write = WriteState::Idle(buf);
+                    self.write.state = WriteState::Idle(buf);
                 }
                 Err(e) => {
-                    self.write = WriteState::Done;
+                    self.write.state = WriteState::Done;
                     return Poll::Ready(Err(e));
                 }
             }
@@ -86,77 +149,62 @@ impl TokioStream {
     fn submit(&mut self, buf: Vec<u8>, offset: usize) -> io::Result<()> {
         match self.stream.send_op(buf, offset) {
             Ok(op) => {
-                self.write = WriteState::Sending(op);
+                self.write.state = WriteState::Sending(op);
                 Ok(())
             }
             Err((e, (buf, _))) => {
-                self.write = WriteState::Idle(buf);
+                self.write.state = WriteState::Idle(buf);
                 Err(e)
             }
         }
     }
 
-    fn take_send_buffer(&mut self) -> io::Result<Vec<u8>> {
-        match std::mem::replace(&mut self.write, WriteState::Done) {
-            WriteState::Idle(buf) => Ok(buf),
-            other => {
-                self.write = other;
-                Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    "connection is shut down for writing",
-                ))
+    /// Received bytes not yet taken, waiting for some when none are; empty at end of
+    /// stream.
+    fn poll_filled(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        if self.partial.is_none() {
+            match ready!(self.recv.poll_recv(cx))? {
+                Some(buf) => self.partial = Some((buf, 0)),
+                None => return Poll::Ready(Ok(&[])),
             }
+        }
+        match &self.partial {
+            Some((buf, offset)) => Poll::Ready(Ok(&buf[*offset..])),
+            None => Poll::Ready(Ok(&[])),
         }
     }
-}
 
-impl AsyncRead for TokioStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if out.remaining() == 0 {
-            // Nothing to fill: taking a buffer now would report end of stream.
-            return Poll::Ready(Ok(()));
-        }
-        if this.partial.is_none() {
-            match ready!(this.recv.poll_recv(cx))? {
-                Some(buf) => this.partial = Some((buf, 0)),
-                None => return Poll::Ready(Ok(())),
-            }
-        }
-        if let Some((buf, offset)) = &mut this.partial {
-            let n = (buf.len() - *offset).min(out.remaining());
-            out.put_slice(&buf[*offset..*offset + n]);
-            *offset += n;
+    /// Marks `n` received bytes as taken; a drained buffer goes back to the ring now.
+    fn consume_filled(&mut self, n: usize) {
+        if let Some((buf, offset)) = &mut self.partial {
+            *offset = (*offset + n).min(buf.len());
             if *offset == buf.len() {
-                // The buffer goes back to the ring now.
-                this.partial = None;
+                self.partial = None;
             }
         }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for TokioStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.poll_write_vectored(cx, &[io::IoSlice::new(data)])
     }
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+    /// Copies received bytes into `out`; 0 at end of stream (or for an empty `out`).
+    fn poll_read_into(&mut self, cx: &mut Context<'_>, out: &mut [u8]) -> Poll<io::Result<usize>> {
+        if out.is_empty() {
+            // Nothing to fill: taking a buffer now would report end of stream.
+            return Poll::Ready(Ok(0));
+        }
+        let filled = ready!(self.poll_filled(cx))?;
+        let n = filled.len().min(out.len());
+        out[..n].copy_from_slice(&filled[..n]);
+        self.consume_filled(n);
+        Poll::Ready(Ok(n))
+    }
+
+    /// Copies `slices` into the send buffer and submits it (write-behind).
+    fn poll_write_slices(
+        &mut self,
         cx: &mut Context<'_>,
         slices: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        ready!(this.poll_idle(cx))?;
-        let mut buf = this.take_send_buffer()?;
+        ready!(self.poll_idle(cx))?;
+        let mut buf = self.take_send_buffer()?;
         for slice in slices {
             let room = WRITE_CAP - buf.len();
             if room == 0 {
@@ -166,11 +214,92 @@ impl AsyncWrite for TokioStream {
         }
         let n = buf.len();
         if n == 0 {
-            this.write = WriteState::Idle(buf);
+            self.write.state = WriteState::Idle(buf);
             return Poll::Ready(Ok(0));
         }
-        this.submit(buf, 0)?;
+        self.submit(buf, 0)?;
         Poll::Ready(Ok(n))
+    }
+
+    /// Waits for the send in flight, then shuts the write side down (once).
+    fn poll_shutdown_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_idle(cx))?;
+        loop {
+            match &mut self.write.state {
+                WriteState::Idle(_) => {
+                    let op = self.stream.shutdown_op(Shutdown::Write)?;
+                    self.write.state = WriteState::ShuttingDown(op);
+                }
+                WriteState::ShuttingDown(op) => {
+                    let (res, ()) = ready!(Pin::new(op).poll(cx));
+                    self.write.state = WriteState::Done;
+                    return Poll::Ready(match check(res) {
+                        // The peer is already fully gone: nothing left to tell it.
+                        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(()),
+                        other => other.map(drop),
+                    });
+                }
+                WriteState::Done | WriteState::Sending(_) => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+
+    fn take_send_buffer(&mut self) -> io::Result<Vec<u8>> {
+        match std::mem::replace(&mut self.write.state, WriteState::Done) {
+            WriteState::Idle(buf) => Ok(buf),
+            other => {
+                self.write.state = other;
+                Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "connection is shut down for writing",
+                ))
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for IoStream {
+    type Target = TcpStream;
+
+    /// The connection, for its addresses and socket options.
+    fn deref(&self) -> &TcpStream {
+        &self.stream
+    }
+}
+
+impl std::os::fd::AsRawFd for IoStream {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.stream.as_raw_fd()
+    }
+}
+
+impl AsyncRead for IoStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let n = ready!(self.poll_read_into(cx, out.initialize_unfilled()))?;
+        out.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for IoStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_slices(cx, &[io::IoSlice::new(data)])
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        slices: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_slices(cx, slices)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -182,21 +311,52 @@ impl AsyncWrite for TokioStream {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        ready!(this.poll_idle(cx))?;
-        loop {
-            match &mut this.write {
-                WriteState::Idle(_) => {
-                    let op = this.stream.shutdown_op(Shutdown::Write)?;
-                    this.write = WriteState::ShuttingDown(op);
-                }
-                WriteState::ShuttingDown(op) => {
-                    let (res, ()) = ready!(Pin::new(op).poll(cx));
-                    this.write = WriteState::Done;
-                    return Poll::Ready(check(res).map(drop));
-                }
-                WriteState::Done | WriteState::Sending(_) => return Poll::Ready(Ok(())),
-            }
-        }
+        self.poll_shutdown_write(cx)
+    }
+}
+
+impl futures_io::AsyncRead for IoStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_read_into(cx, out)
+    }
+}
+
+impl futures_io::AsyncBufRead for IoStream {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        self.get_mut().poll_filled(cx)
+    }
+
+    fn consume(mut self: Pin<&mut Self>, amt: usize) {
+        self.consume_filled(amt);
+    }
+}
+
+impl futures_io::AsyncWrite for IoStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_slices(cx, &[io::IoSlice::new(data)])
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        slices: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_slices(cx, slices)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_idle(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_shutdown_write(cx)
     }
 }

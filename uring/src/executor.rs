@@ -159,6 +159,13 @@ impl Executor {
                 task.future.take()
             };
             let Some(mut future) = future else { continue };
+            if self.tasks.borrow()[slot].aborted {
+                // Aborted while queued: dropped unpolled, outside any borrow.
+                drop(future);
+                self.tasks.borrow_mut()[slot].running = false;
+                self.release(slot);
+                continue;
+            }
             polled += 1;
             self.polls.set(self.polls.get() + 1);
             let waker = crate::sys::waker_for::<W>(key);
@@ -197,25 +204,22 @@ impl Executor {
         self.live.set(self.live.get() - 1);
     }
 
-    /// Drops the task named by `key` (its pending ops are cancelled by their drops).
+    /// Stops the task named by `key`: its future is dropped (and its pending ops
+    /// cancelled by their drops) on the executor's next run, never inside this call, so
+    /// a caller may abort while it holds state the task's drop touches.
     pub(crate) fn abort(&self, key: u64) {
-        let slot = key_slot(key) as usize;
-        let future = {
-            let mut tasks = self.tasks.borrow_mut();
-            let Some(task) = tasks.get_mut(slot) else {
-                return;
-            };
-            if !task.live || task.generation != key_gen(key) {
-                return;
-            }
-            if task.running {
-                task.aborted = true;
-                return;
-            }
-            task.future.take()
+        let mut tasks = self.tasks.borrow_mut();
+        let Some(task) = tasks.get_mut(key_slot(key) as usize) else {
+            return;
         };
-        drop(future);
-        self.release(slot);
+        if !task.live || task.generation != key_gen(key) {
+            return;
+        }
+        task.aborted = true;
+        if !task.running && !task.queued {
+            task.queued = true;
+            self.queue.borrow_mut().push_back(key);
+        }
     }
 
     /// Drops every task, repeatedly, until none is left (a drop may spawn).

@@ -24,7 +24,8 @@
 //! every `unsafe` block; `buf` (the buffer ring) and `executor` (the task slab) sit on
 //! it; `remote` (cross-thread wakes) on `executor`; `runtime` (ring, op table, loop,
 //! where a wake goes, join handles) on all of them; the ops (`op`, `net`, `time`) on
-//! `runtime`; `relay` and `compat` on the ops. The one `unsafe` item outside `sys` is
+//! `runtime`; `relay` and `compat` on the ops; `signal` (wakes from other threads, blocking work
+//! on a thread) on nothing but the wakers it is given. The one `unsafe` item outside `sys` is
 //! `IoBuf` for `BufRef`, in `buf` beside the hand-back rule that makes it sound.
 
 mod buf;
@@ -35,12 +36,15 @@ mod op;
 pub mod relay;
 mod remote;
 mod runtime;
+mod signal;
 mod sys;
 pub mod time;
 
 pub use buf::BufRef;
+pub use compat::IoStream;
 pub use net::{ConnectOptions, Incoming, RecvStream, TcpListener, TcpStream};
-pub use runtime::{spawn, stats, Config, JoinHandle, Runtime, Stats, MAX_IOV};
+pub use runtime::{spawn, spawn_local, stats, Config, JoinHandle, Runtime, Stats, MAX_IOV};
+pub use signal::{unblock, Signal};
 pub use sys::IoBuf;
 
 /// Errors of the runtime itself (ops fail with `std::io::Error`).

@@ -18,6 +18,7 @@ use crate::runtime::{with_core, Entries, OpKind, MAX_IOV};
 use crate::sys::IoBuf;
 
 /// An open socket; closed through the ring when the last handle goes.
+#[derive(Debug)]
 struct Fd(Option<OwnedFd>);
 
 impl Fd {
@@ -44,6 +45,7 @@ impl Drop for Fd {
 pub(crate) type SendOp<B> = Op<(B, usize)>;
 
 /// A listening TCP socket.
+#[derive(Debug)]
 pub struct TcpListener {
     fd: Rc<Fd>,
     local: SocketAddr,
@@ -80,6 +82,11 @@ impl TcpListener {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// Takes over a listening socket2 socket.
+    pub fn from_socket(socket: Socket) -> io::Result<TcpListener> {
+        Self::from_std(socket.into())
     }
 
     /// A stream of accepted connections from one multishot accept.
@@ -158,7 +165,7 @@ pub struct ConnectOptions {
 
 /// A connected TCP socket. Clones share the socket; it is closed (through the ring)
 /// when the last clone and the last op using it are gone.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct TcpStream {
     fd: Rc<Fd>,
 }
@@ -183,6 +190,17 @@ impl TcpStream {
             Type::STREAM.cloexec(),
             Some(Protocol::TCP),
         )?;
+        Self::connect_socket(socket, addr, options).await
+    }
+
+    /// Connects a socket the caller made (bound to a source, say) to `addr`, as
+    /// [`TcpStream::connect`] does; `options.mark` is set when not 0.
+    pub async fn connect_socket(
+        socket: Socket,
+        addr: SocketAddr,
+        options: &ConnectOptions,
+    ) -> io::Result<TcpStream> {
+        socket.set_nonblocking(false)?;
         if options.mark != 0 {
             socket.set_mark(options.mark).map_err(|e| {
                 io::Error::new(
@@ -196,6 +214,13 @@ impl TcpStream {
         }
         socket.set_tcp_nodelay(true)?;
         let timeout = options.timeout;
+        if timeout == Some(Duration::ZERO) {
+            // A linked timeout of zero would fire before the connect is even tried.
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connection to {addr} not tried: its deadline is zero"),
+            ));
+        }
         let op = Op::submit(socket, |socket, store| {
             // The entry points at the address inside the slot's store, which does not move.
             let target = store.addr.insert(SockAddr::from(addr));
@@ -439,6 +464,12 @@ impl TcpStream {
         self.sock()?.set_tcp_nodelay(on)
     }
 
+    /// Whether the close will send RST (`SO_LINGER` 0 was set, here or on the raw
+    /// descriptor).
+    pub fn resets_on_close(&self) -> bool {
+        matches!(self.sock().and_then(|s| s.linger()), Ok(Some(d)) if d.is_zero())
+    }
+
     /// Makes the close send RST instead of FIN (`SO_LINGER` 0): for aborting.
     pub fn set_reset_on_close(&self) -> io::Result<()> {
         self.sock()?.set_linger(Some(Duration::ZERO))
@@ -555,5 +586,19 @@ impl RecvStream {
 impl Drop for RecvStream {
     fn drop(&mut self) {
         self.disarm();
+    }
+}
+
+impl AsRawFd for TcpStream {
+    /// The descriptor, for socket options; -1 once closed. Never close it directly.
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.raw()
+    }
+}
+
+impl AsRawFd for TcpListener {
+    /// The descriptor, for socket options. Never close it directly.
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.raw()
     }
 }

@@ -6,8 +6,35 @@ use std::io;
 use std::net::Shutdown;
 
 use crate::buf::BufRef;
-use crate::net::TcpStream;
+use crate::net::{RecvStream, TcpStream};
 use crate::runtime::{spawn, MAX_IOV};
+
+/// Where one direction of a relay failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// Receiving from the source failed (usually: that peer reset the connection).
+    #[error("receive failed: {0}")]
+    Recv(#[source] io::Error),
+    /// Sending to the destination failed, or its half-close did.
+    #[error("send failed: {0}")]
+    Send(#[source] io::Error),
+}
+
+impl CopyError {
+    /// The socket error underneath.
+    pub fn into_io(self) -> io::Error {
+        match self {
+            CopyError::Recv(e) | CopyError::Send(e) => e,
+        }
+    }
+
+    /// The socket error underneath, by reference.
+    pub fn io(&self) -> &io::Error {
+        match self {
+            CopyError::Recv(e) | CopyError::Send(e) => e,
+        }
+    }
+}
 
 /// Relays `from` to `to` until `from` ends, then shuts `to` down for writing. Returns
 /// the bytes relayed. Buffers that arrived while a send was in flight go out together in
@@ -15,17 +42,37 @@ use crate::runtime::{spawn, MAX_IOV};
 /// buffer.
 pub async fn copy(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
     let mut rx = from.recv_stream()?;
+    copy_counted(&mut rx, Vec::new(), to, |_| {})
+        .await
+        .map_err(CopyError::into_io)
+}
+
+/// As [`copy`], from a receiver already in use: `unread` (bytes received before, not
+/// yet sent on) goes first. Tells `sent` how many bytes each send delivered, and which
+/// side failed. A half-close toward a peer that is already fully gone (`ENOTCONN`) is
+/// not an error.
+pub async fn copy_counted(
+    rx: &mut RecvStream,
+    unread: Vec<u8>,
+    to: &TcpStream,
+    mut sent: impl FnMut(usize),
+) -> Result<u64, CopyError> {
     let mut total = 0u64;
+    if !unread.is_empty() {
+        let len = unread.len();
+        to.send_all(unread).await.0.map_err(CopyError::Send)?;
+        total += len as u64;
+        sent(len);
+    }
     let mut batch: Vec<BufRef> = Vec::with_capacity(MAX_IOV);
     let mut ended = false;
     loop {
         match rx.recv().await {
             Ok(Some(buf)) => batch.push(buf),
             Ok(None) => ended = true,
-            Err(e) => {
-                let _ = to.shutdown(Shutdown::Write).await;
-                return Err(e);
-            }
+            // No half-close here: the caller decides how the other side learns of it
+            // (a relay resets both).
+            Err(e) => return Err(CopyError::Recv(e)),
         }
         while !ended && batch.len() < MAX_IOV {
             match rx.try_recv() {
@@ -34,7 +81,7 @@ pub async fn copy(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
                 Some(Err(_)) | None => break,
             }
         }
-        let len: u64 = batch.iter().map(|b| b.len() as u64).sum();
+        let len: usize = batch.iter().map(|b| b.len()).sum();
         let res = match batch.len() {
             0 => Ok(()),
             1 => match batch.pop() {
@@ -48,11 +95,16 @@ pub async fn copy(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
                 res
             }
         };
-        res?;
-        total += len;
+        res.map_err(CopyError::Send)?;
+        total += len as u64;
+        if len > 0 {
+            sent(len);
+        }
         if ended {
-            to.shutdown(Shutdown::Write).await?;
-            return Ok(total);
+            return match to.shutdown(Shutdown::Write).await {
+                Err(e) if e.raw_os_error() != Some(libc::ENOTCONN) => Err(CopyError::Send(e)),
+                _ => Ok(total),
+            };
         }
     }
 }

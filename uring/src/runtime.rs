@@ -274,6 +274,22 @@ where
     })
 }
 
+/// Spawns a task on this thread's runtime, for callers that are always inside one.
+/// Outside a runtime the future is dropped unrun and the handle reports the task
+/// finished (awaiting it gives `None`); nothing panics.
+pub fn spawn_local<F>(future: F) -> JoinHandle<F::Output>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    spawn(future).unwrap_or_else(|_| {
+        let state = JoinState::new();
+        state.close();
+        // Executor id 0 belongs to no runtime, so `abort` reaches nothing.
+        JoinHandle::new(0, state)
+    })
+}
+
 /// Counters of this thread's runtime.
 pub fn stats() -> io::Result<Stats> {
     with_core(|core| core.stats())
@@ -770,6 +786,15 @@ impl<T> Drop for CloseOnDrop<T> {
         if !self.0.done.get() {
             self.0.close();
         }
+    }
+}
+
+impl<T> std::fmt::Debug for JoinHandle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinHandle")
+            .field("key", &self.key)
+            .field("finished", &self.state.done.get())
+            .finish()
     }
 }
 

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use zpath_uring::compat::TokioStream;
+use zpath_uring::compat::IoStream;
 use zpath_uring::{spawn, Config, Runtime, TcpListener, TcpStream};
 
 #[test]
@@ -18,7 +18,7 @@ fn h2_request_and_response_over_the_tokio_adapter() {
             let addr = listener.local_addr();
             let server = spawn(async move {
                 let conn = listener.incoming().next().await.unwrap();
-                let io = TokioStream::new(conn).unwrap();
+                let io = IoStream::new(conn).unwrap();
                 let mut h2 = h2::server::handshake(io).await.unwrap();
                 let (request, mut respond) = h2.accept().await.unwrap().unwrap();
                 // The handler runs beside the connection, which must keep being polled
@@ -47,7 +47,7 @@ fn h2_request_and_response_over_the_tokio_adapter() {
             .unwrap();
 
             let conn = TcpStream::connect(addr, &Default::default()).await.unwrap();
-            let io = TokioStream::new(conn).unwrap();
+            let io = IoStream::new(conn).unwrap();
             let (client, connection) = h2::client::handshake(io).await.unwrap();
             let driver = spawn(async move {
                 let _ = connection.await;
@@ -96,7 +96,7 @@ fn adapter_reads_and_writes_partial_chunks_in_order() {
         let addr = listener.local_addr();
         let echo = spawn(async move {
             let conn = listener.incoming().next().await.unwrap();
-            let mut io = TokioStream::new(conn).unwrap();
+            let mut io = IoStream::new(conn).unwrap();
             let mut buf = [0u8; 333];
             loop {
                 let n = io.read(&mut buf).await.unwrap();
@@ -109,7 +109,7 @@ fn adapter_reads_and_writes_partial_chunks_in_order() {
         })
         .unwrap();
         let conn = TcpStream::connect(addr, &Default::default()).await.unwrap();
-        let io = TokioStream::new(conn).unwrap();
+        let io = IoStream::new(conn).unwrap();
         let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
         let (mut rd, mut wr) = tokio::io::split(io);
         let writer = spawn({

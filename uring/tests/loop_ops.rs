@@ -435,7 +435,7 @@ fn connect_times_out_through_the_linked_timeout() {
             },
         ))
         .unwrap();
-    let err = res.err().expect("connect to a full accept queue succeeded");
+    let err = res.expect_err("connect to a full accept queue succeeded");
     assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(rt.stats().ops_in_flight, 0);

@@ -4,15 +4,14 @@
 //! shard's table, admitted ([`crate::decide::admit`]) and relayed.
 
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use glommio::net::TcpStream;
 use http::StatusCode;
 use tracing::{debug, info};
 use zpath_crypto::{SessionBuffers, TlsStream, VerifiedPeer};
 use zpath_tunnel::Payload;
+use zpath_uring::{IoStream, TcpStream};
 
 use crate::control::certs::workload_identity;
 use crate::decide::admit::{admit, Admitted, Carrier};
@@ -24,18 +23,17 @@ use crate::shard::handshakes::{SourceFull, Ticket};
 use crate::shard::table::{ConnState, ConnTable, TableGuard};
 use crate::shard::Shard;
 use crate::stats::{CloseReason, Direction, FailReason, Gauge, Side};
-use crate::sys;
 
-type Tls = TlsStream<TcpStream>;
+type Tls = TlsStream<IoStream>;
 
 /// Serves one connection accepted on 15008: TLS with the certificate of the workload
 /// the connection is addressed to, then HTTP/2; every CONNECT becomes a connection of
 /// the shard's table, checked, authorized and relayed.
-pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+pub(crate) async fn serve(shard: Rc<Shard>, stream: IoStream) {
     let (Ok(local), Ok(peer)) = (stream.local_addr(), stream.peer_addr()) else {
         return;
     };
-    let fd = stream.as_raw_fd();
+    let socket = stream.get_ref().clone();
     let _ = stream.set_nodelay(true);
     let stats = &shard.stats;
     let local_ip = local.ip().to_canonical();
@@ -102,7 +100,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         verified,
         activity: Activity::new(),
     });
-    serve_connection(shard, conn, fd, outer).await;
+    serve_connection(shard, conn, socket, outer).await;
 }
 
 /// Longest a GOAWAY to a peer that stopped answering may take to leave, and longest a
@@ -113,7 +111,7 @@ const GOAWAY_FLUSH: Duration = Duration::from_secs(1);
 /// aborted if a newer handshake evicts this one. Counts and logs every failure.
 async fn handshake<G: Fn(usize)>(
     shard: &Rc<Shard>,
-    stream: TcpStream,
+    stream: IoStream,
     cert: &zpath_crypto::CertifiedTls,
     ticket: &Ticket<G>,
     peer: SocketAddr,
@@ -127,8 +125,8 @@ async fn handshake<G: Fn(usize)>(
     let limit = shard.cfg.handshake_timeout;
     let deadline = Instant::now() + limit;
     let buffers = SessionBuffers::new(shard.cfg.tls_buffer);
-    let accept = glommio::timer::timeout(limit, async {
-        Ok(TlsStream::accept(stream, &cert.server_config(), buffers).await)
+    let accept = zpath_uring::time::timeout(limit, async {
+        TlsStream::accept(stream, &cert.server_config(), buffers).await
     });
     let tls: Tls = match or_evicted(ticket, accept).await {
         Some(Ok(Ok(t))) => t,
@@ -164,8 +162,8 @@ async fn handshake<G: Fn(usize)>(
     // A peer that completes TLS and then sends nothing is closed like a stalled TLS
     // handshake: the preface shares the handshake's deadline.
     let left = deadline.saturating_duration_since(Instant::now());
-    let preface = glommio::timer::timeout(left, async {
-        Ok(zpath_tunnel::server::accept(tls, &shard.cfg.h2).await)
+    let preface = zpath_uring::time::timeout(left, async {
+        zpath_tunnel::server::accept(tls, &shard.cfg.h2).await
     });
     let failed_tunnel = || {
         stats
@@ -234,14 +232,14 @@ enum Event {
     Silent,
 }
 
-/// Serves the streams of one HBONE connection (on the socket `fd`) until it ends:
+/// Serves the streams of one HBONE connection (on `socket`) until it ends:
 /// GOAWAY when the shard drains or the connection idles (open streams finish first),
 /// dropped at once when the peer stops answering PINGs, closed lingering when the peer
 /// broke the protocol.
 async fn serve_connection(
     shard: Rc<Shard>,
     mut conn: zpath_tunnel::server::ServerConnection<Tls>,
-    fd: RawFd,
+    socket: TcpStream,
     outer: Rc<Outer>,
 ) {
     let stats = &shard.stats;
@@ -280,7 +278,7 @@ async fn serve_connection(
                 if shard.may_log(FailReason::Tunnel) {
                     info!(%peer, %identity, "HBONE connection failed: {e}");
                 }
-                close_lingering(conn, fd).await;
+                close_lingering(conn, socket).await;
                 break;
             }
             Event::Accepted(None) => break,
@@ -305,7 +303,7 @@ async fn serve_connection(
                 }
                 conn.abrupt_shutdown(h2::Reason::NO_ERROR);
                 let flush = futures_lite::future::poll_fn(|cx| conn.poll_closed(cx));
-                let _ = glommio::timer::timeout(GOAWAY_FLUSH, async { Ok(flush.await) }).await;
+                let _ = zpath_uring::time::timeout(GOAWAY_FLUSH, flush).await;
                 break;
             }
         }
@@ -314,23 +312,17 @@ async fn serve_connection(
 
 /// Closes a connection h2 ended with an error without resetting it: a socket closed
 /// with unread input answers with RST, which can reach the peer before it reads the
-/// GOAWAY (h2 has sent it, with TLS close_notify, unless the error was the transport's). The socket is kept on a
-/// second descriptor and read and discarded until the peer closes, for at most
-/// `GOAWAY_FLUSH`.
-async fn close_lingering(conn: zpath_tunnel::server::ServerConnection<Tls>, fd: RawFd) {
-    // `conn` owns `fd` until it is dropped below.
-    let socket = sys::dup_stream(fd);
+/// GOAWAY (h2 has sent it, with TLS close_notify, unless the error was the transport's).
+/// The socket (`socket`, a second handle of the connection's) outlives `conn` and is
+/// read and discarded until the peer closes, for at most `GOAWAY_FLUSH`.
+async fn close_lingering(conn: zpath_tunnel::server::ServerConnection<Tls>, socket: TcpStream) {
     drop(conn);
-    let Ok(mut socket) = socket else {
+    let _ = socket.shutdown(std::net::Shutdown::Write).await;
+    let Ok(mut incoming) = socket.recv_stream() else {
         return;
     };
-    let _ = socket.shutdown(std::net::Shutdown::Write).await;
-    let discard = async {
-        let mut sink = [0u8; 4096];
-        while let Ok(1..) = futures_lite::AsyncReadExt::read(&mut socket, &mut sink).await {}
-        Ok(())
-    };
-    let _ = glommio::timer::timeout(GOAWAY_FLUSH, discard).await;
+    let discard = async { while let Ok(Some(_)) = incoming.recv().await {} };
+    let _ = zpath_uring::time::timeout(GOAWAY_FLUSH, discard).await;
 }
 
 /// What every stream of one 15008 connection shares.
@@ -354,14 +346,13 @@ fn spawn_stream(
     shard.stats.dir(Direction::Inbound).opened.add(1);
     let s = shard.clone();
     let outer = outer.clone();
-    let task = glommio::spawn_local(async move {
+    let task = zpath_uring::spawn_local(async move {
         let streams = Gauge::up(&s.stats.hbone.server_streams);
         let active = outer.activity.stream();
         let result = serve_stream(&s, &outer, req, respond, &guard).await;
         drop((active, streams));
         s.finish(Direction::Inbound, &guard, result);
-    })
-    .detach();
+    });
     shard.table.borrow_mut().set_task(key, task);
 }
 

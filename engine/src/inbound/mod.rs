@@ -7,7 +7,7 @@ pub(crate) mod hbone;
 
 use std::rc::Rc;
 
-use glommio::net::TcpStream;
+use zpath_uring::IoStream;
 
 use crate::capture::captured_destination;
 use crate::decide::authorize::{authorize, Inbound, When};
@@ -21,7 +21,7 @@ use crate::stats::FailReason;
 /// Captured inbound plaintext: relay to the original (local) destination.
 pub(crate) async fn inbound(
     shard: &Rc<Shard>,
-    client: TcpStream,
+    client: IoStream,
     info: &ConnInfo,
 ) -> Result<(), Failure> {
     let dst = captured_destination(shard, &client, info)?;

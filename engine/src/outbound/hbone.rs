@@ -15,11 +15,11 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use glommio::net::TcpStream;
 use tracing::{debug, info};
 use zpath_crypto::{SessionBuffers, TlsStream};
 use zpath_tunnel::connect;
 use zpath_tunnel::{ConnectFailed, OpenError, Payload, SetupStep, Tunnel};
+use zpath_uring::IoStream;
 
 use crate::decide::plan::{PoolKey, Tunnelled};
 use crate::dial::dial;
@@ -97,7 +97,7 @@ pub(crate) async fn open(
         // The answer is bounded like a connect: a peer that never answers does not
         // hold the flow (and its slot) forever.
         let limit = shard.cfg.connect_timeout;
-        let opened = glommio::timer::timeout(limit, async { Ok(tunnel.open(req, slot).await) })
+        let opened = zpath_uring::time::timeout(limit, async { tunnel.open(req, slot).await })
             .await
             .unwrap_or_else(|_| Err(OpenError::H2(h2::Error::from(h2::Reason::CANCEL))));
         match opened {
@@ -129,7 +129,7 @@ pub(crate) async fn open(
 /// already sent). Resets the client on failure.
 pub(crate) async fn relay_client(
     shard: &Rc<Shard>,
-    client: TcpStream,
+    client: IoStream,
     stream: zpath_tunnel::OpenStream,
     early: &[u8],
     info: &ConnInfo,
@@ -197,8 +197,8 @@ async fn connect_tunnel(
         })?;
     let buffers = SessionBuffers::new(shard.cfg.tls_buffer);
     let limit = shard.cfg.handshake_timeout;
-    let tls = glommio::timer::timeout(limit, async {
-        Ok(TlsStream::connect(tcp, &config, buffers).await)
+    let tls = zpath_uring::time::timeout(limit, async {
+        TlsStream::connect(tcp, &config, buffers).await
     })
     .await;
     let tls = match tls {
@@ -232,7 +232,7 @@ async fn connect_tunnel(
     let silent = Rc::new(Flag::default());
     let k = shard.cfg.keepalive;
     let watchers = keepalive::watch_client(driver.ping_pong(), k, silent.clone());
-    glommio::spawn_local(async move {
+    zpath_uring::spawn_local(async move {
         let driven = async { Some(driver.await) };
         let unanswered = async {
             silent.raised().await;
@@ -243,7 +243,9 @@ async fn connect_tunnel(
             Some(Ok(())) => {}
             Some(Err(e)) => debug!(%dst, "HBONE connection ended: {e}"),
             None => {
-                s.stats.hbone.count_closed(Side::Client, CloseReason::KeepaliveTimeout);
+                s.stats
+                    .hbone
+                    .count_closed(Side::Client, CloseReason::KeepaliveTimeout);
                 if s.may_log(FailReason::Tunnel) {
                     info!(%dst, "HBONE peer left a PING unanswered for {:?}; connection closed", k.timeout);
                 }
@@ -251,7 +253,6 @@ async fn connect_tunnel(
         }
         drop(watchers);
         s.update_pool_gauges();
-    })
-    .detach();
+    });
     Ok(tunnel)
 }

@@ -9,7 +9,7 @@ pub(crate) mod socks5;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use glommio::net::TcpStream;
+use zpath_uring::IoStream;
 
 use crate::capture::captured_destination;
 use crate::decide::plan::{plan, Plan};
@@ -23,7 +23,7 @@ use crate::stats::FailReason;
 /// Captured outbound: the destination is the original destination of the connection.
 pub(crate) async fn outbound(
     shard: &Rc<Shard>,
-    client: TcpStream,
+    client: IoStream,
     info: &ConnInfo,
 ) -> Result<(), Failure> {
     let dst = captured_destination(shard, &client, info)?;
@@ -43,7 +43,7 @@ pub(crate) async fn outbound(
 /// Where an outbound connection goes once dialled.
 pub(crate) enum Upstream {
     /// A plain TCP connection (passthrough, or a `TCP` workload).
-    Tcp(TcpStream),
+    Tcp(IoStream),
     /// A stream through an HBONE tunnel.
     Hbone(zpath_tunnel::OpenStream),
 }

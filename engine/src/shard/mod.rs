@@ -34,7 +34,6 @@ use crate::fds::FdBudget;
 use crate::stats::{Direction, FailReason, PolicyCounts, ShardStats};
 use crate::sys;
 use addrs::BoundAddrs;
-use buffers::BufPool;
 use handshakes::PendingHandshakes;
 use loglimit::LogLimiter;
 use notify::LocalNotify;
@@ -62,8 +61,6 @@ pub struct Shard {
     pub addrs: Arc<BoundAddrs>,
     /// Counters (read by the control thread).
     pub stats: Arc<ShardStats>,
-    /// Relay buffers.
-    pub pool: Rc<BufPool>,
     /// Live connections.
     pub table: Rc<RefCell<ConnTable>>,
     /// Client TLS configurations, by our identity and the expected server identities.
@@ -144,12 +141,12 @@ impl Shard {
             return true;
         }
         self.certs_wanted.notify_one();
-        let found = glommio::timer::timeout(limit, async {
+        let found = zpath_uring::time::timeout(limit, async {
             loop {
                 // Taken before the check: a set published in between still wakes it.
                 let published = self.certs_published.wait();
                 if self.certs().get(id).is_some() {
-                    return Ok(());
+                    return;
                 }
                 published.await;
             }

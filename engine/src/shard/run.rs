@@ -3,20 +3,17 @@
 //! messages (new snapshot: re-check live connections; new certificates; drain).
 
 use std::cell::{Cell, RefCell};
-use std::io::Write;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use glommio::net::{TcpListener, TcpStream};
-use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{debug, info, warn};
 use zpath_control::SnapshotCell;
 use zpath_crypto::ClientConfigCache;
+use zpath_uring::{IoStream, Signal, TcpListener};
 
 use super::addrs::BoundAddrs;
-use super::buffers::BufPool;
 use super::handshakes::PendingHandshakes;
 use super::loglimit::LogLimiter;
 use super::notify::LocalNotify;
@@ -84,26 +81,33 @@ pub struct ShardHandle {
     /// The shard's counters.
     pub stats: Arc<ShardStats>,
     tx: crossbeam_channel::Sender<ShardMsg>,
-    wake: std::os::unix::net::UnixStream,
-    join: Option<glommio::ExecutorJoinHandle<()>>,
+    wake: Signal,
+    join: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ShardHandle {
-    /// Sends a message and wakes the shard.
+    /// Sends a message and wakes the shard (through its ring's eventfd).
     pub fn send(&self, msg: ShardMsg) {
         if self.tx.send(msg).is_ok() {
-            // A full socket buffer means a wake-up is already pending.
-            let _ = (&self.wake).write(&[1]);
+            self.wake.raise();
         }
     }
 
     /// Waits for the shard's thread to exit.
     pub fn join(&mut self) {
         if let Some(j) = self.join.take() {
-            if let Err(e) = j.join() {
-                warn!("shard exited with an error: {e}");
+            if j.join().is_err() {
+                warn!("shard thread ended abnormally");
             }
         }
+    }
+}
+
+impl Drop for ShardHandle {
+    /// A handle dropped without a drain (the process is failing) stops its shard: the
+    /// channel closes and the wake tells the loop so.
+    fn drop(&mut self) {
+        self.wake.raise();
     }
 }
 
@@ -129,20 +133,27 @@ pub fn spawn(
 ) -> std::io::Result<ShardHandle> {
     let stats = Arc::new(ShardStats::default());
     let (tx, rx) = crossbeam_channel::unbounded();
-    let (wake_tx, wake_rx) = std::os::unix::net::UnixStream::pair()?;
-    wake_tx.set_nonblocking(true)?;
+    let wake = Signal::new();
     let (started_tx, started_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let shard_stats = stats.clone();
-    let placement = if cfg.pin_shards {
-        Placement::Fixed(core)
-    } else {
-        Placement::Unbound
-    };
-    let join = LocalExecutorBuilder::new(placement)
-        .name(&format!("zpath-shard-{id}"))
-        .ring_depth(cfg.ring_depth)
-        .io_memory(cfg.io_memory)
-        .spawn(move || async move {
+    let shard_wake = wake.clone();
+    let join = std::thread::Builder::new()
+        .name(format!("zpath-shard-{id}"))
+        .spawn(move || {
+            if cfg.pin_shards {
+                if let Err(e) = sys::pin_to_cpu(core) {
+                    let _ =
+                        started_tx.send(Err(format!("cannot pin shard {id} to CPU {core}: {e}")));
+                    return;
+                }
+            }
+            let runtime = match zpath_uring::Runtime::new(ring_config(&cfg)) {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = started_tx.send(Err(format!("shard {id}: {e}")));
+                    return;
+                }
+            };
             let initial = cell.load();
             shard_stats
                 .by_policy
@@ -152,7 +163,6 @@ pub fn spawn(
                 )));
             let shard = Rc::new(Shard {
                 id,
-                pool: BufPool::new(cfg.buffers),
                 table: ConnTable::new(shard_stats.clone()),
                 stats: shard_stats,
                 current: RefCell::new(Rc::new(initial)),
@@ -175,7 +185,9 @@ pub fn spawn(
                 cfg,
                 addrs,
             });
-            run(shard, rx, wake_rx, started_tx).await;
+            if let Err(e) = runtime.block_on(run(shard, rx, shard_wake, started_tx)) {
+                warn!(shard = id, "shard loop stopped: {e}");
+            }
         })
         .map_err(|e| {
             std::io::Error::other(format!("cannot start shard {id} on core {core}: {e}"))
@@ -187,9 +199,23 @@ pub fn spawn(
     Ok(ShardHandle {
         stats,
         tx,
-        wake: wake_tx,
+        wake,
         join: Some(join),
     })
+}
+
+/// The ring of a shard: `--ring-depth` submission entries, and `--io-memory` of
+/// provided receive buffers of 16 KiB (a power of two of them, at least 8).
+fn ring_config(cfg: &EngineConfig) -> zpath_uring::Config {
+    let defaults = zpath_uring::Config::default();
+    let buffers = (cfg.io_memory / defaults.buf_size as usize).clamp(8, 32768);
+    let buffers = 1usize << buffers.ilog2();
+    zpath_uring::Config {
+        sq_entries: cfg.ring_depth as u32,
+        cq_entries: (cfg.ring_depth as u32 * 4).max(defaults.cq_entries),
+        buf_entries: buffers as u16,
+        ..defaults
+    }
 }
 
 /// Listens on `addr` in the shards' `SO_REUSEPORT` group; with `steer` (this shard's
@@ -203,13 +229,13 @@ fn bind(addr: SocketAddr, backlog: i32, steer: Option<usize>) -> Result<TcpListe
             tracing::warn!(%addr, cpu, "cannot steer connections by CPU, hashing instead: {e}");
         }
     }
-    Ok(sys::into_glommio_listener(sock))
+    TcpListener::from_socket(sock).map_err(|e| format!("cannot listen on {addr}: {e}"))
 }
 
 async fn run(
     shard: Rc<Shard>,
     rx: crossbeam_channel::Receiver<ShardMsg>,
-    wake: std::os::unix::net::UnixStream,
+    wake: Signal,
     started: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     let mut accepting = Vec::new();
@@ -226,30 +252,35 @@ async fn run(
             false => None,
         };
         match bind(addr, shard.cfg.accept_backlog, steer) {
-            Ok(l) => {
-                accepting.push(glommio::spawn_local(accept_loop(shard.clone(), l, kind)).detach())
-            }
+            Ok(l) => accepting.push(zpath_uring::spawn_local(accept_loop(
+                shard.clone(),
+                l,
+                kind,
+            ))),
             Err(e) => {
                 let _ = started.send(Err(e));
                 return;
             }
         }
     }
-    accepting.push(glommio::spawn_local(sweep_pool(shard.clone())).detach());
-    accepting.push(glommio::spawn_local(flush_log_summaries(shard.clone())).detach());
+    accepting.push(zpath_uring::spawn_local(sweep_pool(shard.clone())));
+    accepting.push(zpath_uring::spawn_local(flush_log_summaries(shard.clone())));
     shard.stats.listening.add(1);
     let _ = started.send(Ok(()));
-    let mut wake = sys::into_glommio_unix(wake);
-    let mut buf = [0u8; 64];
     loop {
-        use futures_lite::AsyncReadExt;
-        let closed = !matches!(wake.read(&mut buf).await, Ok(n) if n > 0);
-        let mut deadline = closed.then(Instant::now);
-        while let Ok(msg) = rx.try_recv() {
-            match msg {
-                ShardMsg::Drain { deadline: d } => deadline = Some(d),
-                ShardMsg::SnapshotChanged => recheck(&shard),
-                ShardMsg::CertsChanged => shard.certs_published.notify_all(),
+        wake.wait().await;
+        let mut deadline = None;
+        loop {
+            match rx.try_recv() {
+                Ok(ShardMsg::Drain { deadline: d }) => deadline = Some(d),
+                Ok(ShardMsg::SnapshotChanged) => recheck(&shard),
+                Ok(ShardMsg::CertsChanged) => shard.certs_published.notify_all(),
+                Err(crossbeam_channel::TryRecvError::Empty) => break,
+                // The control thread is gone: stop now.
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    deadline = Some(Instant::now());
+                    break;
+                }
             }
         }
         if let Some(d) = deadline {
@@ -301,13 +332,9 @@ fn inbound_of<'a>(
     })
 }
 
-async fn drain(
-    shard: &Rc<Shard>,
-    accepting: Vec<glommio::task::JoinHandle<()>>,
-    deadline: Instant,
-) {
+async fn drain(shard: &Rc<Shard>, accepting: Vec<zpath_uring::JoinHandle<()>>, deadline: Instant) {
     for a in accepting {
-        a.cancel();
+        a.abort();
     }
     shard.stats.listening.sub(1);
     let open = shard.table.borrow().len();
@@ -318,7 +345,7 @@ async fn drain(
     shard.served.raise_all();
     let busy = |s: &Shard| !s.table.borrow().is_empty() || !s.served.is_empty();
     while busy(shard) && Instant::now() < deadline {
-        glommio::timer::sleep(Duration::from_millis(10)).await;
+        let _ = zpath_uring::time::sleep(Duration::from_millis(10)).await;
     }
     let aborted = shard.table.borrow_mut().abort_all();
     if aborted > 0 {
@@ -330,7 +357,7 @@ async fn drain(
     // Cancelled tasks drop their sockets (RST) and leave the table on their next poll.
     let give_up = Instant::now() + Duration::from_secs(1);
     while !shard.table.borrow().is_empty() && Instant::now() < give_up {
-        glommio::timer::sleep(Duration::from_millis(5)).await;
+        let _ = zpath_uring::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -339,7 +366,7 @@ async fn sweep_pool(shard: Rc<Shard>) {
     let idle = shard.cfg.pool_idle_timeout;
     let every = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        glommio::timer::sleep(every).await;
+        let _ = zpath_uring::time::sleep(every).await;
         let released = shard.tunnels.release_idle(Instant::now(), idle);
         if released > 0 {
             debug!(
@@ -354,14 +381,16 @@ async fn sweep_pool(shard: Rc<Shard>) {
 /// Sums up suppressed failure logs of a flood that stopped.
 async fn flush_log_summaries(shard: Rc<Shard>) {
     loop {
-        glommio::timer::sleep(Duration::from_secs(1)).await;
+        let _ = zpath_uring::time::sleep(Duration::from_secs(1)).await;
         shard.logs.flush(Instant::now());
     }
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, kind: ListenerKind) {
+    let mut incoming = listener.incoming();
     loop {
-        match listener.accept().await {
+        let accepted = incoming.next().await.and_then(IoStream::new);
+        match accepted {
             Ok(stream) => {
                 let Some(admitted) = take_place(&shard, &stream, kind) else {
                     continue;
@@ -369,11 +398,10 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, kind: ListenerKind
                 shard.set_keepalive(&stream);
                 if kind == ListenerKind::Hbone {
                     let s = shard.clone();
-                    glommio::spawn_local(async move {
+                    zpath_uring::spawn_local(async move {
                         inbound::hbone::serve(s, stream).await;
                         drop(admitted);
-                    })
-                    .detach();
+                    });
                 } else {
                     spawn_connection(&shard, stream, kind, admitted);
                 }
@@ -381,7 +409,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, kind: ListenerKind
             Err(e) => {
                 // Out of descriptors or memory: back off instead of spinning.
                 warn!(shard = shard.id, ?kind, "accept failed: {e}");
-                glommio::timer::sleep(Duration::from_millis(50)).await;
+                let _ = zpath_uring::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
@@ -389,7 +417,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, kind: ListenerKind
 
 /// Takes a place for a new connection, or refuses it (reset, counted as `overload`)
 /// when the shard holds its cap or the process is near its open-file limit.
-fn take_place(shard: &Rc<Shard>, stream: &TcpStream, kind: ListenerKind) -> Option<Place> {
+fn take_place(shard: &Rc<Shard>, stream: &IoStream, kind: ListenerKind) -> Option<Place> {
     use std::os::fd::AsRawFd;
     let held = shard.accepted.get();
     let cap = shard.cfg.max_connections_per_shard;
@@ -419,25 +447,24 @@ fn take_place(shard: &Rc<Shard>, stream: &TcpStream, kind: ListenerKind) -> Opti
     None
 }
 
-fn spawn_connection(shard: &Rc<Shard>, stream: TcpStream, kind: ListenerKind, admitted: Place) {
+fn spawn_connection(shard: &Rc<Shard>, stream: IoStream, kind: ListenerKind, admitted: Place) {
     let Ok(src) = stream.peer_addr() else { return };
     let dir = kind.direction();
     let guard = ConnTable::insert(&shard.table, dir, src);
     let key = guard.key();
     shard.stats.dir(dir).opened.add(1);
     let s = shard.clone();
-    let task = glommio::spawn_local(async move {
+    let task = zpath_uring::spawn_local(async move {
         let result = serve(&s, stream, kind, &guard).await;
         s.finish(dir, &guard, result);
         drop(admitted);
-    })
-    .detach();
+    });
     shard.table.borrow_mut().set_task(key, task);
 }
 
 async fn serve(
     shard: &Rc<Shard>,
-    stream: TcpStream,
+    stream: IoStream,
     kind: ListenerKind,
     guard: &TableGuard,
 ) -> Result<(), Failure> {

@@ -7,7 +7,7 @@ use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::Instant;
 
-use glommio::task::JoinHandle;
+use zpath_uring::JoinHandle;
 
 use crate::failure::{fail, Failure};
 use crate::stats::{Direction, DirectionStats, ShardStats};
@@ -226,7 +226,7 @@ impl ConnTable {
                 }
             }
             if let Some(t) = e.task.take() {
-                t.cancel();
+                t.abort();
             }
             // The cancelled task will not reach its own accounting.
             let failure = fail(reason, "aborted");
@@ -247,13 +247,13 @@ mod tests {
     }
 
     fn pending() -> JoinHandle<()> {
-        glommio::spawn_local(futures_lite::future::pending::<()>()).detach()
+        zpath_uring::spawn_local(futures_lite::future::pending::<()>())
     }
 
     #[test]
     fn a_key_reaches_its_own_entry_and_a_stale_key_reaches_nothing() {
-        let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
-        ex.run(async {
+        let ex = zpath_uring::Runtime::new(zpath_uring::Config::default()).unwrap();
+        ex.block_on(async {
             let table = ConnTable::new(Default::default());
             let first = ConnTable::insert(&table, Direction::Outbound, src(1));
             let stale = first.key();
@@ -266,13 +266,14 @@ mod tests {
             assert_eq!(table.borrow_mut().abort_all(), 0, "a stale key set a task");
             table.borrow_mut().set_task(second.key(), pending());
             assert_eq!(table.borrow_mut().abort_all(), 1);
-        });
+        })
+        .unwrap();
     }
 
     #[test]
     fn keys_of_many_entries_each_reach_their_own() {
-        let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
-        ex.run(async {
+        let ex = zpath_uring::Runtime::new(zpath_uring::Config::default()).unwrap();
+        ex.block_on(async {
             let table = ConnTable::new(Default::default());
             let guards: Vec<_> = (0..1000)
                 .map(|i| ConnTable::insert(&table, Direction::Inbound, src(i)))
@@ -288,6 +289,7 @@ mod tests {
             assert_eq!(table.borrow().len(), 1000);
             drop(guards);
             assert!(table.borrow().is_empty());
-        });
+        })
+        .unwrap();
     }
 }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
+use zpath_uring::IoStream;
 
 use super::{open, OpenFailed, Upstream};
 use crate::failure::{fail, relay_failed, Failure};
@@ -21,15 +21,13 @@ use wire::{Reply, Socks5Error, Target};
 /// SOCKS5 entry: the destination comes from the CONNECT request.
 pub(crate) async fn socks5(
     shard: &Rc<Shard>,
-    mut client: TcpStream,
+    mut client: IoStream,
     info: &ConnInfo,
 ) -> Result<(), Failure> {
     let mut buf = [0u8; wire::MAX_GREETING + wire::MAX_REQUEST];
     let limit = shard.cfg.socks5_handshake_timeout;
-    let handshake = glommio::timer::timeout(limit, async {
-        Ok(socks5_handshake(&mut client, &mut buf).await)
-    })
-    .await;
+    let handshake =
+        zpath_uring::time::timeout(limit, socks5_handshake(&mut client, &mut buf)).await;
     let (target, early) = match handshake {
         Ok(Ok(t)) => t,
         Ok(Err(HandshakeError::Protocol(e))) => {
@@ -98,10 +96,7 @@ pub(crate) async fn socks5(
 }
 
 /// Tells the SOCKS5 client its CONNECT succeeded (bound to `bound`, when known).
-async fn socks5_succeeded(
-    client: &mut TcpStream,
-    bound: Option<SocketAddr>,
-) -> Result<(), Failure> {
+async fn socks5_succeeded(client: &mut IoStream, bound: Option<SocketAddr>) -> Result<(), Failure> {
     client
         .write_all(&wire::reply(Reply::Succeeded, bound))
         .await
@@ -121,7 +116,7 @@ enum HandshakeError {
 /// Reads the greeting and request; returns the target and the range of `buf` holding
 /// bytes the client sent after the request.
 async fn socks5_handshake(
-    client: &mut TcpStream,
+    client: &mut IoStream,
     buf: &mut [u8],
 ) -> Result<(Target, std::ops::Range<usize>), HandshakeError> {
     let mut have = 0;
@@ -148,7 +143,7 @@ async fn socks5_handshake(
 }
 
 async fn read_more(
-    client: &mut TcpStream,
+    client: &mut IoStream,
     buf: &mut [u8],
     have: usize,
 ) -> Result<usize, HandshakeError> {
@@ -168,7 +163,7 @@ async fn resolve(target: Target) -> io::Result<SocketAddr> {
     match target {
         Target::Addr(a) => Ok(a),
         Target::Domain(name, port) => {
-            let lookup = glommio::executor().spawn_blocking(move || {
+            let lookup = zpath_uring::unblock(move || {
                 use std::net::ToSocketAddrs;
                 (name.as_str(), port)
                     .to_socket_addrs()
@@ -176,7 +171,10 @@ async fn resolve(target: Target) -> io::Result<SocketAddr> {
                     .map_err(|e| (name.clone(), e))
                     .and_then(|a| a.ok_or((name, io::ErrorKind::NotFound.into())))
             });
-            lookup.await.map_err(|(name, e)| {
+            let lookup = lookup.await.map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot start a name lookup: {e}"))
+            })?;
+            lookup.map_err(|(name, e)| {
                 io::Error::new(
                     io::ErrorKind::NotFound,
                     format!("cannot resolve {name}: {e}"),
