@@ -1,5 +1,5 @@
-//! An async TLS stream over any `futures-io` transport (glommio's
-//! `TcpStream`, an in-memory pipe, ...), built on [`TlsSession`].
+//! An async TLS stream over any `futures-io` transport (a `zpath-uring`
+//! `IoStream`, an in-memory pipe, ...), built on [`TlsSession`].
 //!
 //! The handshake is an ordinary future ([`TlsStream::connect`],
 //! [`TlsStream::accept`]): it holds no timer and spawns nothing, so the caller

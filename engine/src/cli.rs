@@ -93,10 +93,11 @@ pub(crate) struct Args {
     /// of 16 B; the completion queue has at least 4096).
     #[arg(long, env = "ZPATH_RING_DEPTH", default_value_t = 256)]
     pub(crate) ring_depth: usize,
-    /// Receive buffers per shard, in bytes: the provided-buffer ring every connection of
-    /// the shard receives into, in 16 KiB buffers (rounded down to a power of two of
-    /// them, 8 to 32768). A connection holds at most 8 of them, only while its bytes wait
-    /// to be sent on; an idle one holds none.
+    /// Large receive buffers per shard, in bytes: the provided-buffer ring of 64 KiB
+    /// buffers (rounded down to a power of two of them, 8 to 32768) a connection moves
+    /// to when its receives fill the small ones (every shard also has 256 small buffers
+    /// of 2 KiB). A connection holds at most 8 buffers, only while their bytes wait to be
+    /// sent on; an idle one holds none.
     #[arg(long, env = "ZPATH_IO_MEMORY", default_value_t = 4 << 20)]
     pub(crate) io_memory: usize,
     /// First read of each direction of an HBONE stream, in bytes.

@@ -117,7 +117,7 @@ pub struct EngineConfig {
     pub socks5_handshake_timeout: Duration,
     /// io_uring submission queue entries per shard.
     pub ring_depth: usize,
-    /// Bytes of provided receive buffers per shard (16 KiB each).
+    /// Bytes of large provided receive buffers per shard (64 KiB each).
     pub io_memory: usize,
     /// Relay buffer sizing per shard.
     pub buffers: BufferConfig,
@@ -321,10 +321,10 @@ impl EngineConfig {
         if !(8..=32768).contains(&self.ring_depth) {
             return Err(invalid("--ring-depth", "must be between 8 and 32768"));
         }
-        if !((128 << 10)..=(512 << 20)).contains(&self.io_memory) {
+        if !((512 << 10)..=(2 << 30)).contains(&self.io_memory) {
             return Err(invalid(
                 "--io-memory",
-                "must be between 128 KiB (8 receive buffers) and 512 MiB",
+                "must be between 512 KiB (8 receive buffers) and 2 GiB",
             ));
         }
         if self.drain_deadline > Duration::from_secs(3600) {

@@ -173,7 +173,8 @@ pub(crate) async fn pair(
     info.fds.set([client.as_raw_fd(), upstream.as_raw_fd()]);
     info.state.set(ConnState::Relaying);
     crate::access::opened(|| shard.snapshot(), info);
-    let result = relay_pair(client, upstream, Meters::of(shard, info)).await;
+    // Boxed: only this relay's own state stays allocated while the connection lives.
+    let result = Box::pin(relay_pair(client, upstream, Meters::of(shard, info))).await;
     info.fds.set([-1, -1]);
     result.map(|_| ()).map_err(|e| {
         let kind = match &e {
@@ -260,8 +261,15 @@ pub(crate) async fn tunnelled(
     // The first read of a stream is --buffer-min bytes, as passthrough's: an idle
     // stream holds only that much; bulk doubles it up to --buffer-max.
     let sizes = shard.cfg.buffers.sizes();
-    let result =
-        zpath_tunnel::relay::relay(socket.clone(), socket.clone(), send, recv, sizes, &meter).await;
+    let result = Box::pin(zpath_tunnel::relay::relay(
+        socket.clone(),
+        socket.clone(),
+        send,
+        recv,
+        sizes,
+        &meter,
+    ))
+    .await;
     info.fds.set([-1, -1]);
     result.map(|_| ()).map_err(|e| {
         socket.0.borrow().abort();

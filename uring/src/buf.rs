@@ -16,6 +16,7 @@ pub(crate) struct BufRing {
     mem: BufRingMem,
     bgid: u16,
     entries: u16,
+    size: u32,
     tail: Cell<u16>,
     out: Cell<u32>,
     waiters: RefCell<Vec<Waker>>,
@@ -36,6 +37,7 @@ impl BufRing {
             mem,
             bgid,
             entries,
+            size: buf_size,
             tail: Cell::new(entries),
             out: Cell::new(0),
             waiters: RefCell::new(Vec::new()),
@@ -45,6 +47,11 @@ impl BufRing {
 
     pub(crate) fn bgid(&self) -> u16 {
         self.bgid
+    }
+
+    /// Bytes per buffer.
+    pub(crate) fn size(&self) -> u32 {
+        self.size
     }
 
     /// Buffers the kernel can still fill.

@@ -255,11 +255,15 @@ impl TcpStream {
 
     /// A receiver of this connection's bytes (one multishot receive at a time).
     pub fn recv_stream(&self) -> io::Result<RecvStream> {
-        let bufs = with_core(|core| core.bufs.clone())?;
+        let (large, small) = with_core(|core| (core.rings[0].clone(), core.rings.get(1).cloned()))?;
         Ok(RecvStream {
             fd: self.fd.clone(),
-            bufs,
+            want_small: small.is_some(),
+            large,
+            small,
             op: None,
+            on_small: false,
+            quiet: 0,
             eof: false,
             waiting_for_buffer: false,
         })
@@ -476,12 +480,28 @@ impl TcpStream {
     }
 }
 
-/// The received bytes of one connection: a multishot receive into the provided-buffer
+/// Consecutive receives under a small buffer's size that move a receiver on the large
+/// ring back to the small one.
+const QUIET_TO_SMALL: u8 = 4;
+
+/// The received bytes of one connection: a multishot receive into a provided-buffer
 /// ring, re-armed when the kernel ends it (buffer ring dry, reader behind, error).
+///
+/// Two size classes: a receiver starts on the small ring (when the runtime has one) and
+/// moves to the large one when a receive fills a small buffer (bulk), back after
+/// `QUIET_TO_SMALL` receives that would have fit a small one. A move cancels the
+/// multishot and re-arms it on the other ring once every completion of the old one is
+/// taken, so bytes keep their order.
 pub struct RecvStream {
     fd: Rc<Fd>,
-    bufs: Rc<BufRing>,
+    large: Rc<BufRing>,
+    small: Option<Rc<BufRing>>,
     op: Option<u32>,
+    /// The op in flight draws from the small ring.
+    on_small: bool,
+    /// The next op should draw from the small ring.
+    want_small: bool,
+    quiet: u8,
     eof: bool,
     waiting_for_buffer: bool,
 }
@@ -500,10 +520,11 @@ impl RecvStream {
             }
             let Some(id) = self.op else {
                 if self.waiting_for_buffer {
-                    if self.bufs.available() == 0 {
+                    let ring = self.ring(self.want_small);
+                    if ring.available() == 0 {
                         // Re-arming now would only fail again: wait for a buffer to come
                         // back (the bytes wait in the socket, nothing is lost).
-                        self.bufs.wait_for_buffer(cx.waker());
+                        ring.wait_for_buffer(cx.waker());
                         return Poll::Pending;
                     }
                     self.waiting_for_buffer = false;
@@ -519,11 +540,15 @@ impl RecvStream {
                 }
                 Poll::Ready(Some(c)) => c,
             };
+            let ring = self.ring(self.on_small);
             let buffer = cqueue::buffer_select(c.flags)
-                .map(|bid| BufRef::new(self.bufs.clone(), bid, c.res.max(0) as u32));
+                .map(|bid| BufRef::new(ring.clone(), bid, c.res.max(0) as u32));
             match c.res {
                 n if n > 0 => match buffer {
-                    Some(buf) => return Poll::Ready(Ok(Some(buf))),
+                    Some(buf) => {
+                        self.choose_class(id, n as u32);
+                        return Poll::Ready(Ok(Some(buf)));
+                    }
                     None => {
                         return Poll::Ready(Err(io::Error::other(
                             "receive completed without a buffer",
@@ -538,7 +563,9 @@ impl RecvStream {
                 }
                 e if e == -libc::ENOBUFS => {
                     self.waiting_for_buffer = true;
-                    self.bufs.note_dry();
+                    self.ring(self.on_small).note_dry();
+                    // The small ring ran dry: the large one takes over meanwhile.
+                    self.want_small = false;
                 }
                 // Our own cancel (the reader was behind): re-arm once drained.
                 e if e == -libc::ECANCELED => {}
@@ -559,20 +586,56 @@ impl RecvStream {
         }
     }
 
-    /// Buffers of the runtime's ring the kernel can still fill.
+    /// Buffers of the runtime's large ring the kernel can still fill.
     pub fn buffers_available(&self) -> u32 {
-        self.bufs.available()
+        self.large.available()
+    }
+
+    /// Whether the receive in flight draws from the small ring.
+    pub fn on_small_buffers(&self) -> bool {
+        self.op.is_some() && self.on_small
+    }
+
+    fn ring(&self, small: bool) -> &Rc<BufRing> {
+        match (&self.small, small) {
+            (Some(ring), true) => ring,
+            _ => &self.large,
+        }
+    }
+
+    /// After a receive of `n` bytes on op `id`: moves to the large ring when it filled a
+    /// small buffer, back to the small one after enough receives that fit one.
+    fn choose_class(&mut self, id: u32, n: u32) {
+        let Some(small) = &self.small else { return };
+        let want_small = if self.on_small {
+            n < small.size()
+        } else if n < small.size() {
+            self.quiet = self.quiet.saturating_add(1);
+            self.quiet >= QUIET_TO_SMALL
+        } else {
+            self.quiet = 0;
+            false
+        };
+        self.want_small = want_small;
+        if want_small != self.on_small {
+            self.quiet = 0;
+            let _ = with_core(|core| core.cancel(id));
+        }
     }
 
     fn arm(&mut self) -> io::Result<()> {
         let fd = self.fd.raw();
-        let bgid = self.bufs.bgid();
+        let small = self.want_small && self.small.is_some();
+        let bgid = self.ring(small).bgid();
         let id = with_core(|core| {
-            core.submit(OpKind::Recv, |_| {
+            let id = core.submit(OpKind::Recv, |_| {
                 Entries::One(opcode::RecvMulti::new(types::Fd(fd), bgid).build())
-            })
+            })?;
+            core.set_group(id, bgid);
+            Ok::<_, io::Error>(id)
         })??;
         self.op = Some(id);
+        self.on_small = small;
         Ok(())
     }
 

@@ -41,10 +41,16 @@ pub struct Config {
     pub sq_entries: u32,
     /// Completion queue entries (default 4096; multishot ops post many).
     pub cq_entries: u32,
-    /// Buffers in the provided-buffer ring, a power of two up to 32768 (default 256).
+    /// Buffers in the large provided-buffer ring, a power of two up to 32768 (default 64).
     pub buf_entries: u16,
-    /// Bytes per provided buffer (default 16 KiB, one TLS record).
+    /// Bytes per large provided buffer (default 64 KiB): what a connection receives into
+    /// once its receives fill small buffers (bulk).
     pub buf_size: u32,
+    /// Buffers in the small ring, a power of two up to 32768, or 0 for none (default
+    /// 256). Every connection starts on it, so quiet ones touch only small buffers.
+    pub small_entries: u16,
+    /// Bytes per small buffer (default 2 KiB).
+    pub small_size: u32,
     /// Completions a multishot receive may queue before it is cancelled until its reader
     /// catches up: how many buffers one connection can hold (default 8).
     pub recv_queue: usize,
@@ -55,8 +61,10 @@ impl Default for Config {
         Config {
             sq_entries: 256,
             cq_entries: 4096,
-            buf_entries: 256,
-            buf_size: 16 * 1024,
+            buf_entries: 64,
+            buf_size: 64 * 1024,
+            small_entries: 256,
+            small_size: 2 * 1024,
             recv_queue: 8,
         }
     }
@@ -71,6 +79,14 @@ impl Config {
         }
         if self.buf_size == 0 || self.buf_size > 1 << 20 {
             return bad("buf_size must be between 1 byte and 1 MiB");
+        }
+        if self.small_entries != 0
+            && (!self.small_entries.is_power_of_two()
+                || self.small_entries > 32768
+                || self.small_size == 0
+                || self.small_size >= self.buf_size)
+        {
+            return bad("small_entries must be 0 or a power of two of at most 32768, and small_size between 1 byte and buf_size");
         }
         if self.sq_entries < 8 || self.cq_entries < self.sq_entries {
             return bad("sq_entries must be at least 8 and cq_entries at least sq_entries");
@@ -139,6 +155,8 @@ pub(crate) struct Store {
 
 struct Slot {
     kind: OpKind,
+    /// The buffer group a receive draws from (an index into `Core::rings`).
+    group: u16,
     state: SlotState,
     cqes: VecDeque<Completion>,
     waker: Option<Waker>,
@@ -152,6 +170,7 @@ impl Slot {
     fn new() -> Box<Slot> {
         Box::new(Slot {
             kind: OpKind::Plain,
+            group: 0,
             state: SlotState::Free,
             cqes: VecDeque::new(),
             waker: None,
@@ -186,7 +205,9 @@ pub(crate) struct Core {
     free: RefCell<Vec<u32>>,
     in_flight: Cell<usize>,
     pub(crate) exec: Executor,
-    pub(crate) bufs: Rc<BufRing>,
+    /// The provided-buffer rings, by buffer group id: the large one (0) and, when
+    /// configured, the small one (1).
+    pub(crate) rings: Vec<Rc<BufRing>>,
     remote: Arc<Remote>,
     eventfd_word: RefCell<Box<u64>>,
     eventfd_armed: Cell<bool>,
@@ -302,8 +323,8 @@ impl Core {
             enters: self.enters.get(),
             polls: self.exec.polls(),
             ops_in_flight: self.in_flight.get(),
-            buffers_out: self.bufs.out(),
-            buffer_ring_dry: self.bufs.dry_count(),
+            buffers_out: self.rings.iter().map(|r| r.out()).sum(),
+            buffer_ring_dry: self.rings.iter().map(|r| r.dry_count()).sum(),
             tasks: self.exec.live(),
         }
     }
@@ -328,6 +349,7 @@ impl Core {
         };
         let slot = &mut slots[id as usize];
         slot.kind = kind;
+        slot.group = 0;
         slot.state = SlotState::Owned;
         slot.finished = false;
         slot.cancel_sent = false;
@@ -348,6 +370,17 @@ impl Core {
             return Err(e);
         }
         Ok(id)
+    }
+
+    /// Records that receive `id` draws from buffer group `group`.
+    pub(crate) fn set_group(&self, id: u32, group: u16) {
+        if let Some(slot) = self.slots.borrow_mut().get_mut(id as usize) {
+            slot.group = group;
+        }
+    }
+
+    fn ring_of(&self, group: u16) -> Option<&Rc<BufRing>> {
+        self.rings.get(usize::from(group))
     }
 
     /// Queues SQEs, flushing the queue to the kernel first when it is full.
@@ -403,7 +436,7 @@ impl Core {
     /// completion. Completions nobody will read are released (descriptors closed,
     /// buffers handed back).
     pub(crate) fn release(&self, id: u32, keep: Option<Box<dyn Any>>) {
-        let (kind, leftovers, finished) = {
+        let (kind, group, leftovers, finished) = {
             let mut slots = self.slots.borrow_mut();
             let slot = &mut slots[id as usize];
             let leftovers: Vec<Completion> = if slot.cqes.is_empty() {
@@ -411,11 +444,11 @@ impl Core {
             } else {
                 slot.cqes.drain(..).collect()
             };
-            (slot.kind, leftovers, slot.finished)
+            (slot.kind, slot.group, leftovers, slot.finished)
         };
         for c in leftovers {
             // Their buffers were counted as taken when they were dispatched.
-            self.discard(kind, c, true);
+            self.discard(kind, group, c, true);
         }
         if finished {
             drop(keep);
@@ -465,12 +498,12 @@ impl Core {
 
     /// Releases what a completion nobody will read carries. `counted`: its buffer was
     /// already counted as taken (it went through `dispatch` to a live op).
-    fn discard(&self, kind: OpKind, c: Completion, counted: bool) {
-        if let Some(bid) = cqueue::buffer_select(c.flags) {
+    fn discard(&self, kind: OpKind, group: u16, c: Completion, counted: bool) {
+        if let (Some(bid), Some(ring)) = (cqueue::buffer_select(c.flags), self.ring_of(group)) {
             if !counted {
-                self.bufs.note_taken();
+                ring.note_taken();
             }
-            self.bufs.recycle(bid);
+            ring.recycle(bid);
         }
         if kind == OpKind::Accept && c.res >= 0 {
             drop(crate::sys::owned_fd(c.res));
@@ -534,7 +567,7 @@ impl Core {
 
     fn dispatch(&self, id: u32, c: Completion) {
         let more = cqueue::more(c.flags);
-        let (state, kind) = {
+        let (state, kind, group) = {
             let slots = self.slots.borrow();
             match slots.get(id as usize) {
                 Some(slot) => (
@@ -544,19 +577,22 @@ impl Core {
                         SlotState::Orphaned => SlotState::Orphaned,
                     },
                     slot.kind,
+                    slot.group,
                 ),
                 None => return,
             }
         };
         if state == SlotState::Orphaned {
-            self.discard(kind, c, false);
+            self.discard(kind, group, c, false);
             if !more {
                 self.free_slot(id);
             }
             return;
         }
         if cqueue::buffer_select(c.flags).is_some() {
-            self.bufs.note_taken();
+            if let Some(ring) = self.ring_of(group) {
+                ring.note_taken();
+            }
         }
         let (waker, over_cap) = {
             let mut slots = self.slots.borrow_mut();
@@ -652,8 +688,16 @@ impl Runtime {
             .setup_coop_taskrun()
             .build(config.sq_entries)
             .map_err(crate::Error::Ring)?;
-        let bufs = BufRing::new(&ring, 0, config.buf_entries, config.buf_size)
-            .map_err(crate::Error::BufRing)?;
+        let mut rings = vec![Rc::new(
+            BufRing::new(&ring, 0, config.buf_entries, config.buf_size)
+                .map_err(crate::Error::BufRing)?,
+        )];
+        if config.small_entries > 0 {
+            rings.push(Rc::new(
+                BufRing::new(&ring, 1, config.small_entries, config.small_size)
+                    .map_err(crate::Error::BufRing)?,
+            ));
+        }
         let remote = Remote::register(crate::sys::eventfd().map_err(crate::Error::Ring)?);
         let core = Rc::new(Core {
             ring: RefCell::new(ring),
@@ -661,7 +705,7 @@ impl Runtime {
             free: RefCell::new(Vec::new()),
             in_flight: Cell::new(0),
             exec: Executor::new(remote.id()),
-            bufs: Rc::new(bufs),
+            rings,
             remote,
             eventfd_word: RefCell::new(Box::new(0)),
             eventfd_armed: Cell::new(false),

@@ -88,6 +88,7 @@ fn adapter_reads_and_writes_partial_chunks_in_order() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rt = Runtime::new(Config {
         buf_size: 1024,
+        small_entries: 0,
         ..Config::default()
     })
     .unwrap();

@@ -123,6 +123,7 @@ fn dry_buffer_ring_pushes_back_without_loss_or_busy_loop() {
     let config = Config {
         buf_entries: 2,
         buf_size: 4096,
+        small_entries: 0,
         recv_queue: 16,
         ..Config::default()
     };
@@ -463,7 +464,60 @@ fn dropped_receiver_hands_its_queued_buffers_back() {
             0,
             "queued buffers not handed back"
         );
-        assert_eq!(conn.recv_stream().unwrap().buffers_available(), 256);
+        assert_eq!(
+            conn.recv_stream().unwrap().buffers_available(),
+            u32::from(Config::default().buf_entries)
+        );
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_receiver_moves_to_large_buffers_for_bulk_and_back_when_quiet() {
+    let rt = Runtime::new(Config::default()).unwrap();
+    rt.block_on(async {
+        let listener = TcpListener::bind(loopback(), false).unwrap();
+        let (mut client, conn) = pair(&listener).await;
+        let mut rx = conn.recv_stream().unwrap();
+        client.write_all(b"hello").unwrap();
+        let first = rx.recv().await.unwrap().unwrap();
+        assert_eq!(&*first, b"hello");
+        drop(first);
+        assert!(
+            rx.on_small_buffers(),
+            "a quiet receiver left the small ring"
+        );
+        // Bulk: receives fill small buffers, so the receiver moves to the large ring.
+        let payload: Vec<u8> = (0..4_000_000u32).map(|i| (i % 241) as u8).collect();
+        let writer = {
+            let mut client = client.try_clone().unwrap();
+            let payload = payload.clone();
+            std::thread::spawn(move || client.write_all(&payload).unwrap())
+        };
+        let mut got = Vec::with_capacity(payload.len());
+        let mut largest = 0;
+        while got.len() < payload.len() {
+            let buf = rx.recv().await.unwrap().unwrap();
+            largest = largest.max(buf.len());
+            got.extend_from_slice(&buf);
+        }
+        writer.join().unwrap();
+        assert_eq!(got, payload, "bytes lost or reordered across the move");
+        assert!(largest > 2048, "bulk never reached the large ring");
+        assert!(!rx.on_small_buffers());
+        // Quiet again: a few small receives move it back.
+        for _ in 0..8 {
+            client.write_all(b"x").unwrap();
+            let b = rx.recv().await.unwrap().unwrap();
+            assert_eq!(&*b, b"x");
+            time::sleep(Duration::from_millis(1)).await.unwrap();
+        }
+        client.write_all(b"y").unwrap();
+        assert_eq!(&*rx.recv().await.unwrap().unwrap(), b"y");
+        assert!(
+            rx.on_small_buffers(),
+            "a quiet receiver stayed on the large ring"
+        );
     })
     .unwrap();
 }

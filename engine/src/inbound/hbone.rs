@@ -411,7 +411,7 @@ async fn serve_stream(
             let _ = futures_lite::future::poll_fn(|cx| respond.poll_reset(cx)).await;
             None
         };
-        let dial = async { Some(dial_permitted(shard, &authorized).await) };
+        let dial = async { Some(Box::pin(dial_permitted(shard, &authorized)).await) };
         futures_lite::future::or(reset, dial).await
     };
     let upstream = match dialled {

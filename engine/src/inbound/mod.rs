@@ -43,7 +43,7 @@ pub(crate) async fn inbound(
     };
     drop(snapshot);
     info.state.set(ConnState::Connecting);
-    let upstream = match dial_permitted(shard, &authorized).await {
+    let upstream = match Box::pin(dial_permitted(shard, &authorized)).await {
         Ok(u) => u,
         Err(e) => {
             client.abort();

@@ -27,7 +27,9 @@ pub(crate) async fn outbound(
     info: &ConnInfo,
 ) -> Result<(), Failure> {
     let dst = captured_destination(shard, &client, info)?;
-    let upstream = match open(shard, dst, info).await {
+    // Boxed: the dial's state (a TLS handshake, for a new tunnel) is freed before the
+    // relay starts instead of sizing the connection's task for its whole life.
+    let upstream = match Box::pin(open(shard, dst, info)).await {
         Ok(u) => u,
         Err(f) => {
             client.abort();
@@ -36,7 +38,9 @@ pub(crate) async fn outbound(
     };
     match upstream {
         Upstream::Tcp(upstream) => relay::pair(shard, client, upstream, info).await,
-        Upstream::Hbone(stream) => hbone::relay_client(shard, client, stream, &[], info).await,
+        Upstream::Hbone(stream) => {
+            Box::pin(hbone::relay_client(shard, client, stream, &[], info)).await
+        }
     }
 }
 

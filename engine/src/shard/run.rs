@@ -204,8 +204,9 @@ pub fn spawn(
     })
 }
 
-/// The ring of a shard: `--ring-depth` submission entries, and `--io-memory` of
-/// provided receive buffers of 16 KiB (a power of two of them, at least 8).
+/// The ring of a shard: `--ring-depth` submission entries; `--io-memory` of large
+/// receive buffers (64 KiB, a power of two of them, at least 8) and the runtime's
+/// default small ones (256 of 2 KiB).
 fn ring_config(cfg: &EngineConfig) -> zpath_uring::Config {
     let defaults = zpath_uring::Config::default();
     let buffers = (cfg.io_memory / defaults.buf_size as usize).clamp(8, 32768);
@@ -480,10 +481,14 @@ async fn serve(
             "no configuration applied yet; refusing until the control plane answers",
         ));
     }
+    // Each flow is boxed on its own: a connection's task is as large as its own flow,
+    // not as the largest of them (the HBONE client's handshakes).
     match kind {
-        ListenerKind::Outbound => outbound::outbound(shard, stream, &guard.info).await,
-        ListenerKind::Inbound => inbound::inbound(shard, stream, &guard.info).await,
-        ListenerKind::Socks5 => outbound::socks5::socks5(shard, stream, &guard.info).await,
+        ListenerKind::Outbound => Box::pin(outbound::outbound(shard, stream, &guard.info)).await,
+        ListenerKind::Inbound => Box::pin(inbound::inbound(shard, stream, &guard.info)).await,
+        ListenerKind::Socks5 => {
+            Box::pin(outbound::socks5::socks5(shard, stream, &guard.info)).await
+        }
         ListenerKind::Hbone => Ok(()),
     }
 }

@@ -68,7 +68,7 @@ pub(crate) async fn socks5(
             format!("SOCKS5 target {dst} is zpath itself"),
         ));
     }
-    let upstream = match open(shard, dst, info).await {
+    let upstream = match Box::pin(open(shard, dst, info)).await {
         Ok(u) => u,
         Err(f) => {
             let _ = client.write_all(&wire::reply(reply_for(&f), None)).await;
@@ -79,7 +79,14 @@ pub(crate) async fn socks5(
         Upstream::Tcp(u) => u,
         Upstream::Hbone(stream) => {
             socks5_succeeded(&mut client, None).await?;
-            return super::hbone::relay_client(shard, client, stream, &buf[early], info).await;
+            return Box::pin(super::hbone::relay_client(
+                shard,
+                client,
+                stream,
+                &buf[early],
+                info,
+            ))
+            .await;
         }
     };
     socks5_succeeded(&mut client, upstream.local_addr().ok()).await?;
