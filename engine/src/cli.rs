@@ -111,8 +111,9 @@ pub(crate) struct Args {
     pub(crate) accept_backlog: i32,
     /// Connections one shard serves at once (15001, 15006, SOCKS5 and 15008 together);
     /// more are reset at accept and counted as failed with reason "overload". Memory:
-    /// ~10 KiB per idle connection (2 x --buffer-min plus state), so ~160 MiB per shard
-    /// at the default; a busy one up to 2 x --buffer-max (HBONE: 2 x --tls-buffer).
+    /// ~5 KiB per idle passthrough connection (it holds no receive buffer), so ~80 MiB per
+    /// shard at the default; a busy one holds up to 8 receive buffers per direction
+    /// (HBONE streams also 2 x --buffer-max of reads and 2 x --tls-buffer).
     #[arg(long, env = "ZPATH_MAX_CONNECTIONS_PER_SHARD", default_value_t = 16384)]
     pub(crate) max_connections_per_shard: usize,
     /// Idle time before TCP keepalive probes start on accepted and upstream data-path
