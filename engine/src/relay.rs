@@ -234,6 +234,21 @@ async fn relay_pair(
     }
 }
 
+/// The socket side of an HBONE relay that payloads out of the tunnel go to: each is
+/// sent from h2's buffer as it is, borrowing the shared stream only within a poll.
+struct SocketOut(Shared<IoStream>);
+
+impl zpath_tunnel::relay::PayloadWrite for SocketOut {
+    async fn write_payload(&mut self, data: bytes::Bytes) -> io::Result<()> {
+        let mut data = Some(data);
+        std::future::poll_fn(|cx| self.0 .0.borrow_mut().poll_write_bytes(cx, &mut data)).await
+    }
+
+    async fn close_write(&mut self) -> io::Result<()> {
+        futures_lite::AsyncWriteExt::close(&mut self.0).await
+    }
+}
+
 /// Relays the connection `info` between the local `socket` and an open HBONE stream
 /// (`send`, `recv`); resets the socket on any failure.
 pub(crate) async fn tunnelled(
@@ -263,7 +278,7 @@ pub(crate) async fn tunnelled(
     let sizes = shard.cfg.buffers.sizes();
     let result = Box::pin(zpath_tunnel::relay::relay(
         socket.clone(),
-        socket.clone(),
+        SocketOut(socket.clone()),
         send,
         recv,
         sizes,

@@ -80,6 +80,32 @@ impl Default for ReadSizes {
     }
 }
 
+/// Where the bytes that come out of the tunnel go: a socket that takes each DATA
+/// payload whole, so that one that can send owned memory (a ring socket) sends it from
+/// h2's buffer without a copy.
+pub trait PayloadWrite {
+    /// Writes all of `data`; done once the bytes have left (so the stream's window is
+    /// released only for bytes no longer held).
+    fn write_payload(&mut self, data: Bytes) -> impl std::future::Future<Output = io::Result<()>>;
+    /// Ends the write side (half-close).
+    fn close_write(&mut self) -> impl std::future::Future<Output = io::Result<()>>;
+}
+
+/// Any `futures-io` writer as a [`PayloadWrite`], writing each payload by copy.
+#[derive(Debug)]
+pub struct Copying<W>(pub W);
+
+impl<W: AsyncWrite + Unpin> PayloadWrite for Copying<W> {
+    async fn write_payload(&mut self, data: Bytes) -> io::Result<()> {
+        self.0.write_all(&data).await?;
+        self.0.flush().await
+    }
+
+    async fn close_write(&mut self) -> io::Result<()> {
+        self.0.close().await
+    }
+}
+
 /// Relays until both directions have finished, or the first error. `meter` is told
 /// every chunk moved. Returns the bytes moved into and out of the tunnel.
 pub async fn relay<R, W>(
@@ -92,7 +118,7 @@ pub async fn relay<R, W>(
 ) -> Result<(u64, u64), RelayError>
 where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    W: PayloadWrite,
 {
     let into = into_tunnel(reader, send, sizes, meter);
     let out = out_of_tunnel(recv, writer, meter);
@@ -260,7 +286,7 @@ impl Recycler {
     }
 }
 
-async fn out_of_tunnel<W: AsyncWrite + Unpin>(
+async fn out_of_tunnel<W: PayloadWrite>(
     mut recv: RecvStream,
     mut writer: W,
     meter: &dyn Fn(Way, usize),
@@ -274,17 +300,17 @@ async fn out_of_tunnel<W: AsyncWrite + Unpin>(
             Err(e) if e.reason() == Some(Reason::NO_ERROR) => break,
             Err(e) => return Err(RelayError::Stream(e)),
         };
+        let n = data.len();
         writer
-            .write_all(&data)
+            .write_payload(data)
             .await
             .map_err(RelayError::SocketWrite)?;
-        let n = data.len();
         // Only now may the peer send more: memory stays bounded by the window.
         let _ = recv.flow_control().release_capacity(n);
         total += n as u64;
         meter(Way::OutOfTunnel, n);
     }
-    match writer.close().await {
+    match writer.close_write().await {
         Ok(()) => Ok(total),
         Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(total),
         Err(e) => Err(RelayError::SocketWrite(e)),

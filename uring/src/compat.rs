@@ -16,18 +16,23 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::buf::BufRef;
 use crate::net::{RecvStream, TcpStream};
 use crate::op::{check, Op};
+use crate::sys::IoBuf;
 
 /// Most bytes one `poll_write` takes.
 const WRITE_CAP: usize = 64 * 1024;
 
 enum WriteState {
     Idle(Vec<u8>),
+    /// A send from the copy buffer.
     Sending(Op<(Vec<u8>, usize)>),
+    /// A send of a caller's payload as it is, with the copy buffer kept for later.
+    SendingBytes(Op<(Bytes, usize)>, Vec<u8>),
     ShuttingDown(Op<()>),
     Done,
 }
@@ -47,21 +52,27 @@ struct Writer {
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        if let WriteState::Sending(op) = std::mem::replace(&mut self.state, WriteState::Done) {
-            if self.stream.resets_on_close() {
-                return;
+        let state = std::mem::replace(&mut self.state, WriteState::Done);
+        if !matches!(state, WriteState::Sending(_) | WriteState::SendingBytes(..))
+            || self.stream.resets_on_close()
+        {
+            // Nothing in flight, or an abort: a send in flight is cancelled here.
+            return;
+        }
+        let stream = self.stream.clone();
+        match state {
+            WriteState::Sending(op) => drop(crate::runtime::spawn_local(finish_send(stream, op))),
+            WriteState::SendingBytes(op, _) => {
+                drop(crate::runtime::spawn_local(finish_send(stream, op)))
             }
-            drop(crate::runtime::spawn_local(finish_send(
-                self.stream.clone(),
-                op,
-            )));
+            _ => {}
         }
     }
 }
 
 /// Waits for `op` and sends what it left, within `DROP_LINGER`; the socket closes when
 /// this returns (it holds the last handle).
-async fn finish_send(stream: TcpStream, op: Op<(Vec<u8>, usize)>) {
+async fn finish_send<B: IoBuf>(stream: TcpStream, op: Op<(B, usize)>) {
     let rest = async move {
         let (mut res, (mut buf, mut offset)) = op.await;
         while let Ok(n @ 1..) = check(res) {
@@ -118,9 +129,54 @@ impl IoStream {
         Ok((self.stream, self.recv, unread))
     }
 
+    /// Sends `data` as it is (no copy), after the send in flight, and waits until it
+    /// has gone: `data` is taken on the first poll, later polls wait for the send.
+    pub fn poll_write_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut Option<Bytes>,
+    ) -> Poll<io::Result<()>> {
+        ready!(self.poll_idle(cx))?;
+        if let Some(data) = data.take().filter(|d| !d.is_empty()) {
+            let spare = self.take_send_buffer()?;
+            self.submit_bytes(data, 0, spare)?;
+            ready!(self.poll_idle(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn submit_bytes(&mut self, data: Bytes, offset: usize, spare: Vec<u8>) -> io::Result<()> {
+        match self.stream.send_op(data, offset) {
+            Ok(op) => {
+                self.write.state = WriteState::SendingBytes(op, spare);
+                Ok(())
+            }
+            Err((e, _)) => {
+                self.write.state = WriteState::Idle(spare);
+                Err(e)
+            }
+        }
+    }
+
     /// Waits until no send is in flight.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
+            if let WriteState::SendingBytes(op, _) = &mut self.write.state {
+                let (res, (data, offset)) = ready!(Pin::new(op).poll(cx));
+                let spare = match std::mem::replace(&mut self.write.state, WriteState::Done) {
+                    WriteState::SendingBytes(_, spare) => spare,
+                    _ => Vec::new(),
+                };
+                match check(res) {
+                    Ok(n) if n > 0 && offset + n < data.len() => {
+                        self.submit_bytes(data, offset + n, spare)?;
+                    }
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Ok(_) => self.write.state = WriteState::Idle(spare),
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                continue;
+            }
             let WriteState::Sending(op) = &mut self.write.state else {
                 return Poll::Ready(Ok(()));
             };
@@ -239,7 +295,9 @@ impl IoStream {
                         other => other.map(drop),
                     });
                 }
-                WriteState::Done | WriteState::Sending(_) => return Poll::Ready(Ok(())),
+                WriteState::Done | WriteState::Sending(_) | WriteState::SendingBytes(..) => {
+                    return Poll::Ready(Ok(()))
+                }
             }
         }
     }

@@ -23,17 +23,22 @@ async fn accepted(listener: &TcpListener) -> TcpStream {
     listener.incoming().next().await.unwrap()
 }
 
+/// A std client of `addr` on a thread of its own that reads until end of stream.
+fn read_all_from(addr: SocketAddr) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).unwrap();
+        got
+    })
+}
+
 #[test]
 fn bytes_written_just_before_a_drop_still_reach_the_peer() {
     let rt = Runtime::new(Config::default()).unwrap();
     let listener = TcpListener::bind(loopback(), false).unwrap();
     let addr = listener.local_addr();
-    let reader = std::thread::spawn(move || {
-        let mut c = std::net::TcpStream::connect(addr).unwrap();
-        let mut got = Vec::new();
-        c.read_to_end(&mut got).unwrap();
-        got
-    });
+    let reader = read_all_from(addr);
     rt.block_on(async {
         let mut io = IoStream::new(accepted(&listener).await).unwrap();
         // Write-behind: the write returns before the send completes; the stream is
@@ -241,4 +246,28 @@ fn abort_drops_the_task_later_so_a_caller_may_hold_what_its_drop_touches() {
         assert!(task.is_finished());
     })
     .unwrap();
+}
+
+#[test]
+fn an_owned_payload_is_sent_whole_and_in_order_with_copied_writes() {
+    let rt = Runtime::new(Config::default()).unwrap();
+    let listener = TcpListener::bind(loopback(), false).unwrap();
+    let addr = listener.local_addr();
+    let reader = read_all_from(addr);
+    let big: Vec<u8> = (0..4_000_000u32).map(|i| (i % 239) as u8).collect();
+    let expected = [&b"head"[..], &big, b"tail"].concat();
+    rt.block_on(async {
+        let mut io = IoStream::new(accepted(&listener).await).unwrap();
+        io.write_all(b"head").await.unwrap();
+        // More than the socket takes at once: the send is resumed where it stopped.
+        let mut data = Some(bytes::Bytes::from(big));
+        std::future::poll_fn(|cx| io.poll_write_bytes(cx, &mut data))
+            .await
+            .unwrap();
+        assert!(data.is_none());
+        io.write_all(b"tail").await.unwrap();
+        io.close().await.unwrap();
+    })
+    .unwrap();
+    assert_eq!(reader.join().unwrap(), expected);
 }
